@@ -27,6 +27,7 @@ __all__ = ["CausalGraph", "GraphError", "parse_graph"]
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOKEN_RE = re.compile(r"\s*(<->|->|<-|--|[A-Za-z0-9_.]+|\S)")
+_NAMEISH_RE = re.compile(r"[A-Za-z0-9_.]+\Z")
 _ARROWS = ("->", "<-", "<->")
 _MAX_NAME = 64
 
@@ -68,7 +69,8 @@ class CausalGraph:
                 if v not in index:
                     raise GraphError(f"edge {a} <-> {b} names unknown variable {v!r}")
             if a == b:
-                raise GraphError(f"self-loop {a} <-> {a}: a confounder needs two different variables")
+                raise GraphError(f"self-loop {a} <-> {a}: a confounder needs two different "
+                                 "variables")
             norm_bi.add(_pair(a, b))
         object.__setattr__(self, "bidirected", frozenset(norm_bi))
         for a, b in self.directed:
@@ -360,9 +362,17 @@ def parse_graph(text: str) -> CausalGraph:
             if len(tokens) % 2 == 0:
                 if tokens and tokens[-1] in _ARROWS:
                     raise GraphError(f"edge {' '.join(tokens[-2:])} has no target {where}")
-                bad = tokens[0] if tokens and tokens[0] in _ARROWS else tokens[-1]
-                raise GraphError(f"unexpected {bad!r} {where}: expected 'A -> B', "
-                                 "'A <- B', 'A <-> B' or a variable name")
+                # Report the first token out of the name/arrow alternation ('A B', '=>',
+                # '<--'); misplaced arrows ('A -> -> B') are reported by the loop below.
+                bad = next(t for i, t in enumerate(tokens)
+                           if not (_NAMEISH_RE.match(t) if i % 2 == 0
+                                   else t in _ARROWS or t == "--"))
+                if _NAMEISH_RE.match(bad):
+                    raise GraphError(f"unexpected {bad!r} {where}: expected 'A -> B', "
+                                     "'A <- B', 'A <-> B' or a variable name")
+                if bad not in _ARROWS and bad != "--":
+                    raise GraphError(f"unknown token {bad!r} {where}: expected '->', "
+                                     "'<-' or '<->' between variables")
             for i, tok in enumerate(tokens):
                 if i % 2 == 1:
                     if tok == "--":
@@ -391,7 +401,8 @@ def parse_graph(text: str) -> CausalGraph:
 
 def random_graph(n: int, n_directed: int, n_bidirected: int, seed: int) -> CausalGraph:
     """A random ADMG over ``V0 … V{n-1}`` (a random causal order, then uniformly drawn distinct
-    directed and bidirected pairs), as in the paper's scalability study. Deterministic in ``seed``."""
+    directed and bidirected pairs), as in the paper's scalability study. Deterministic in
+    ``seed``."""
     import random
 
     rng = random.Random(seed)

@@ -1,0 +1,8 @@
+"""``python -m mdcm``: the command line (see :mod:`mdcm.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

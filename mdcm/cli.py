@@ -1,0 +1,733 @@
+"""``mdcm`` / ``python -m mdcm``: the command line, for headless use on a GPU server.
+
+Subcommands::
+
+    mdcm plan --graph "C -> X -> N; C <-> N" [--intervention X ...] [--joint] [--json]
+    mdcm identify --graph "..." --treatment X --outcome Y [--given Z] [--intervention W] [--json]
+    mdcm train (--study DIR | --example NAME) --out MODEL_DIR [--plan modular|joint] [--steps N] ...
+    mdcm train --run-dir RUN [--resume]          (a background run made by mdcm.runs.start_run)
+    mdcm sample --model MODEL_DIR [--do X=1 ...] [--given Z=0 ...] -n N --out DIR [--seed S]
+    mdcm export-example NAME --out DIR [--size cpu|gpu] [--n N] [--seed S]
+    mdcm runs list|show RUN|stop RUN|resume RUN [--root DIR]
+
+Bad input never prints a traceback: one line ``mdcm: error: <message>`` on stderr and exit
+status 2. ``plan`` and ``identify`` import neither torch nor pandas, so they answer at once; every
+heavy import happens inside the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["CliError", "build_parser", "main"]
+
+PROG = "mdcm"
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    """A usage or input problem: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage + exiting, so errors stay one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message)
+
+
+# ---------------------------------------------------------------------- small parsers
+def _sets(values: Sequence[str] | None, what: str) -> list[frozenset[str]]:
+    """Each value is a comma-separated set of variable names ("X,W"), one regime per value."""
+    out: list[frozenset[str]] = []
+    for raw in values or ():
+        names = [p.strip() for p in raw.split(",")]
+        if not all(names):
+            raise CliError(f"bad {what} {raw!r}: expected comma-separated variable names")
+        out.append(frozenset(names))
+    return out
+
+
+def _names(values: Sequence[str] | None, what: str) -> list[str]:
+    """Union of comma-separated name lists given once or several times."""
+    out: list[str] = []
+    for s in _sets(values, what):
+        out.extend(sorted(s - set(out)))
+    return out
+
+
+def _check_known(graph: Any, names: Sequence[str] | frozenset[str], what: str) -> None:
+    for v in sorted(names):
+        if v not in graph.nodes:
+            raise CliError(f"unknown variable {v!r} in {what}; the graph has "
+                           f"{', '.join(graph.nodes)}")
+
+
+def _graph_arg(text: str) -> Any:
+    from .graph import parse_graph
+
+    if text.startswith("@"):  # --graph @file.txt reads the graph text from a file
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read graph file {text[1:]!r}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    graph = parse_graph(text)
+    if not graph.nodes:
+        raise CliError("the graph is empty: give at least one variable")
+    return graph
+
+
+def _assignments(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """Parse repeated ``NAME=VALUE`` options (also comma-free lists "X=1" per option)."""
+    out: dict[str, str] = {}
+    for raw in values or ():
+        name, sep, value = raw.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise CliError(f"bad {flag} {raw!r}: expected NAME=VALUE, e.g. {flag} X=1")
+        if name in out:
+            raise CliError(f"{flag} sets {name!r} twice")
+        out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------- plan / identify
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import make_plan
+
+    graph = _graph_arg(args.graph)
+    regimes = _sets(args.intervention, "--intervention")
+    for r in regimes:
+        _check_known(graph, r, "--intervention")
+    plan = make_plan(graph, regimes, joint=args.joint)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+    else:
+        print(plan.describe())
+    return EXIT_OK
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from .identify import identify
+
+    graph = _graph_arg(args.graph)
+    treatment = _names(args.treatment, "--treatment")
+    outcome = _names(args.outcome, "--outcome")
+    given = _names(args.given, "--given")
+    regimes = _sets(args.intervention, "--intervention")
+    for what, names in (("--treatment", treatment), ("--outcome", outcome), ("--given", given)):
+        _check_known(graph, names, what)
+    for r in regimes:
+        _check_known(graph, r, "--intervention")
+    result = identify(graph, treatment, outcome, given=given, interventions=regimes)
+    payload = result.to_json()
+    if args.json:
+        out = {k: payload.get(k) for k in ("identifiable", "estimand", "reason")}
+        out.update({k: v for k, v in payload.items() if k not in out})
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return EXIT_OK
+    query = f"P({', '.join(outcome)} | do({', '.join(treatment)})" + \
+        (f", {', '.join(given)})" if given else ")")
+    data = "P(V)" + "".join(f", P(V | do({', '.join(sorted(r))}))" for r in regimes)
+    if payload.get("identifiable"):
+        print(f"{query} is identifiable from {data}.")
+        if payload.get("estimand"):
+            print(f"  estimand: {payload['estimand']}")
+    else:
+        print(f"{query} is NOT identifiable from {data}.")
+        print("  A trained model will still answer it, but its answer is one of many that fit "
+              "the data.")
+    if payload.get("reason"):
+        print(f"  reason: {payload['reason']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- train
+_TRAIN_FLAGS = {  # TrainConfig field -> argparse dest
+    "steps": "steps", "batch_size": "batch_size", "objective": "objective", "seed": "seed",
+    "device": "device", "time_limit_s": "time_limit", "check_every": "check_every",
+    "tolerance": "tolerance", "checkpoint_every": "checkpoint_every",
+}
+
+
+class _Progress:
+    """A per-stage progress bar fed by training events (tqdm if installed, else a \\r line)."""
+
+    def __init__(self, enabled: bool, steps: int | None):
+        self.enabled = enabled
+        self.steps = steps
+        self.bar: Any = None
+        self.stage = None
+        self._last_line = 0.0
+
+    def __call__(self, ev: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        kind, stage, step = ev.get("kind"), ev.get("stage"), int(ev.get("step") or 0)
+        if kind == "stage_start" or (kind == "step" and stage != self.stage):
+            self._open(stage)
+        if self.bar is not None and kind in ("step", "check", "stage_end"):
+            self.bar.n = step
+            post = {k: f"{v:.3g}" for k, v in (ev.get("losses") or {}).items()
+                    if isinstance(v, int | float)}
+            if ev.get("quality") is not None:
+                post["fit"] = f"{ev['quality']:.3f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+        elif self.bar is None and kind == "step" and time.monotonic() - self._last_line > 0.2:
+            self._last_line = time.monotonic()
+            print(f"\rstage {stage} step {step}", end="", file=sys.stderr, flush=True)
+        if kind in ("stage_end", "done", "error"):
+            self.close()
+        if kind in ("check", "stage_end") and ev.get("message"):
+            print(f"stage {stage}: {ev['message']}", file=sys.stderr)
+
+    def _open(self, stage: Any) -> None:
+        self.close()
+        self.stage = stage
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=self.steps, desc=f"stage {stage}", file=sys.stderr,
+                        dynamic_ncols=True, leave=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _study_from_config(cfg: Mapping[str, Any]) -> Any:
+    if cfg.get("example"):
+        from .examples import load_example
+
+        ex = cfg["example"]
+        return load_example(ex["name"], size=ex.get("size", "cpu"), n=ex.get("n"),
+                            seed=int(ex.get("seed", 0))).study
+    from .data import load_study
+
+    return load_study(Path(cfg["study_dir"]))
+
+
+def _train_config(values: Mapping[str, Any]) -> Any:
+    import dataclasses
+
+    from .train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise CliError(f"this trainer has no setting {', '.join(unknown)}")
+    try:
+        return TrainConfig(**{k: v for k, v in values.items() if v is not None})
+    except TypeError as exc:   # a wrongly typed --set value
+        raise CliError(f"bad training setting: {exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import runs
+
+    recorder = runs.RunRecorder(args.run_dir) if args.run_dir else None
+    given = {k: getattr(args, dest) for k, dest in _TRAIN_FLAGS.items()
+             if getattr(args, dest) is not None}
+    for key, text in _assignments(args.set, "--set").items():
+        if key in given:
+            raise CliError(f"--set {key}: use the --{key.replace('_', '-')} option instead")
+        try:
+            given[key] = json.loads(text)
+        except json.JSONDecodeError:
+            given[key] = text
+    if recorder is not None and not (args.study or args.example):
+        if not (recorder.run_dir / runs.RUN_JSON).is_file():
+            raise CliError(f"--run-dir {args.run_dir}: no run.json; give --study or --example "
+                           "to start a new run there")
+        cfg = recorder.config()
+        cfg["train"] = {**cfg.get("train", {}), **given}
+    else:
+        if bool(args.study) == bool(args.example):
+            raise CliError("give exactly one of --study DIR and --example NAME")
+        cfg = {"plan": args.plan, "train": given}
+        if args.example:
+            cfg["example"] = {"name": args.example, "size": args.size, "n": args.n,
+                              "seed": args.data_seed}
+        else:
+            cfg["study_dir"] = str(Path(args.study).resolve())
+        if recorder is not None:
+            recorder.run_dir.mkdir(parents=True, exist_ok=True)
+            if (recorder.run_dir / runs.RUN_JSON).is_file():
+                if not args.resume:
+                    raise CliError(f"--run-dir {args.run_dir} already holds a run; "
+                                   "add --resume or pick a new folder")
+            else:
+                rid = runs.validate_run_id(recorder.run_dir.name)
+                runs.create_run(recorder.run_dir.parent, cfg, run_id=rid)
+    if cfg.get("plan", "modular") not in ("modular", "joint"):
+        raise CliError(f"unknown plan {cfg.get('plan')!r}; use modular or joint")
+    out = Path(args.out) if args.out else (recorder.model_dir if recorder else None)
+    if out is None:
+        raise CliError("give --out MODEL_DIR (where the trained model is saved)")
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else \
+        (recorder.checkpoint_dir if recorder else None)
+    if args.resume and ckpt is None:
+        raise CliError("--resume needs --run-dir or --checkpoint-dir")
+
+    if recorder is not None:
+        import signal
+
+        recorder.mark_running()
+        signal.signal(signal.SIGTERM, recorder.request_stop)
+    try:
+        return _train(args, cfg, out, ckpt, recorder)
+    except BaseException as exc:
+        if recorder is not None:
+            if isinstance(exc, KeyboardInterrupt):
+                recorder.finish("stopped", "interrupted by the user")
+            else:
+                msg = _one_line(exc)
+                recorder.on_event({"kind": "error", "stage": -1, "step": 0, "elapsed_s": 0.0,
+                                   "message": msg})
+                recorder.finish("failed", msg)
+        raise
+
+
+def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
+           recorder: Any) -> int:
+    study = _study_from_config(cfg)     # bad data fails before torch is imported
+
+    from .model import DCM, save_model
+    from .plan import make_plan
+    from .train import train
+
+    graph = study.schema.graph
+    plan = make_plan(graph, list(study.interventions), joint=cfg.get("plan") == "joint")
+    tconf = _train_config(cfg.get("train", {}))
+    model = DCM(study.schema)
+    show = args.progress == "on" or (args.progress == "auto" and recorder is None)
+    progress = _Progress(show, getattr(tconf, "steps", None))
+
+    def on_event(event: Any) -> None:
+        ev = event.to_json() if hasattr(event, "to_json") else dict(event)
+        if recorder is not None:
+            recorder.on_event(ev)
+        progress(ev)
+
+    def should_stop() -> bool:
+        return recorder.should_stop() if recorder is not None else False
+
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    if not show and recorder is None:
+        print(f"training {len(plan.stages)} stage(s) ...", file=sys.stderr)
+    result = train(model, plan, study, tconf, on_event=on_event, should_stop=should_stop,
+                   checkpoint_dir=ckpt, resume=bool(args.resume))
+    progress.close()
+    stopped = bool(getattr(result, "stopped", should_stop()))
+    extra = {"train_config": cfg.get("train", {}), "source": {k: cfg[k] for k in
+             ("example", "study_dir") if k in cfg}, "complete": not stopped}
+    if stopped and recorder is not None:
+        recorder.finish("stopped", "stopped on request; resume to continue")
+        print(f"stopped; resume with: mdcm runs resume {recorder.run_dir.name} "
+              f"--root {recorder.run_dir.parent}", file=sys.stderr)
+        return EXIT_OK
+    path = save_model(model, out, plan=plan, extra=extra)
+    if recorder is not None:
+        recorder.on_event({"kind": "saved", "stage": -1, "step": 0, "elapsed_s": 0.0,
+                           "message": str(path)})
+        recorder.finish("done", "")
+    for s in getattr(result, "stages", None) or []:
+        d = s.to_json() if hasattr(s, "to_json") else dict(getattr(s, "__dict__", {}))
+        q = d.get("quality")
+        print(f"stage {d.get('stage')} ({', '.join(d.get('trains', []))}): "
+              f"{d.get('steps')} steps, {d.get('seconds', 0):.1f} s, fit "
+              f"{'-' if q is None else format(q, '.3f')}, ended by {d.get('stopped_by')}",
+              file=sys.stderr)
+    print(f"model saved to {path}{' (stopped early)' if stopped else ''}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- sample
+def _image_value(path_text: str, var: Any) -> Any:
+    from .data import read_png
+
+    return read_png(Path(path_text), where=f"--do {var.name}", expect=tuple(var.shape))
+
+
+def _value(var: Any, text: str, flag: str) -> Any:
+    """Convert ``text`` to a value of variable ``var`` (categorical int, continuous floats,
+    image: a PNG path)."""
+    if var.kind == "categorical":
+        try:
+            v = int(text)
+        except ValueError:
+            raise CliError(f"bad {flag} {var.name}={text}: {var.name} is categorical, "
+                           f"give a class 0..{var.classes - 1}") from None
+        if not 0 <= v < var.classes:
+            raise CliError(f"bad {flag} {var.name}={text}: class out of range "
+                           f"0..{var.classes - 1}")
+        return v
+    if var.kind == "continuous":
+        try:
+            vals = [float(p) for p in text.split(",")]
+        except ValueError:
+            raise CliError(f"bad {flag} {var.name}={text}: {var.name} is continuous, "
+                           f"give {var.shape[0]} number(s)") from None
+        if len(vals) != var.shape[0] or not all(abs(x) < float("inf") for x in vals):
+            raise CliError(f"bad {flag} {var.name}={text}: expected {var.shape[0]} finite "
+                           "number(s), comma-separated")
+        return vals[0] if len(vals) == 1 else vals
+    if flag != "--do":
+        raise CliError(f"{flag} {var.name}: conditioning on an image is not supported")
+    return _image_value(text, var)
+
+
+def _schema_var(schema: Any, name: str, flag: str) -> Any:
+    if name not in schema.names:
+        raise CliError(f"{flag}: unknown variable {name!r}; the model has "
+                       f"{', '.join(schema.names)}")
+    return schema[name]
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1 or args.n > 1_000_000:
+        raise CliError(f"-n {args.n}: give a sample count between 1 and 1000000")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise CliError(f"--model {args.model}: no such model folder")
+    do_text = _assignments(args.do, "--do")
+    given_text = _assignments(args.given, "--given")
+    both = set(do_text) & set(given_text)
+    if both:
+        raise CliError(f"{', '.join(sorted(both))} is both intervened on and conditioned on")
+    from .model import load_model
+
+    model = load_model(model_dir)
+    schema = model.schema
+    do = {k: _value(_schema_var(schema, k, "--do"), v, "--do") for k, v in do_text.items()}
+    given = {k: _value(_schema_var(schema, k, "--given"), v, "--given")
+             for k, v in given_text.items()}
+    for k in given:
+        if schema[k].kind != "categorical":
+            raise CliError(f"--given {k}: only categorical variables can be conditioned on")
+    columns = _draw(model, args.n, do, given, args.seed)
+    out = Path(args.out)
+    csv_path = _write_samples(schema, columns, out, do, given, do_text)
+    print(f"wrote {args.n} samples to {csv_path}")
+    return EXIT_OK
+
+
+def _draw(model: Any, n: int, do: Mapping[str, Any], given: Mapping[str, int],
+          seed: int) -> dict[str, Any]:
+    """``n`` samples of the model under ``do``; with ``given``, by rejection: keep the rows
+    whose categorical values equal ``given`` (P(v | do(x), z) = P(v, z | do(x)) / P(z | do(x)))."""
+    import numpy as np
+    import torch
+
+    def to_np(cols: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                for k, v in cols.items()}
+
+    if not given:
+        return to_np(model.sample(n, do=do or None, seed=seed))
+    kept: list[dict[str, np.ndarray]] = []
+    have, drawn, batch, rnd = 0, 0, max(1024, 4 * n), 0
+    while have < n:
+        cols = to_np(model.sample(batch, do=do or None, seed=seed + rnd))
+        rnd += 1
+        drawn += batch
+        mask = np.ones(batch, dtype=bool)
+        for k, v in given.items():
+            mask &= cols[k].reshape(batch) == v
+        if mask.any():
+            kept.append({k: c[mask] for k, c in cols.items()})
+            have += int(mask.sum())
+        if have < n and drawn >= 200 * n + 100_000:
+            rate = have / drawn
+            cond = ", ".join(f"{k}={v}" for k, v in given.items())
+            raise CliError(f"--given {cond} is too rare under the model: {have} of {drawn} "
+                           f"samples matched (rate {rate:.2g}); ask for fewer samples")
+    return {k: np.concatenate([b[k] for b in kept])[:n] for k in kept[0]}
+
+
+def _write_samples(schema: Any, columns: Mapping[str, Any], out: Path, do: Mapping[str, Any],
+                   given: Mapping[str, Any], do_text: Mapping[str, str]) -> Path:
+    """Write the samples as a dataset folder with data.csv's conventions (one column per
+    variable, ``V[i]`` columns for vectors, image columns holding PNG paths relative to the
+    folder), named ``samples.csv``; ``sample.json`` records the query."""
+    import shutil
+
+    from .data import Dataset, save_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    do_json: dict[str, Any] = {}
+    for k, v in do.items():
+        if schema[k].kind == "image":              # keep a copy of the intervention image
+            rel = f"do_{k}.png"
+            shutil.copyfile(do_text[k], out / rel)
+            do_json[k] = rel
+        else:
+            do_json[k] = v
+    ds = Dataset(name=out.name or "samples", columns=dict(columns), do={})
+    save_dataset(ds, schema, out)
+    os.replace(out / "data.csv", out / "samples.csv")
+    meta = {"do": do_json, "given": dict(given), "n": ds.n}
+    (out / "sample.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    return out / "samples.csv"
+
+
+# ---------------------------------------------------------------------- export-example
+def cmd_export_example(args: argparse.Namespace) -> int:
+    from .examples import EXAMPLES, export_example
+
+    if args.name not in EXAMPLES:
+        raise CliError(f"unknown example {args.name!r}; choose one of {', '.join(EXAMPLES)}")
+    if args.n is not None and args.n < 1:
+        raise CliError(f"--n {args.n}: give a positive number of rows")
+    path = export_example(args.name, Path(args.out), size=args.size, n=args.n, seed=args.seed)
+    print(f"wrote example {args.name!r} to {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- runs
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from . import runs
+
+    root = Path(args.root) if args.root else runs.default_root()
+    if args.action == "list":
+        infos, skipped = runs.scan_runs(root)
+        if args.json:
+            print(json.dumps({"runs": [r.to_json() for r in infos],
+                              "skipped": [{"folder": f, "reason": r} for f, r in skipped]},
+                             indent=2, default=str))
+            return EXIT_OK
+        if not infos:
+            print(f"no runs in {root}")
+        for r in infos:
+            src = r.config.get("example", {}).get("name") if r.config.get("example") else \
+                r.config.get("study_dir", "?")
+            last = r.last_event or {}
+            print(f"{r.run_id}  {r.status:<11}  {_fmt_time(r.created)}  {src}  "
+                  f"stage {last.get('stage', '-')} step {last.get('step', '-')}")
+        for folder, reason in skipped:
+            print(f"skipped {folder}: {reason}", file=sys.stderr)
+        return EXIT_OK
+    if not args.run:
+        raise CliError(f"runs {args.action} needs a RUN id")
+    path = runs.run_path(root, args.run)
+    if not path.is_dir():
+        raise CliError(f"no run {args.run!r} in {root}")
+    if args.action == "show":
+        info = runs.run_status(path)
+        if args.json:
+            d = info.to_json()
+            d["events"] = runs.read_events(path)
+            print(json.dumps(d, indent=2, default=str))
+            return EXIT_OK
+        print(f"run {info.run_id}: {info.status} (attempt {info.attempts})")
+        print(f"  folder:  {info.path}")
+        print(f"  created: {_fmt_time(info.created)}   finished: {_fmt_time(info.finished)}")
+        print(f"  config:  {json.dumps(info.config, sort_keys=True)}")
+        if info.message:
+            print(f"  message: {info.message}")
+        for ev in runs.read_events(path)[-args.tail:]:
+            print(f"  [{ev.get('kind')}] stage {ev.get('stage')} step {ev.get('step')} "
+                  + " ".join(f"{k}={v:.4g}" for k, v in (ev.get("losses") or {}).items()
+                             if isinstance(v, int | float))
+                  + (f" fit={ev['quality']:.4g}" if isinstance(ev.get("quality"), int | float)
+                     else "") + (f" {ev['message']}" if ev.get("message") else ""))
+        return EXIT_OK
+    if args.action == "stop":
+        info = runs.stop_run(path)
+        print(f"asked run {info.run_id} to stop (status {info.status})")
+        return EXIT_OK
+    info = runs.resume_run(path)
+    print(f"resumed run {info.run_id} (attempt {info.attempts})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- parser and main
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0 or v >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a number 0..2^32-1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Modular deep causal generative models "
+                "(Rahman & Kocaoglu, ICML 2024).")
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sp = sub.add_parser("plan", help="the modular training plan for a causal graph")
+    sp.add_argument("--graph", required=True, help='e.g. "C -> X -> N; C <-> N" (or @file)')
+    sp.add_argument("--intervention", action="append", metavar="X[,W]",
+                    help="an interventional dataset's intervened set (repeatable)")
+    sp.add_argument("--joint", action="store_true", help="the one-stage joint (NCM) baseline")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("identify", help="is P(outcome | do(treatment)[, given]) identifiable?")
+    sp.add_argument("--graph", required=True)
+    sp.add_argument("--treatment", action="append", required=True, metavar="X[,X2]")
+    sp.add_argument("--outcome", action="append", required=True, metavar="Y[,Y2]")
+    sp.add_argument("--given", action="append", metavar="Z[,Z2]")
+    sp.add_argument("--intervention", action="append", metavar="W[,W2]",
+                    help="an available interventional dataset's intervened set (repeatable)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_identify)
+
+    sp = sub.add_parser("train", help="train a model on a study folder or a built-in example")
+    src = sp.add_argument_group("data")
+    src.add_argument("--study", metavar="DIR", help="a study folder (study.json + datasets)")
+    src.add_argument("--example", metavar="NAME", help="a built-in example")
+    src.add_argument("--size", choices=("cpu", "gpu"), default="cpu", help="example size")
+    src.add_argument("--n", type=_positive_int, help="example rows")
+    src.add_argument("--data-seed", type=_nonneg_int, default=0, help="example data seed")
+    sp.add_argument("--out", metavar="MODEL_DIR", help="where to save the model "
+                    "(default with --run-dir: RUN/model)")
+    sp.add_argument("--plan", choices=("modular", "joint"), default="modular")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    sp.add_argument("--steps", type=_positive_int, help="max steps per stage")
+    sp.add_argument("--batch-size", type=_positive_int)
+    sp.add_argument("--seed", type=_nonneg_int)
+    sp.add_argument("--time-limit", type=_positive_float, metavar="SEC",
+                    help="time limit per stage (seconds)")
+    sp.add_argument("--objective", choices=("auto", "wgan", "mmd"))
+    sp.add_argument("--check-every", type=_positive_int)
+    sp.add_argument("--checkpoint-every", type=_positive_int)
+    sp.add_argument("--tolerance", type=_positive_float)
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any other TrainConfig field, e.g. --set coder_steps=100 (repeatable)")
+    sp.add_argument("--run-dir", metavar="RUN", help="record progress in this run folder")
+    sp.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoints (default RUN/checkpoint)")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sp.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("sample", help="sample a trained model, optionally under do(...)")
+    sp.add_argument("--model", required=True, metavar="MODEL_DIR")
+    sp.add_argument("--do", action="append", metavar="X=VALUE",
+                    help="intervention (repeatable); an image takes a PNG path")
+    sp.add_argument("--given", action="append", metavar="Z=VALUE",
+                    help="condition on a categorical value (rejection sampling)")
+    sp.add_argument("-n", type=_positive_int, required=True, help="number of samples")
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--seed", type=_nonneg_int, default=0)
+    sp.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser("export-example", help="write a built-in example as a study folder")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--size", choices=("cpu", "gpu"), default="cpu")
+    sp.add_argument("--n", type=_positive_int)
+    sp.add_argument("--seed", type=_nonneg_int, default=0)
+    sp.set_defaults(func=cmd_export_example)
+
+    sp = sub.add_parser("runs", help="list, show, stop or resume background training runs")
+    sp.add_argument("action", choices=("list", "show", "stop", "resume"))
+    sp.add_argument("run", nargs="?", metavar="RUN")
+    sp.add_argument("--root", metavar="DIR", help="runs folder (default $MDCM_HOME/runs or "
+                    "./.mdcm/runs)")
+    sp.add_argument("--tail", type=_positive_int, default=10, help="events shown by 'show'")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_runs)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg[:1000]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The documented input-error types, from whichever modules are already imported (an error
+    of a module can only be raised once it is imported, so nothing heavy is imported here)."""
+    names = {"mdcm.graph": "GraphError", "mdcm.variables": "SchemaError",
+             "mdcm.plan": "PlanError", "mdcm.identify": "IdentificationError",
+             "mdcm.data": "DataError", "mdcm.model": "ModelFileError",
+             "mdcm.train": "TrainingError", "mdcm.runs": "RunError"}
+    out: list[type[BaseException]] = [CliError, OSError, ValueError]
+    for mod, name in names.items():
+        cls = getattr(sys.modules.get(mod), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            out.append(cls)
+    return tuple(out)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 1 internal error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except CliError as exc:
+        return _fail(_one_line(exc))
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        return EXIT_OK
+    except _user_errors() as exc:
+        if isinstance(exc, OSError) and exc.strerror:
+            where = f": {exc.filename}" if exc.filename else ""
+            return _fail(f"{exc.strerror}{where}")
+        return _fail(_one_line(exc))
+    except Exception as exc:  # a bug, not bad input: still one line, but say so
+        if os.environ.get("MDCM_DEBUG"):
+            raise
+        return _fail(f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                     "set MDCM_DEBUG=1 for a traceback", EXIT_INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""The deep causal generative model (DCM): one generator per variable, one topological sampler.
+
+``V := G_V(pa(V), Z_V, U_e for each bidirected edge e touching V)`` (Kocaoglu et al. 2018;
+Rahman & Kocaoglu 2024, §3). Each bidirected edge ``A <-> B`` owns ONE noise vector per sample that
+is handed to both ``G_A`` and ``G_B``. ``do(X=x)`` replaces X's value before any child reads it
+(ancestral sampling in the mutilated graph); X's own generator is not run.
+
+Model files are folders with ``model.safetensors`` (weights, no pickle) and ``model.json`` (graph,
+schema, model config, plan, versions, sha256 of the weights); both are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .graph import CausalGraph
+from .nets import ConvImageGenerator, ImageCoder, MLPGenerator, MLPImageGenerator, gumbel_one_hot
+from .variables import Schema, SchemaError, Variable
+
+__all__ = ["ModelConfig", "DCM", "ModelFileError", "StaleModelError", "save_model", "load_model",
+           "MODEL_FORMAT"]
+
+MODEL_FORMAT = "mdcm-model/1"
+_MAX_JSON = 10_000_000
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: missing, tampered, truncated, not safetensors, or made
+    for another graph/schema."""
+
+
+class StaleModelError(ValueError):
+    """The model's generators were built for other parents or variable kinds than its schema now
+    says (the graph or schema changed after training)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network sizes. Defaults are the CPU size (2 cores); raise them on a GPU."""
+
+    noise_dim: int = 8            # Z_V of label/continuous mechanisms
+    image_noise_dim: int = 32     # Z_V of image mechanisms
+    confounder_dim: int = 4       # U per bidirected edge
+    hidden: int = 64              # MLP width of label mechanisms and critics
+    image_hidden: int = 256       # MLP width of tiny-image mechanisms and coders
+    image_channels: int = 32      # base width of conv image mechanisms / critics
+    image_net: str = "auto"       # "conv" | "mlp" | "auto" (mlp for tiny images)
+    code_dim: int = 8             # image code seen by label mechanisms and label-stage losses
+
+    def __post_init__(self) -> None:
+        if self.image_net not in ("conv", "mlp", "auto"):
+            raise ValueError(f"image_net must be 'conv', 'mlp' or 'auto', not {self.image_net!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int) and v < 1:
+                raise ValueError(f"ModelConfig.{f.name} must be positive, got {v}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def image_kind(self, shape: tuple[int, ...]) -> str:
+        if self.image_net != "auto":
+            return self.image_net
+        return "mlp" if int(np.prod(shape)) <= 1024 else "conv"
+
+
+def _spec(v: Variable) -> tuple:
+    return (v.kind, tuple(v.shape))
+
+
+class DCM(nn.Module):
+    """Generators keyed by variable, wired like ``schema.graph``.
+
+    ``parents[v]`` records the parents each generator was built with (declaration order);
+    ``confounders`` the bidirected edges, each one shared noise vector.
+    """
+
+    def __init__(self, schema: Schema, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.schema = schema
+        self.config = config
+        g = schema.graph
+        self.parents: dict[str, tuple[str, ...]] = {v: tuple(g.parents(v)) for v in g.nodes}
+        self.confounders: tuple[tuple[str, str], ...] = tuple(
+            sorted(g.bidirected, key=lambda e: (g.nodes.index(e[0]), g.nodes.index(e[1]))))
+        self.specs: dict[str, tuple] = {v.name: _spec(v) for v in schema.variables}
+        self.order: tuple[str, ...] = tuple(g.topological_order())
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # tracks the device
+        self._touching = {v: [i for i, e in enumerate(self.confounders) if v in e] for v in g.nodes}
+        self.coders = nn.ModuleDict({v.name: ImageCoder(v.shape, config.code_dim,
+                                                        config.image_hidden)
+                                     for v in schema.variables if v.kind == "image"})
+        self.generators = nn.ModuleDict({v: self._build(v) for v in g.nodes})
+
+    # ------------------------------------------------------------------ construction
+    def input_width(self, name: str) -> int:
+        """Width of a variable as a parent input (one-hot, vector, or image code)."""
+        var = self.schema[name]
+        return self.config.code_dim if var.kind == "image" else var.width
+
+    def noise_width(self, name: str) -> int:
+        own = self.config.image_noise_dim if self.schema[name].kind == "image" else \
+            self.config.noise_dim
+        return own + self.config.confounder_dim * len(self._touching[name])
+
+    def _build(self, name: str) -> nn.Module:
+        var = self.schema[name]
+        cfg = self.config
+        cond = sum(self.input_width(p) for p in self.parents[name])
+        noise = self.noise_width(name)
+        if var.kind == "image":
+            if cfg.image_kind(var.shape) == "mlp":
+                return MLPImageGenerator(cond, noise, var.shape, cfg.image_hidden)
+            return ConvImageGenerator(cond, noise, var.shape, cfg.image_channels)
+        return MLPGenerator(cond, noise, var.width, cfg.hidden)
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    # ------------------------------------------------------------------ freshness
+    def check_schema(self, schema: Schema | None = None) -> None:
+        """Raise :class:`StaleModelError` when ``schema`` (default: ``self.schema``) no longer
+        matches the parents and variable kinds the generators were built with."""
+        schema = schema or self.schema
+        g = schema.graph
+        problems = []
+        if set(g.nodes) != set(self.parents):
+            problems.append(f"variables {sorted(self.parents)} vs now {sorted(g.nodes)}")
+        else:
+            for v in g.nodes:
+                if tuple(g.parents(v)) != self.parents[v]:
+                    problems.append(f"{v}: built with parents {list(self.parents[v])}, "
+                                    f"the graph now says {g.parents(v)}")
+                try:
+                    spec = _spec(schema[v])
+                except SchemaError:
+                    spec = None
+                if spec != self.specs[v]:
+                    problems.append(f"{v}: built as {self.specs[v]}, the schema now says {spec}")
+            if set(g.bidirected) != set(self.confounders):
+                problems.append(f"confounders {sorted(self.confounders)} vs now "
+                                f"{sorted(g.bidirected)}")
+        if problems:
+            raise StaleModelError("the model is stale (retrain it): " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ values
+    def encode(self, name: str, value: Any, n: int | None = None) -> torch.Tensor:
+        """Encode a do() value or a data column as the generator/critic input format.
+
+        Categorical: int or int array (n,) -> one-hot; continuous: float/sequence (d,) or (n, d);
+        image: (C,H,W) or (n,C,H,W) in [-1, 1]. A single value is broadcast to ``n`` rows.
+        """
+        var = self.schema[name]
+        dev = self.device
+        if var.kind == "categorical":
+            t = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+            if t.is_floating_point():
+                if not torch.equal(t, t.round()):
+                    raise ValueError(f"do({name}=…): a categorical value must be an integer")
+                t = t.long()
+            t = t.long().to(dev)
+            if t.ndim == 0:
+                t = t.expand(n if n is not None else 1)
+            if t.ndim != 1:
+                raise ValueError(f"do({name}=…): expected an integer or a 1-d array of integers")
+            if bool(((t < 0) | (t >= var.classes)).any()):
+                raise ValueError(f"do({name}=…): class must be in 0..{var.classes - 1}")
+            return torch.nn.functional.one_hot(t, var.classes).float()
+        t = torch.as_tensor(np.asarray(value, dtype=np.float32) if not torch.is_tensor(value)
+                            else value).float().to(dev)
+        shape = tuple(var.shape)
+        if tuple(t.shape) == shape or (var.kind == "continuous" and t.ndim == 0):
+            t = t.reshape(1, *shape).expand(n if n is not None else 1, *shape)
+        elif var.kind == "continuous" and t.ndim == 1 and shape == (1,):
+            t = t.reshape(-1, 1)
+        if tuple(t.shape[1:]) != shape:
+            raise ValueError(f"do({name}=…): expected shape {list(shape)} or [n, {list(shape)}], "
+                             f"got {list(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"do({name}=…): value contains NaN or inf")
+        if var.kind == "image" and bool((t.abs() > 1.0 + 1e-4).any()):
+            raise ValueError(f"do({name}=…): image values must lie in [-1, 1]")
+        return t
+
+    def decode(self, name: str, enc: torch.Tensor, hard: bool = True) -> torch.Tensor:
+        kind = self.schema[name].kind
+        if kind == "categorical":
+            return enc.argmax(1) if hard else enc
+        if kind == "image":
+            return enc.clamp(-1.0, 1.0)
+        return enc
+
+    def features(self, name: str, enc: torch.Tensor) -> torch.Tensor:
+        """Flat input a child generator sees (image -> standardised coder code)."""
+        if self.schema[name].kind == "image":
+            return self.coders[name].encode(enc)
+        return enc
+
+    def condition(self, name: str, values: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
+        parts = [self.features(p, values[p]) for p in self.parents[name]]
+        if not parts:
+            return torch.zeros(n, 0, device=self.device)
+        return torch.cat(parts, dim=1)
+
+    # ------------------------------------------------------------------ the sampler
+    def forward_values(self, n: int, fixed: Mapping[str, torch.Tensor],
+                       needed: Iterable[str] | None = None, *, gen: torch.Generator | None = None,
+                       tau: float = 1.0, straight_through: bool = False
+                       ) -> dict[str, torch.Tensor]:
+        """ONE topological sampling loop over encoded values.
+
+        ``fixed`` holds encoded values (n rows) that override mechanisms (do-values, or the real
+        do-parents B of a training stage). ``needed`` limits which mechanisms run (default: all);
+        their parents must be in ``fixed`` or ``needed``. Categorical outputs are exact one-hot
+        samples (straight-through Gumbel-softmax gradients when ``straight_through``); image
+        outputs stay linear (the prototype's tanh saturated) and are clamped by :meth:`decode`.
+        """
+        need = set(self.order if needed is None else needed) - set(fixed)
+        values: dict[str, torch.Tensor] = dict(fixed)
+        dev = self.device
+        touching = {i for v in need for i in self._touching[v]}
+        us = {i: torch.randn(n, self.config.confounder_dim, generator=gen, device=dev)
+              for i in sorted(touching)}
+        for v in self.order:
+            if v not in need:
+                continue
+            missing = [p for p in self.parents[v] if p not in values]
+            if missing:
+                raise ValueError(f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
+                                 "generated nor given")
+            var = self.schema[v]
+            own = self.config.image_noise_dim if var.kind == "image" else self.config.noise_dim
+            noise = [torch.randn(n, own, generator=gen, device=dev)]
+            noise += [us[i] for i in self._touching[v]]
+            out = self.generators[v](self.condition(v, values, n), torch.cat(noise, dim=1))
+            if var.kind == "categorical":
+                out = gumbel_one_hot(out, tau, gen, straight_through)
+            values[v] = out
+        return values
+
+    @torch.no_grad()
+    def sample(self, n: int, do: Mapping[str, Any] | None = None, *, seed: int | None = None,
+               hard: bool = True, chunk: int = 8192) -> dict[str, torch.Tensor]:
+        """``n`` samples of every variable from P(V) or P(V | do(...)).
+
+        ``do`` values: int (categorical), float or sequence (continuous), image (C,H,W) in
+        [-1, 1], or per-sample arrays/tensors of length ``n``. Returns categorical int64 (n,)
+        (or probabilities-free one-hot when ``hard`` is False), continuous (n, d), image
+        (n, C, H, W) clamped to [-1, 1].
+        """
+        self.check_schema()
+        do = dict(do or {})
+        for k in do:
+            if k not in self.specs:
+                raise ValueError(f"do({k}=…): unknown variable; the model has "
+                                 f"{', '.join(self.order)}")
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2 ** 63)))
+        enc_do = {k: self.encode(k, v, n) for k, v in do.items()}
+        for k, t in enc_do.items():
+            if t.shape[0] != n:
+                raise ValueError(f"do({k}=…): {t.shape[0]} per-sample values for n={n}")
+        was = self.training
+        self.eval()
+        out: dict[str, list[torch.Tensor]] = {v: [] for v in self.order}
+        try:
+            for s in range(0, n, chunk):
+                m = min(chunk, n - s)
+                vals = self.forward_values(m, {k: t[s:s + m] for k, t in enc_do.items()},
+                                           gen=gen)
+                for v in self.order:
+                    out[v].append(self.decode(v, vals[v], hard))
+        finally:
+            self.train(was)
+        return {v: torch.cat(out[v]) for v in self.order}
+
+
+# ---------------------------------------------------------------------- model files
+def _versions() -> dict:
+    import safetensors
+
+    from . import __version__
+    return {"mdcm": __version__, "torch": torch.__version__,
+            "safetensors": getattr(safetensors, "__version__", "?")}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def state_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                ) -> bytes:
+    """Serialise tensors with safetensors (contiguous CPU copies; no pickle)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                metadata=dict(metadata or {}))
+
+
+def read_safetensors(path: Path, what: str = "model") -> dict[str, torch.Tensor]:
+    """Load a safetensors file after checking it is one (refuses pickles, zips, truncation)."""
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{what} file {path}: cannot read ({exc})") from None
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise ModelFileError(f"{what} file {path} is a pickle/torch.save payload, not safetensors; "
+                             "refusing to load it (pickles can run code)")
+    if len(data) < 8:
+        raise ModelFileError(f"{what} file {path} is truncated ({len(data)} bytes)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len <= 0 or 8 + header_len > len(data) or data[8:9] != b"{":
+        raise ModelFileError(f"{what} file {path} is not a valid safetensors file "
+                             "(bad or truncated header)")
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{what} file {path} is not a valid safetensors file: {exc}") from None
+
+
+def _plan_json(plan: Any) -> Any:
+    if plan is None:
+        return None
+    for attr in ("to_json", "as_json"):
+        if hasattr(plan, attr):
+            return getattr(plan, attr)()
+    return {"repr": repr(plan)}
+
+
+def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None = None) -> Path:
+    """Write ``path/model.safetensors`` and ``path/model.json`` (each via temp file + os.replace;
+    the json, which holds the weights' sha256, is written last)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    blob = state_bytes(model.state_dict(), {"format": MODEL_FORMAT})
+    meta = {
+        "format": MODEL_FORMAT,
+        "graph": model.schema.graph.to_text(),
+        "graph_json": model.schema.graph.to_json(),
+        "schema": model.schema.to_json(),
+        "config": model.config.to_json(),
+        "parents": {v: list(p) for v, p in model.parents.items()},
+        "plan": _plan_json(plan),
+        "versions": _versions(),
+        "weights": "model.safetensors",
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "extra": extra or {},
+    }
+    _atomic_write(path / "model.safetensors", blob)
+    _atomic_write(path / "model.json", json.dumps(meta, indent=1, default=str).encode())
+    return path
+
+
+def read_model_json(path: Path) -> dict:
+    """The model.json of a model folder, checked for format."""
+    path = Path(path)
+    jpath = path / "model.json" if path.is_dir() else path
+    if not jpath.exists():
+        raise ModelFileError(f"no model.json in {path}: not a saved mdcm model")
+    if jpath.stat().st_size > _MAX_JSON:
+        raise ModelFileError(f"{jpath} is too large to be a model description")
+    try:
+        meta = json.loads(jpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{jpath} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelFileError(f"{jpath}: unknown model format {fmt!r} (expected {MODEL_FORMAT})")
+    return meta
+
+
+def _same_schema(a: Schema, b: Schema) -> bool:
+    return (a.graph.nodes == b.graph.nodes or set(a.graph.nodes) == set(b.graph.nodes)) and \
+        a.graph.directed == b.graph.directed and a.graph.bidirected == b.graph.bidirected and \
+        {v.name: _spec(v) for v in a.variables} == {v.name: _spec(v) for v in b.variables}
+
+
+def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
+    """Load a model folder; refuses another graph/schema, tampered or truncated weights and
+    non-safetensors payloads with :class:`ModelFileError`."""
+    path = Path(path)
+    meta = read_model_json(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        schema = Schema.from_json(meta["schema"])
+        config = ModelConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{folder}/model.json: bad schema or config ({exc})") from None
+    if expect_schema is not None and not _same_schema(schema, expect_schema):
+        raise ModelFileError(
+            f"model in {folder} was trained for graph '{schema.graph}' with variables "
+            f"{ {v.name: v.to_json() for v in schema.variables} }, but the study has graph "
+            f"'{expect_schema.graph}' with variables "
+            f"{ {v.name: v.to_json() for v in expect_schema.variables} }; retrain for this study")
+    wpath = folder / "model.safetensors"
+    if not wpath.exists():
+        raise ModelFileError(f"{wpath} is missing")
+    digest = hashlib.sha256(wpath.read_bytes()).hexdigest()
+    tensors = read_safetensors(wpath)
+    if digest != meta.get("sha256"):
+        raise ModelFileError(f"{wpath} does not match the sha256 recorded in model.json "
+                             "(the file was modified, truncated or replaced)")
+    model = DCM(schema, config)
+    missing = set(model.state_dict()) - set(tensors)
+    unexpected = set(tensors) - set(model.state_dict())
+    if missing or unexpected:
+        raise ModelFileError(f"{wpath}: weights do not fit the recorded schema "
+                             f"(missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]})")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{wpath}: weights do not fit the recorded schema ({exc})") from None
+    for coder in model.coders.values():
+        for p in coder.parameters():
+            p.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def graph_of(model: DCM) -> CausalGraph:
+    return model.schema.graph

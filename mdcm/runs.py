@@ -1,0 +1,551 @@
+"""Training runs on disk, shared by the command line and the Streamlit app.
+
+A *run* is one folder under a root (default ``$MDCM_HOME/runs`` or ``./.mdcm/runs``)::
+
+    <root>/<run_id>/
+        run.json        config, created, pid, status (atomic rewrites, guarded by run.lock)
+        events.jsonl    one JSON training event per line, appended and flushed by the trainer
+        checkpoint/     the trainer's checkpoints (for resume)
+        model/          the trained model folder, written at the end
+        stop            flag file: its presence asks the trainer to stop after the current step
+        error.txt       the error that ended the run, if any
+        stdout.log, stderr.log   output of the background process
+
+:func:`start_run` launches ``python -m mdcm train --run-dir RUN`` as a detached background process
+and returns at once; the process reads its config from ``run.json``. :func:`run_status` reconciles
+the recorded status with the process (a dead process that never finished is ``interrupted`` or
+``failed``), so a crash, ``kill -9`` or a reboot never leaves a run that claims to be running.
+This module imports neither torch nor streamlit, so listing runs stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RUN_ID_RE", "STATUSES", "RunError", "RunInfo", "RunRecorder", "append_event",
+    "create_run", "default_root", "list_runs", "new_run_id", "read_events", "resume_run",
+    "run_path", "run_status", "scan_runs", "start_run", "stop_run", "validate_run_id", "wait_run",
+]
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+#: ``queued``: created, process not started yet; ``running``; ``stopped``: ended on a stop request;
+#: ``interrupted``: the process died without finishing (resumable); ``failed``: ended by an error;
+#: ``done``: finished and the model folder is written.
+STATUSES = ("queued", "running", "stopped", "interrupted", "failed", "done")
+ACTIVE = frozenset({"queued", "running"})
+TERMINAL = frozenset({"stopped", "failed", "done"})
+RUN_JSON = "run.json"
+EVENTS = "events.jsonl"
+STOP_FLAG = "stop"
+ERROR_TXT = "error.txt"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoint"
+FORMAT = "mdcm-run/1"
+#: seconds a run may stay ``queued`` with a dead launcher before it counts as failed
+_QUEUE_GRACE_S = 2.0
+#: minimum seconds between two ``step`` events written to events.jsonl (others always written)
+STEP_EVENT_INTERVAL_S = 0.25
+
+# Popen objects of runs started by this process, so that dead children are reaped (not zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class RunError(ValueError):
+    """A bad run id, a missing or unreadable run folder, or an action the run's state forbids."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What one run folder says, reconciled with its process."""
+
+    run_id: str
+    path: Path
+    status: str
+    created: float
+    config: dict = field(default_factory=dict)
+    pid: int | None = None
+    finished: float | None = None
+    message: str = ""                 # error message, or why the run ended as it did
+    stop_requested: bool = False
+    attempts: int = 1                 # 1 + number of resumes
+    last_event: dict | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+# ---------------------------------------------------------------------- paths and ids
+def default_root() -> Path:
+    """``$MDCM_HOME/runs`` when MDCM_HOME is set, else ``.mdcm/runs`` under the current folder."""
+    home = os.environ.get("MDCM_HOME")
+    return (Path(home) / "runs") if home else (Path.cwd() / ".mdcm" / "runs")
+
+
+def new_run_id() -> str:
+    """A sortable, unguessable id: UTC timestamp + 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is 1–64 characters of ``[A-Za-z0-9_-]``; else raise RunError."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        raise RunError(f"bad run id {str(run_id)[:80]!r}: use 1-64 letters, digits, '_' or '-'")
+    return run_id
+
+
+def run_path(root: Path | str, run_id: str) -> Path:
+    """The folder of run ``run_id`` under ``root``; never a path outside ``root``."""
+    validate_run_id(run_id)
+    root = Path(root).resolve()
+    path = (root / run_id).resolve()
+    if path.parent != root:          # a symlinked run folder pointing elsewhere
+        raise RunError(f"run {run_id!r} is not inside the runs folder {root}")
+    return path
+
+
+# ---------------------------------------------------------------------- small file helpers
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file + os.replace, so readers never see half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-write of run.json between the launcher and the run process."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(run_dir / "run.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _read_run_json(run_dir: Path) -> dict:
+    path = run_dir / RUN_JSON
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunError(f"{run_dir.name}: no {RUN_JSON} "
+                       "(not a run folder, or half-created)") from None
+    except OSError as exc:
+        raise RunError(f"{run_dir.name}: cannot read {RUN_JSON}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{run_dir.name}: {RUN_JSON} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        raise RunError(f"{run_dir.name}: {RUN_JSON} is not a run record")
+    return data
+
+
+def _update_run_json(run_dir: Path, **fields: Any) -> dict:
+    with _locked(run_dir):
+        data = _read_run_json(run_dir)
+        data.update(fields)
+        _atomic_write(run_dir / RUN_JSON, json.dumps(data, indent=2, sort_keys=True))
+    return data
+
+
+def _proc_start_ticks(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) from /proc, or None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2:].split()   # fields after "(comm)"; rest[0] is field 3
+    try:
+        return rest[0], int(rest[19])             # field 22 = starttime
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int | None, start_ticks: int | None = None) -> bool:
+    """Whether process ``pid`` (started at ``start_ticks``) still runs; zombies count as dead."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    st = _proc_start_ticks(pid)
+    if st is not None:
+        state, ticks = st
+        if state in ("Z", "X"):
+            return False
+        if start_ticks is not None and ticks != start_ticks:   # pid reused by another process
+            return False
+    return True
+
+
+def _tail_line(path: Path, max_bytes: int = 4000) -> str:
+    """The last non-empty line of a log file (for a failure message), '' if none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+# ---------------------------------------------------------------------- events
+def append_event(run_dir: Path | str, event: Mapping[str, Any]) -> None:
+    """Append one event as a JSON line and flush it (the trainer's ``on_event`` sink)."""
+    line = json.dumps(dict(event), default=_json_default, allow_nan=True)
+    with open(Path(run_dir) / EVENTS, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    for attr in ("item", "tolist"):        # numpy / torch scalars and arrays
+        if hasattr(o, attr):
+            with contextlib.suppress(Exception):
+                return getattr(o, attr)()
+    return str(o)
+
+
+def read_events(run_dir: Path | str, *, kinds: tuple[str, ...] | None = None) -> list[dict]:
+    """All events of a run, oldest first. A truncated or corrupt line (a crash mid-write) is
+    skipped, never raised; a run with no events file yields []."""
+    path = Path(run_dir) / EVENTS
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return []
+    out: list[dict] = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(ev, dict) and isinstance(ev.get("kind"), str) \
+                and (kinds is None or ev["kind"] in kinds):
+            out.append(ev)
+    return out
+
+
+# ---------------------------------------------------------------------- status
+def run_status(run_dir: Path | str) -> RunInfo:
+    """Read a run folder and reconcile its recorded status with its process.
+
+    A run recorded as queued/running whose process is gone becomes ``done`` (a ``done`` event
+    and a model folder exist), ``failed`` (an error was recorded, or it never started),
+    ``stopped`` (the stop flag was set) or ``interrupted`` (killed; resumable)."""
+    run_dir = Path(run_dir)
+    run_id = validate_run_id(run_dir.name)
+    data = _read_run_json(run_dir)
+    status = data.get("status", "queued")
+    if status not in STATUSES:
+        raise RunError(f"{run_id}: unknown status {status!r} in {RUN_JSON}")
+    created = data.get("created")
+    if not isinstance(created, int | float):
+        raise RunError(f"{run_id}: {RUN_JSON} has no creation time")
+    events = read_events(run_dir)
+    message = str(data.get("message", ""))
+    error_path = run_dir / ERROR_TXT
+    if error_path.is_file():
+        with contextlib.suppress(OSError):
+            message = error_path.read_text(encoding="utf-8", errors="replace").strip()[:2000]
+    pid = data.get("pid")
+    if status in ACTIVE and not _pid_alive(pid, data.get("pid_start")):
+        kinds = {e["kind"] for e in events}
+        if "done" in kinds and (run_dir / MODEL_DIR / "model.json").is_file():
+            status = "done"
+        elif error_path.is_file() or "error" in kinds:
+            status = "failed"
+            if not message:
+                message = next((str(e.get("message", "")) for e in reversed(events)
+                                if e["kind"] == "error"), "")
+        elif status == "queued" and time.time() - float(data.get("launched", created)) \
+                < _QUEUE_GRACE_S:
+            pass                                   # just launched; the child may not be up yet
+        elif status == "queued" and not events:
+            status = "failed"
+            message = message or _tail_line(run_dir / "stderr.log") or \
+                "the training process exited before it started"
+        elif (run_dir / STOP_FLAG).exists():
+            status = "stopped"
+        else:
+            status = "interrupted"
+            message = message or "the training process ended without finishing " \
+                                 "(killed or crashed); resume it to continue"
+    return RunInfo(run_id=run_id, path=run_dir, status=status, created=float(created),
+                   config=data.get("config", {}), pid=pid if isinstance(pid, int) else None,
+                   finished=data.get("finished"), message=message,
+                   stop_requested=(run_dir / STOP_FLAG).exists(),
+                   attempts=int(data.get("attempts", 1) or 1),
+                   last_event=events[-1] if events else None)
+
+
+def scan_runs(root: Path | str | None = None) -> tuple[list[RunInfo], list[tuple[str, str]]]:
+    """(runs newest first, [(folder name, reason skipped)]) for every folder under ``root``."""
+    root = Path(root) if root is not None else default_root()
+    runs: list[RunInfo] = []
+    skipped: list[tuple[str, str]] = []
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError:
+        return [], []
+    except OSError as exc:
+        raise RunError(f"cannot read the runs folder {root}: {exc.strerror or exc}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if not entry.is_dir() or entry.is_symlink():
+                raise RunError(f"{entry.name}: not a run folder")
+            runs.append(run_status(entry))
+        except (RunError, OSError, ValueError, TypeError) as exc:
+            skipped.append((entry.name, str(exc)))
+    runs.sort(key=lambda r: (r.created, r.run_id), reverse=True)
+    return runs, skipped
+
+
+def list_runs(root: Path | str | None = None) -> list[RunInfo]:
+    """Runs under ``root``, newest first; unreadable folders are skipped (see :func:`scan_runs`)."""
+    return scan_runs(root)[0]
+
+
+def wait_run(run_dir: Path | str, timeout_s: float = 60.0, poll_s: float = 0.2) -> RunInfo:
+    """Poll until the run is no longer queued/running or ``timeout_s`` passes; return its info."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = run_status(run_dir)
+        if not info.active or time.monotonic() >= deadline:
+            return info
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------------- create / start / stop
+#: TrainConfig fields a run may set (mirrors mdcm.train.TrainConfig; a test keeps them in sync)
+TRAIN_KEYS = ("steps", "batch_size", "objective", "seed", "device", "time_limit_s",
+              "check_every", "tolerance", "checkpoint_every", "stable_checks", "min_steps", "lr",
+              "betas", "critic_steps", "gp_weight", "mmd_batch", "mmd_lr", "ema", "tau",
+              "check_samples", "coder_steps", "log_every", "keep_best")
+
+
+def create_run(root: Path | str | None, config: Mapping[str, Any], *,
+               run_id: str | None = None) -> Path:
+    """Make a new run folder with ``run.json`` (status ``queued``) and return its path."""
+    root = Path(root) if root is not None else default_root()
+    try:
+        json.dumps(dict(config), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"run config is not plain JSON: {exc}") from None
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        rid = validate_run_id(run_id) if run_id is not None else new_run_id()
+        path = run_path(root, rid)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if run_id is not None:
+                raise RunError(f"run {rid!r} already exists in {root}") from None
+            continue
+        break
+    else:  # pragma: no cover - 20 collisions of 24 random bits within one second
+        raise RunError("could not create a unique run folder")
+    record = {"format": FORMAT, "run_id": rid, "created": time.time(), "status": "queued",
+              "config": dict(config), "attempts": 1}
+    _atomic_write(path / RUN_JSON, json.dumps(record, indent=2, sort_keys=True))
+    return path
+
+
+def _train_config_dict(train_config: Mapping[str, Any] | None) -> dict:
+    cfg = dict(train_config or {})
+    unknown = sorted(set(cfg) - set(TRAIN_KEYS))
+    if unknown:
+        raise RunError(f"unknown training setting(s) {', '.join(unknown)}; "
+                       f"known: {', '.join(TRAIN_KEYS)}")
+    return cfg
+
+
+def _launch(run_dir: Path, resume: bool) -> subprocess.Popen:
+    """Start ``python -m mdcm train --run-dir RUN`` detached, output into the run's logs."""
+    import mdcm
+
+    pkg_parent = str(Path(mdcm.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    argv = [sys.executable, "-m", "mdcm", "train", "--run-dir", str(run_dir), "--progress", "off"]
+    if resume:
+        argv.append("--resume")
+    with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                cwd=str(run_dir), env=env, start_new_session=True,
+                                close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    st = _proc_start_ticks(proc.pid)
+    _update_run_json(run_dir, pid=proc.pid, pid_start=st[1] if st else None,
+                     launched=time.time())
+    return proc
+
+
+def start_run(root: Path | str | None = None, *, example: str | None = None,
+              study_dir: Path | str | None = None, plan: str = "modular",
+              train_config: Mapping[str, Any] | None = None, example_size: str = "cpu",
+              example_n: int | None = None, example_seed: int = 0,
+              label: str = "") -> RunInfo:
+    """Create a run and launch its training in the background; returns at once (status queued).
+
+    Exactly one of ``example`` (a built-in example name) and ``study_dir`` (a study folder).
+    ``train_config`` holds TrainConfig fields (steps, batch_size, objective, seed, device,
+    time_limit_s, check_every, tolerance, checkpoint_every)."""
+    if (example is None) == (study_dir is None):
+        raise RunError("give exactly one of an example name and a study folder")
+    if plan not in ("modular", "joint"):
+        raise RunError(f"unknown plan {plan!r}; use 'modular' or 'joint'")
+    config: dict[str, Any] = {"plan": plan, "train": _train_config_dict(train_config),
+                              "label": str(label)}
+    if example is not None:
+        config["example"] = {"name": str(example), "size": example_size, "n": example_n,
+                             "seed": int(example_seed)}
+    else:
+        sd = Path(study_dir).resolve()  # type: ignore[arg-type]
+        if not (sd / "study.json").is_file():
+            raise RunError(f"{sd}: no study.json (not a study folder)")
+        config["study_dir"] = str(sd)
+    run_dir = create_run(root, config)
+    _launch(run_dir, resume=False)
+    return run_status(run_dir)
+
+
+def stop_run(run_dir: Path | str) -> RunInfo:
+    """Ask a run to stop: write the ``stop`` flag that the trainer's ``should_stop`` checks."""
+    run_dir = Path(run_dir)
+    info = run_status(run_dir)
+    _atomic_write(run_dir / STOP_FLAG, f"{time.time()}\n")
+    return run_status(run_dir) if info.active else info
+
+
+def resume_run(run_dir: Path | str) -> RunInfo:
+    """Relaunch a stopped / interrupted / failed run from its last checkpoint (``--resume``)."""
+    run_dir = Path(run_dir)
+    info = run_status(run_dir)
+    if info.active:
+        raise RunError(f"run {info.run_id} is still {info.status}; stop it before resuming")
+    if info.status == "done":
+        raise RunError(f"run {info.run_id} is already done")
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / STOP_FLAG).unlink()
+    if (run_dir / ERROR_TXT).exists():
+        with contextlib.suppress(OSError):
+            os.replace(run_dir / ERROR_TXT, run_dir / f"error.{info.attempts}.txt")
+    _update_run_json(run_dir, status="queued", attempts=info.attempts + 1, message="",
+                     finished=None, pid=None, pid_start=None, launched=time.time())
+    append_event(run_dir, {"kind": "resume", "stage": -1, "step": 0, "elapsed_s": 0.0,
+                           "time": time.time(), "message": f"attempt {info.attempts + 1}"})
+    _launch(run_dir, resume=True)
+    return run_status(run_dir)
+
+
+# ---------------------------------------------------------------------- the run process's side
+class RunRecorder:
+    """Used inside the training process: records status, events, stop requests and errors.
+
+    ``on_event`` writes every event (``step`` events at most every STEP_EVENT_INTERVAL_S) as a
+    JSON line; ``should_stop`` is true once the ``stop`` flag exists or SIGTERM arrived."""
+
+    def __init__(self, run_dir: Path | str):
+        self.run_dir = Path(run_dir)
+        self._last_step_write = 0.0
+        self._terminated = False
+        self._pending_step: dict | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / MODEL_DIR
+
+    def config(self) -> dict:
+        return dict(_read_run_json(self.run_dir).get("config", {}))
+
+    def mark_running(self) -> None:
+        st = _proc_start_ticks(os.getpid())
+        _update_run_json(self.run_dir, status="running", pid=os.getpid(),
+                         pid_start=st[1] if st else None, started=time.time())
+
+    def on_event(self, event: Any) -> None:
+        ev = event.to_json() if hasattr(event, "to_json") else dict(event)
+        ev.setdefault("time", time.time())
+        if ev.get("kind") == "step":
+            now = time.monotonic()
+            if now - self._last_step_write < STEP_EVENT_INTERVAL_S:
+                self._pending_step = ev
+                return
+            self._last_step_write = now
+        elif self._pending_step is not None:   # keep the step just before a check/stage end
+            append_event(self.run_dir, self._pending_step)
+        self._pending_step = None
+        append_event(self.run_dir, ev)
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal handler: a SIGTERM asks for a clean stop, like the stop flag."""
+        self._terminated = True
+
+    def should_stop(self) -> bool:
+        return self._terminated or (self.run_dir / STOP_FLAG).exists()
+
+    def finish(self, status: str, message: str = "") -> None:
+        if status not in TERMINAL:
+            raise RunError(f"finish() needs a final status, not {status!r}")
+        if status == "failed":
+            _atomic_write(self.run_dir / ERROR_TXT, message.strip() + "\n")
+        _update_run_json(self.run_dir, status=status, finished=time.time(), message=message)

@@ -1,0 +1,259 @@
+"""Graph & plan: draw the causal graph by clicking (or typing), set variable kinds, see the
+training plan (Modular-DCM stages, rules R1-R3) and its stage dependency graph."""
+
+import json
+
+import streamlit as st
+
+from mdcm.graph import GraphError
+from mdcm.variables import KINDS, SchemaError
+from mdcm_app import graphview, state, ui
+
+EDGE_TYPES = {"->": "→ causes (directed)", "<->": "↔ hidden confounder (bidirected)"}
+
+
+# ---------------------------------------------------------------------- callbacks
+def _meta() -> state.StudyMeta:
+    return state.load_meta(st.session_state["study_id"])
+
+
+def _apply_graph(new_graph, notice: str) -> None:
+    meta = state.update_graph(_meta(), new_graph)
+    st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
+    st.session_state["graph_error"] = ""
+    st.session_state["graph_text_error"] = ""
+    st.session_state["graph_notice"] = notice
+
+
+def _edit(fn, notice: str) -> None:
+    """Run one click edit on the stored graph; errors are kept for inline display."""
+    try:
+        graph, err = state.graph_or_error(_meta().graph_text)
+        if graph is None:
+            raise GraphError(f"the stored graph is invalid ({err}); fix the text first")
+        _apply_graph(fn(graph), notice)
+    except GraphError as exc:
+        st.session_state["graph_error"] = str(exc)
+        st.session_state["graph_notice"] = ""
+
+
+def _add_variable() -> None:
+    name = (st.session_state.get("graph_new_var") or "").strip()
+    _edit(lambda g: graphview.add_variable(g, name), f"added variable {name}")
+    if not st.session_state.get("graph_error"):
+        st.session_state["graph_new_var"] = ""
+
+
+def _add_edge() -> None:
+    a = st.session_state.get("graph_edge_from")
+    b = st.session_state.get("graph_edge_to")
+    kind = st.session_state.get("graph_edge_type", "->")
+    _edit(lambda g: graphview.add_edge(g, a, b, kind), f"added edge {a} {kind} {b}")
+
+
+def _remove_edge(a: str, kind: str, b: str) -> None:
+    _edit(lambda g: graphview.remove_edge(g, a, b, kind), f"removed edge {a} {kind} {b}")
+
+
+def _remove_variable(v: str) -> None:
+    _edit(lambda g: graphview.remove_variable(g, v), f"removed variable {v}")
+
+
+def _apply_text() -> None:
+    text = st.session_state.get("graph_text", "")
+    graph, err = state.graph_or_error(text)
+    if graph is None:
+        st.session_state["graph_text_error"] = err
+        return
+    if not graph.nodes:
+        st.session_state["graph_text_error"] = "the graph is empty: name at least one variable"
+        return
+    meta = state.update_graph(_meta(), graph)
+    st.session_state["graph_text_error"] = ""
+    st.session_state["graph_error"] = ""
+    st.session_state["graph_notice"] = f"graph updated from text ({len(meta.variables)} variables)"
+
+
+def _set_kind(v: str) -> None:
+    kind = st.session_state.get(f"graph_kind_{v}")
+    meta = _meta()
+    old = dict(meta.variables.get(v, state.DEFAULT_VARIABLE))
+    try:
+        if kind == "categorical":
+            spec = {"kind": kind, "classes": int(st.session_state.get(f"graph_classes_{v}")
+                                                 or old.get("classes") or 2)}
+        elif kind == "continuous":
+            spec = {"kind": kind, "shape": [int(st.session_state.get(f"graph_dim_{v}") or 1)]}
+        else:
+            raw = st.session_state.get(f"graph_shape_{v}") or "1x28x28"
+            try:
+                shape = [int(s) for s in raw.lower().replace(",", "x").split("x") if s.strip()]
+            except ValueError:
+                raise SchemaError(f"variable {v!r}: image shape {raw!r} must look like "
+                                  "3x14x14 (channels x height x width)") from None
+            spec = {"kind": kind, "shape": shape}
+        state.set_variable(meta, v, spec)
+        st.session_state[f"graph_kind_error_{v}"] = ""
+    except SchemaError as exc:
+        st.session_state[f"graph_kind_error_{v}"] = str(exc)
+
+
+# ---------------------------------------------------------------------- layout
+def _editor(meta: state.StudyMeta, graph) -> None:
+    st.markdown("**Add a variable**")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.text_input("Variable name", key="graph_new_var", placeholder="e.g. Z",
+                  label_visibility="collapsed")
+    c2.button("Add variable", key="graph_add_var", on_click=_add_variable, width="stretch")
+    st.markdown("**Add an edge**")
+    nodes = list(graph.nodes) if graph is not None else []
+    e1, e2, e3 = st.columns([2, 3, 2])
+    e1.selectbox("From", nodes, key="graph_edge_from")
+    e2.selectbox("Type", list(EDGE_TYPES), key="graph_edge_type", format_func=EDGE_TYPES.get)
+    e3.selectbox("To", nodes, key="graph_edge_to", index=min(1, len(nodes) - 1) if nodes else None)
+    st.button("Add edge", key="graph_add_edge", on_click=_add_edge, type="primary",
+              disabled=len(nodes) < 2)
+    if st.session_state.get("graph_error"):
+        st.error(st.session_state["graph_error"], icon="🚫")
+    elif st.session_state.get("graph_notice"):
+        st.success(st.session_state["graph_notice"], icon="✅")
+    if graph is None:
+        return
+    edges = graphview.edge_list(graph)
+    with st.expander(f"Edges ({len(edges)}) and variables ({len(graph.nodes)})", expanded=True):
+        for a, kind, b in edges:
+            r1, r2 = st.columns([4, 1], vertical_alignment="center")
+            r1.markdown(f"`{a} {kind} {b}`" + (" (hidden confounder)" if kind == "<->" else ""))
+            tag = "d" if kind == "->" else "b"
+            r2.button("Remove", key=f"graph_rm_edge_{tag}_{a}_{b}", on_click=_remove_edge,
+                      args=(a, kind, b))
+        st.markdown("---")
+        for v in graph.nodes:
+            r1, r2 = st.columns([4, 1], vertical_alignment="center")
+            r1.markdown(f"`{v}`")
+            r2.button("Remove", key=f"graph_rm_var_{v}", on_click=_remove_variable, args=(v,),
+                      disabled=len(graph.nodes) <= 1)
+
+
+def _kinds(meta: state.StudyMeta, graph) -> None:
+    st.markdown("**Variable kinds**")
+    for v in graph.nodes:
+        spec = dict(meta.variables.get(v, state.DEFAULT_VARIABLE))
+        c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
+        c1.markdown(f"**{v}**")
+        kind_key = f"graph_kind_{v}"
+        if kind_key not in st.session_state:
+            st.session_state[kind_key] = spec.get("kind", "categorical")
+        c2.selectbox(f"Kind of {v}", KINDS, key=kind_key, on_change=_set_kind, args=(v,),
+                     label_visibility="collapsed")
+        kind = st.session_state[kind_key]
+        if kind == "categorical":
+            key = f"graph_classes_{v}"
+            if key not in st.session_state:
+                st.session_state[key] = int(spec.get("classes") or 2)
+            c3.number_input(f"Classes of {v}", min_value=2, max_value=1000, step=1, key=key,
+                            on_change=_set_kind, args=(v,))
+        elif kind == "continuous":
+            key = f"graph_dim_{v}"
+            if key not in st.session_state:
+                st.session_state[key] = int((spec.get("shape") or [1])[0])
+            c3.number_input(f"Dimension of {v}", min_value=1, max_value=64, step=1, key=key,
+                            on_change=_set_kind, args=(v,))
+        else:
+            key = f"graph_shape_{v}"
+            if key not in st.session_state:
+                shp = spec.get("shape") if spec.get("kind") == "image" else [1, 28, 28]
+                st.session_state[key] = "x".join(str(s) for s in shp)
+            c3.text_input(f"Image shape of {v} (C x H x W)", key=key, on_change=_set_kind,
+                          args=(v,))
+        if st.session_state.get(f"graph_kind_error_{v}"):
+            st.error(st.session_state[f"graph_kind_error_{v}"])
+
+
+def _plan(meta: state.StudyMeta, graph) -> None:
+    from mdcm.plan import PlanError, make_plan
+
+    st.subheader("Training plan")
+    interventions: list[frozenset[str]] = []
+    try:
+        study, _ = ui.study_data(meta)
+        if study is not None:
+            interventions = [r for r in study.interventions if r <= set(graph.nodes)]
+    except ImportError:
+        pass
+    mode = st.radio("Plan", ["modular", "joint"], key="graph_plan_mode", horizontal=True,
+                    format_func={"modular": "Modular (Modular-DCM: stage by stage)",
+                                 "joint": "Joint (one stage, NCM-style baseline)"}.get)
+    try:
+        plan = make_plan(graph, interventions, joint=(mode == "joint"))
+    except PlanError as exc:
+        st.error(f"No plan: {exc}")
+        return
+    levels = plan.levels()
+    regimes = ", ".join(r.label for r in plan.regimes)
+    st.markdown(f"**{len(plan.stages)} stage{'s' if len(plan.stages) != 1 else ''}** in "
+                f"**{len(levels)} level{'s' if len(levels) != 1 else ''}** "
+                f"(stages in one level can train in parallel); data regimes: {regimes}.")
+    for s in plan.stages:
+        joint = len(s.trains) > 1
+        how = "jointly" if joint else "separately"
+        with st.container(border=True):
+            after = ("after stage " + ", ".join(map(str, s.depends_on))) if s.depends_on \
+                else "no dependencies"
+            st.markdown(f"**Stage {s.id}** · level {s.level} · {after} · trains "
+                        f"**{', '.join(s.trains)}** {how}")
+            if not s.targets:
+                st.warning("No dataset can train this stage (every regime intervenes on it).")
+            for t in s.targets:
+                given = ", ".join(t.given) if t.given else "nothing"
+                line = (f"- {t.regime.label}: matches **{', '.join(t.matches)}**, conditions on "
+                        f"**{given}**")
+                if t.frozen:
+                    line += f", runs **{', '.join(t.frozen)}** frozen"
+                if t.is_conditional:
+                    line += " (a plain conditional: a pre-trained generator can stand in)"
+                st.markdown(line)
+            if s.reasons:
+                st.caption("Why: " + "; ".join(s.reasons))
+    st.markdown("**Stage dependency graph** (an arrow: the later stage runs the earlier "
+                "one's mechanisms frozen)")
+    st.iframe(graphview.plan_dependency_html(plan.stages, height=220), height=240)
+    st.download_button("Download plan (JSON)", json.dumps(plan.to_json(), indent=2),
+                       file_name="plan.json", mime="application/json", key="graph_plan_download")
+
+
+def main() -> None:
+    meta = ui.require_study()
+    ui.sidebar(meta)
+    st.title("Causal graph and training plan")
+    if "graph_text" not in st.session_state or st.session_state.get("graph_for") != meta.study_id:
+        st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
+        st.session_state["graph_for"] = meta.study_id
+    graph, err = state.graph_or_error(meta.graph_text)
+    left, right = st.columns([1, 1], gap="large")
+    with left:
+        _editor(meta, graph)
+    with right:
+        st.markdown("**Text form** (`A -> B`, `A <-> B` for a hidden confounder; `;` or new "
+                    "lines between statements)")
+        st.text_area("Graph text", key="graph_text", height=150, on_change=_apply_text,
+                     label_visibility="collapsed")
+        st.button("Apply text", key="graph_apply_text", on_click=_apply_text)
+        if st.session_state.get("graph_text_error"):
+            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}", icon="🚫")
+        if graph is not None:
+            _kinds(meta, graph)
+    if graph is None:
+        st.error(f"The stored graph is invalid: {err}")
+        return
+    meta = state.load_meta(meta.study_id)
+    kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
+    st.subheader("Picture")
+    st.caption("Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
+               "one color form a c-component (they share hidden confounding and their mechanisms "
+               "train together).")
+    st.iframe(graphview.graph_html(graph, kinds, height=320), height=340)
+    _plan(meta, graph)
+
+
+ui.guard(main)

@@ -1,0 +1,226 @@
+"""Train: choose device, steps, batch size, modular or joint plan, seed; training runs in a
+background process (mdcm.runs); live progress per stage, stop, resume, and the list of past runs
+(on disk, so it survives a reload or an app restart)."""
+
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from mdcm_app import runs_view, state, ui
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+
+        return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    except ImportError:
+        return ["auto", "cpu"]
+
+
+def _follow(run_id: str | None) -> None:
+    if run_id:
+        st.session_state["run_id"] = run_id
+        st.query_params["run"] = run_id
+
+
+def _start() -> None:
+    from mdcm.runs import RunError, start_run
+
+    st.session_state["train_error"] = ""
+    meta = state.load_meta(st.session_state["study_id"])
+    study, problems = ui.study_data(meta)
+    real = [p for p in problems if not p.endswith("(ignored)")]
+    if study is None or real:
+        st.session_state["train_error"] = ("Cannot train: " + "; ".join(real or ["no data"])
+                                           + ". Fix the graph or the data first.")
+        return
+    if study.observational is None and not study.interventions:
+        st.session_state["train_error"] = "Cannot train: the study has no dataset."
+        return
+    cfg = {"steps": int(st.session_state.get("train_steps", 600)),
+           "batch_size": int(st.session_state.get("train_batch", 64)),
+           "seed": int(st.session_state.get("train_seed", 0)),
+           "device": st.session_state.get("train_device", "auto"),
+           "objective": st.session_state.get("train_objective", "auto"),
+           "check_every": max(5, min(200, int(st.session_state.get("train_steps", 600)) // 10))}
+    limit = float(st.session_state.get("train_time_limit", 0) or 0)
+    if limit > 0:
+        cfg["time_limit_s"] = limit
+    ex = ui.example_or_none(meta)
+    try:
+        source = runs_view.training_source(meta, study, ex.study.schema if ex else None)
+        info = start_run(state.runs_root(), plan=st.session_state.get("train_plan", "modular"),
+                         train_config=cfg, label=meta.study_id, **source)
+    except (RunError, ValueError, OSError) as exc:
+        st.session_state["train_error"] = f"Could not start training: {exc}"
+        return
+    runs_view.record_run(meta.study_id, info.run_id)
+    _follow(info.run_id)
+
+
+def _stop(run_dir) -> None:
+    from mdcm.runs import RunError, stop_run
+
+    try:
+        stop_run(run_dir)
+    except (RunError, OSError) as exc:
+        st.session_state["train_error"] = f"Could not stop: {exc}"
+
+
+def _resume(run_dir) -> None:
+    from mdcm.runs import RunError, resume_run
+
+    try:
+        resume_run(run_dir)
+    except (RunError, OSError) as exc:
+        st.session_state["train_error"] = f"Could not resume: {exc}"
+
+
+def _settings() -> None:
+    st.subheader("Settings")
+    c1, c2, c3 = st.columns(3)
+    c1.selectbox("Device", _devices(), key="train_device",
+                 help="auto uses the GPU when one is available")
+    c1.radio("Plan", ["modular", "joint"], key="train_plan", horizontal=True,
+             format_func={"modular": "Modular (stages)", "joint": "Joint (baseline)"}.get)
+    c2.number_input("Steps per stage (max)", min_value=1, max_value=200_000, value=600, step=50,
+                    key="train_steps")
+    c2.number_input("Batch size", min_value=8, max_value=4096, value=64, step=8,
+                    key="train_batch")
+    c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="train_seed")
+    c3.number_input("Time limit per stage (s, 0 = none)", min_value=0, max_value=86_400,
+                    value=0, step=30, key="train_time_limit")
+    with st.expander("Advanced"):
+        st.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
+                     help="auto: WGAN-GP for image stages, kernel (MMD) loss for label stages")
+
+
+def _curves(rec: dict, sid: int) -> None:
+    c1, c2 = st.columns(2)
+    if rec["losses"]:
+        df = pd.DataFrame(rec["losses"])
+        fig = go.Figure()
+        for col in df.columns:
+            if col != "step":
+                fig.add_scatter(x=df["step"], y=df[col], name=col, mode="lines")
+        fig.update_layout(title="losses", height=240, margin={"l": 30, "r": 10, "t": 40, "b": 30},
+                          template="plotly_white")
+        c1.plotly_chart(fig, key=f"train_loss_{sid}", width="stretch")
+    if rec["quality"]:
+        df = pd.DataFrame(rec["quality"])
+        fig = go.Figure()
+        fig.add_scatter(x=df["step"], y=df["quality"], name="fit (TVD)", mode="lines+markers")
+        fig.update_layout(title="fit check vs steps (TVD to data, lower is better)", height=240,
+                          margin={"l": 30, "r": 10, "t": 40, "b": 30}, template="plotly_white")
+        c2.plotly_chart(fig, key=f"train_quality_{sid}", width="stretch")
+
+
+def _progress(run_dir) -> bool:
+    """Draw one run's progress; True while it is still active."""
+    from mdcm.runs import read_events, run_status
+
+    info = run_status(run_dir)
+    events = read_events(run_dir)
+    steps = int((info.config.get("train") or {}).get("steps") or 0)
+    icon = {"done": "✅", "running": "⏳", "queued": "⏳", "failed": "❌",
+            "stopped": "⏹️", "interrupted": "⚠️"}.get(info.status, "")
+    st.markdown(f"**Run {info.run_id}**: {icon} {info.status}"
+                + (f" (attempt {info.attempts})" if info.attempts > 1 else ""))
+    if info.message and info.status in ("failed", "interrupted", "stopped"):
+        (st.error if info.status == "failed" else st.warning)(info.message)
+    pre = [e for e in events if e.get("stage") == -1 and e.get("kind") == "step"]
+    if pre:
+        st.caption(f"Preparation: {pre[-1].get('message', '')}")
+    elif info.active and not events:
+        st.caption("Starting the training process (loading data, fitting image codes)…")
+    names = {int(e["stage"]): e.get("message", "") for e in events
+             if e.get("kind") == "stage_start"}
+    prog = runs_view.stage_progress([e for e in events if (e.get("stage") or 0) >= 0
+                                     and e.get("kind") in ("step", "check", "stage_start",
+                                                           "stage_end", "error")], steps)
+    for sid in sorted(prog):
+        rec = prog[sid]
+        label = names.get(sid) or f"stage {sid}"
+        extra = f" · {rec['message']}" if rec["done"] and rec["message"] else ""
+        st.progress(rec["fraction"], text=f"{label}: step {rec['step']}/{steps}{extra}")
+        _curves(rec, sid)
+    b1, b2 = st.columns(2)
+    b1.button("Stop", key="train_stop", on_click=_stop, args=(run_dir,),
+              disabled=not info.active)
+    b2.button("Resume", key="train_resume", on_click=_resume, args=(run_dir,),
+              disabled=info.active or info.status == "done")
+    if info.status == "done":
+        st.success("Training finished: the model is ready. Ask questions on the Intervene page "
+                   "or look at the Checks page.")
+        ui.page_link("intervene", "Go to Intervene", "🎛️")
+    return info.active
+
+
+def _live(run_dir) -> None:
+    from mdcm.runs import run_status
+
+    active = run_status(run_dir).active
+
+    @st.fragment(run_every=1.0 if active else None)
+    def live() -> None:
+        still = _progress(run_dir)
+        if active and not still:
+            st.rerun(scope="app")
+
+    live()
+
+
+def _past_runs(meta) -> None:
+    from mdcm.runs import RunError, run_path, run_status
+
+    st.subheader("Past runs")
+    ids = runs_view.study_run_ids(meta.study_id)
+    infos = []
+    for rid in ids:
+        try:
+            infos.append(run_status(run_path(state.runs_root(), rid)))
+        except (RunError, OSError, ValueError):
+            continue
+    if not infos:
+        st.caption("No runs yet for this study.")
+        return
+    rows = [{"run": i.run_id, "status": i.status, "plan": i.config.get("plan"),
+             "steps": (i.config.get("train") or {}).get("steps"),
+             "device": (i.config.get("train") or {}).get("device"),
+             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
+             "message": i.message[:80]} for i in infos]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.selectbox("Follow a run", [i.run_id for i in infos], key="train_pick_run",
+                 format_func=lambda r: next(runs_view.run_label(i) for i in infos
+                                            if i.run_id == r))
+    c2.button("Show", key="train_follow",
+              on_click=lambda: _follow(st.session_state.get("train_pick_run")))
+
+
+def main() -> None:
+    from mdcm.runs import RunError, run_path
+
+    meta = ui.require_study()
+    ui.sidebar(meta)
+    st.title("Train")
+    st.caption("Training runs in a background process: you can leave this page, reload the "
+               "browser or restart the app; runs and their progress stay on disk.")
+    _settings()
+    st.button("Start training", key="train_start", on_click=_start, type="primary")
+    if st.session_state.get("train_error"):
+        st.error(st.session_state["train_error"], icon="🚫")
+    rid = st.session_state.get("run_id") or st.query_params.get("run")
+    if rid and rid in runs_view.study_run_ids(meta.study_id):
+        st.subheader("Progress")
+        try:
+            _live(run_path(state.runs_root(), rid))
+        except (RunError, OSError) as exc:
+            st.error(f"Run {rid} cannot be read: {exc}")
+    _past_runs(meta)
+
+
+ui.guard(main)

@@ -7,16 +7,16 @@ and on-disk layout are documented in :mod:`mdcm_app.state`.
 
 import streamlit as st
 
-st.set_page_config(page_title="mdcm: causal questions with images", page_icon="🧭",
+st.set_page_config(page_title="mdcm: causal questions with images", page_icon=":material/explore:",
                    layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/graph.py", title="Graph & plan", icon="🕸️", url_path="graph"),
-    st.Page("pages/data.py", title="Data", icon="🗂️", url_path="data"),
-    st.Page("pages/train.py", title="Train", icon="🏋️", url_path="train"),
-    st.Page("pages/intervene.py", title="Intervene", icon="🎛️", url_path="intervene"),
-    st.Page("pages/checks.py", title="Checks", icon="🔍", url_path="checks"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/graph.py", title="Graph & plan", icon=":material/hub:", url_path="graph"),
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:", url_path="data"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/intervene.py", title="Intervene", icon=":material/tune:", url_path="intervene"),
+    st.Page("pages/checks.py", title="Checks", icon=":material/fact_check:", url_path="checks"),
 ]
 
 st.navigation(PAGES).run()

@@ -262,14 +262,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             cfg["study_dir"] = str(Path(args.study).resolve())
         if recorder is not None:
-            recorder.run_dir.mkdir(parents=True, exist_ok=True)
-            if (recorder.run_dir / runs.RUN_JSON).is_file():
+            rd = recorder.run_dir
+            if (rd / runs.RUN_JSON).is_file():
                 if not args.resume:
                     raise CliError(f"--run-dir {args.run_dir} already holds a run; "
                                    "add --resume or pick a new folder")
             else:
-                rid = runs.validate_run_id(recorder.run_dir.name)
-                runs.create_run(recorder.run_dir.parent, cfg, run_id=rid)
+                rid = runs.validate_run_id(rd.name)
+                if rd.is_dir() and not any(rd.iterdir()):
+                    rd.rmdir()                      # an empty folder made by the user
+                elif rd.exists():
+                    raise CliError(f"--run-dir {args.run_dir} exists and is not a run folder")
+                runs.create_run(rd.parent, cfg, run_id=rid)
     if cfg.get("plan", "modular") not in ("modular", "joint"):
         raise CliError(f"unknown plan {cfg.get('plan')!r}; use modular or joint")
     out = Path(args.out) if args.out else (recorder.model_dir if recorder else None)
@@ -310,6 +314,9 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
     graph = study.schema.graph
     plan = make_plan(graph, list(study.interventions), joint=cfg.get("plan") == "joint")
     tconf = _train_config(cfg.get("train", {}))
+    import torch
+
+    torch.manual_seed(int(getattr(tconf, "seed", 0)))   # initial weights follow the seed too
     model = DCM(study.schema)
     show = args.progress == "on" or (args.progress == "auto" and recorder is None)
     progress = _Progress(show, getattr(tconf, "steps", None))
@@ -517,11 +524,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for r in infos:
             src = r.config.get("example", {}).get("name") if r.config.get("example") else \
                 r.config.get("study_dir", "?")
-            last = r.last_event or {}
+            last = r.last_progress or {}
             print(f"{r.run_id}  {r.status:<11}  {_fmt_time(r.created)}  {src}  "
                   f"stage {last.get('stage', '-')} step {last.get('step', '-')}")
-        for folder, reason in skipped:
-            print(f"skipped {folder}: {reason}", file=sys.stderr)
+        for _folder, reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
         return EXIT_OK
     if not args.run:
         raise CliError(f"runs {args.action} needs a RUN id")

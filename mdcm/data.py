@@ -88,12 +88,13 @@ DEFAULT_LIMITS = UploadLimits()
 
 
 # ----------------------------------------------------------------------------- data types
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """One dataset: samples from one regime (observational when ``do`` is empty).
 
     ``columns`` maps each variable to an array: categorical int64 ``(N,)``, continuous float32
-    ``(N, d)``, image float32 ``(N, C, H, W)`` in ``[-1, 1]``.
+    ``(N, d)``, image float32 ``(N, C, H, W)`` in ``[-1, 1]``. Equality is identity (the columns
+    are arrays).
     """
 
     name: str
@@ -113,8 +114,18 @@ class Dataset:
     def regime(self) -> frozenset[str]:
         return frozenset(self.do)
 
+    def take(self, index: np.ndarray | Sequence[int] | slice) -> Dataset:
+        """The rows ``index`` (e.g. a train/validation split) as a new dataset."""
+        return Dataset(self.name, {k: v[index] for k, v in self.columns.items()}, dict(self.do))
 
-@dataclass(frozen=True)
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A seeded random split into (first ``fraction`` of rows, the rest)."""
+        perm = np.random.default_rng(seed).permutation(self.n)
+        cut = int(round(fraction * self.n))
+        return self.take(np.sort(perm[:cut])), self.take(np.sort(perm[cut:]))
+
+
+@dataclass(frozen=True, eq=False)
 class Study:
     """A causal graph with variable kinds (the schema) and the datasets observed under it."""
 
@@ -166,7 +177,7 @@ def uint8_to_images(a: np.ndarray) -> np.ndarray:
 
 def images_to_uint8(x: np.ndarray) -> np.ndarray:
     """float ``[-1, 1]`` to uint8 pixels (clipped, rounded)."""
-    return np.clip(np.rint((np.asarray(x, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.clip(np.rint((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _describe(var: Variable) -> str:
@@ -192,6 +203,10 @@ def read_csv_upload(path: Path | str, *, limits: UploadLimits = DEFAULT_LIMITS,
     path = Path(path)
     where = where or str(path)
     try:
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            raise DataError(f"{where}: {size} bytes, more than the limit of "
+                            f"{limits.max_file_bytes}")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{where}: cannot read ({exc.strerror or exc})") from None
@@ -574,6 +589,8 @@ def _read_study_json(root: Path) -> dict:
 def load_study(path: Path | str, *, limits: UploadLimits = DEFAULT_LIMITS) -> Study:
     """Read a study folder: ``study.json`` plus every sub-folder holding a ``data.csv``."""
     root = Path(path)
+    if root.is_file() and root.suffix.lower() == ".zip":
+        raise DataError(f"{root.name} is a zip archive: extract it with safe_extract_zip first")
     if not root.is_dir():
         raise DataError(f"study folder {str(root)!r} does not exist")
     data = _read_study_json(root)
@@ -586,10 +603,11 @@ def load_study(path: Path | str, *, limits: UploadLimits = DEFAULT_LIMITS) -> St
         schema = infer_schema(graph, folders, declared=data.get("variables", {}), limits=limits)
     except SchemaError as exc:
         raise DataError(f"{STUDY_FILE}: {exc}") from None
-    datasets = tuple(load_dataset(f, schema, limits=limits) for f in folders)
+    datasets = sorted((load_dataset(f, schema, limits=limits) for f in folders),
+                      key=lambda d: (bool(d.do), d.name))           # observational first
     if len(folders) == 1 and folders[0] == root and not datasets[0].do:
-        datasets = (Dataset("observational", datasets[0].columns, {}),)
-    return Study(schema, datasets, root)
+        datasets = [Dataset("observational", datasets[0].columns, {})]
+    return Study(schema, tuple(datasets), root)
 
 
 def save_study(study: Study, path: Path | str, *, overwrite: bool = False) -> Path:
@@ -860,7 +878,7 @@ def _extract(fh, zip_name: str, dest: Path, limits: UploadLimits, budget: _Budge
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise DataError(f"{at}: symbolic links are refused")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise DataError(f"{at}: special file refused")
             if info.flag_bits & 0x1:
                 raise DataError(f"{at}: encrypted entries are refused")

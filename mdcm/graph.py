@@ -364,9 +364,9 @@ def parse_graph(text: str) -> CausalGraph:
                     raise GraphError(f"edge {' '.join(tokens[-2:])} has no target {where}")
                 # Report the first token out of the name/arrow alternation ('A B', '=>',
                 # '<--'); misplaced arrows ('A -> -> B') are reported by the loop below.
-                bad = next(t for i, t in enumerate(tokens)
-                           if not (_NAMEISH_RE.match(t) if i % 2 == 0
-                                   else t in _ARROWS or t == "--"))
+                bad = next((t for i, t in enumerate(tokens)
+                            if not (_NAMEISH_RE.match(t) if i % 2 == 0
+                                    else t in _ARROWS or t == "--")), tokens[-1])
                 if _NAMEISH_RE.match(bad):
                     raise GraphError(f"unexpected {bad!r} {where}: expected 'A -> B', "
                                      "'A <- B', 'A <-> B' or a variable name")

@@ -175,6 +175,10 @@ def _fraction(num: Expr, den: Expr) -> Expr:
         return num
     if num == den:
         return ONE
+    if isinstance(num, Product) and den in num.factors:
+        rest = list(num.factors)
+        rest.remove(den)
+        return _product(rest)
     if (isinstance(num, Prob) and isinstance(den, Prob) and num.given == den.given
             and num.regime == den.regime and den.target < num.target):
         return Prob(num.target - den.target, num.given | den.target, num.regime)
@@ -550,6 +554,14 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
             text += f"  (for any value of {_list(extra, graph)})"
         return Identification(True, text, reason, expression=expr)
 
+    # Shortcut (rule 3): (Y ⊥ X | Z) in G_{\bar{X(Z)}}, X(Z) = X \ an(Z) ⇒ drop do(X).
+    x_z = x - graph.ancestors(z) if z else x
+    if algorithm == "auto" and graph.mutilate(x_z).d_separated(y, x, z):
+        expr = Prob(y, z)
+        return done(expr, f"no causal effect: {_list(y, graph)} is d-separated from "
+                          f"{_list(x, graph)}{' given ' + _list(z, graph) if z else ''} once "
+                          f"the edges into {_list(x_z, graph)} are removed (do-calculus rule 3), "
+                          f"so {query} = {render(expr, key)}")
     # Shortcut (rule 2): (Y ⊥ X | Z) in G with X's outgoing edges removed ⇒ condition on X.
     if algorithm == "auto" and graph.remove_outgoing(x).d_separated(y, x, z):
         expr = Prob(y, x | z)
@@ -591,8 +603,8 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
                       f"2006) within the c-forests F = {_set(h.f, graph)} and F' = "
                       f"{_set(h.f_prime, graph)} (root set {_set(roots, graph)}): F meets the "
                       f"treatment {_list(treated, graph)}, F' does not")
-            if z:
-                reason += f" (after IDC moved {_set(z - z2, graph)} into the interventions)"
+            if z - z2:
+                reason += f" (after IDC moved {_list(z - z2, graph)} into the interventions)"
             return Identification(False, None, reason, witness=(h.f, h.f_prime))
         return done(normalise(p), f"identified by the ID algorithm (Shpitser & Pearl 2006)"
                                   f"{idc_note}")

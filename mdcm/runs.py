@@ -45,6 +45,7 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: ``done``: finished and the model folder is written.
 STATUSES = ("queued", "running", "stopped", "interrupted", "failed", "done")
 ACTIVE = frozenset({"queued", "running"})
+PROGRESS_KINDS = frozenset({"stage_start", "step", "check", "checkpoint", "stage_end"})
 TERMINAL = frozenset({"stopped", "failed", "done"})
 RUN_JSON = "run.json"
 EVENTS = "events.jsonl"
@@ -81,6 +82,7 @@ class RunInfo:
     stop_requested: bool = False
     attempts: int = 1                 # 1 + number of resumes
     last_event: dict | None = None
+    last_progress: dict | None = None  # last stage_start/step/check/checkpoint/stage_end event
 
     @property
     def active(self) -> bool:
@@ -326,7 +328,9 @@ def run_status(run_dir: Path | str) -> RunInfo:
                    finished=data.get("finished"), message=message,
                    stop_requested=(run_dir / STOP_FLAG).exists(),
                    attempts=int(data.get("attempts", 1) or 1),
-                   last_event=events[-1] if events else None)
+                   last_event=events[-1] if events else None,
+                   last_progress=next((e for e in reversed(events)
+                                       if e["kind"] in PROGRESS_KINDS), None))
 
 
 def scan_runs(root: Path | str | None = None) -> tuple[list[RunInfo], list[tuple[str, str]]]:

@@ -225,10 +225,13 @@ class _Target:
             raise TrainingError(f"stage {stage.id}: the {target.regime.label} data have no "
                                 f"column(s) {', '.join(missing)}")
         # Row layout: flat part (labels, continuous, codes of images not trained here) + pixels.
-        self.pixel_vars = [v for v in self.rows
-                           if schema[v].kind == "image" and v in trains and objective == "wgan"]
-        self.code_vars = [v for v in self.rows
-                          if schema[v].kind == "image" and v not in self.pixel_vars]
+        # Trained images: pixels (WGAN: conv critic input; MMD: pooled pixels) plus their code;
+        # other images (frozen or given): only their code.
+        self.pixel_vars = [v for v in self.rows if schema[v].kind == "image" and v in trains]
+        self.code_vars = [v for v in self.rows if schema[v].kind == "image"]
+        self.pool_vars = self.pixel_vars if objective == "mmd" else []
+        if objective == "mmd":
+            self.pixel_vars = []
         self.flat_vars = [v for v in self.rows if schema[v].kind != "image"]
         # Continuous standardisation from the real data (so kernels and critics see unit scale).
         self.scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -260,7 +263,7 @@ class _Target:
     def _flat_dim(self) -> int:
         schema = self.model.schema
         return (sum(schema[v].width for v in self.flat_vars)
-                + self.model.config.code_dim * len(self.code_vars))
+                + self.model.config.code_dim * len(self.code_vars))  # (pooled pixels: MMD only)
 
     def flat(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []
@@ -273,6 +276,11 @@ class _Target:
         k = math.sqrt(self.model.config.code_dim)
         for v in self.code_vars:
             parts.append(self.model.coders[v].encode(vals[v]) / k)
+        for v in self.pool_vars:
+            x = vals[v]
+            h, w = x.shape[2:]
+            x = torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 7), min(w, 7))).flatten(1)
+            parts.append(x / math.sqrt(x.shape[1]))
         return torch.cat(parts, dim=1)
 
     def mmd_features(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -755,7 +763,7 @@ class _Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"generator": float(loss)}
+        return {"generator": float(loss.detach())}
 
     def _check(self, targets: list[_Target], params: Mapping[str, nn.Parameter],
                ema: _EMA | None, check_gen: torch.Generator, seed: int) -> float | None:

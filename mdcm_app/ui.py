@@ -39,7 +39,7 @@ def guard(body: Callable[[], None]) -> None:
         log.error("page error: %s", traceback.format_exc())
         st.error(f"Something went wrong on this page: {type(exc).__name__}: {exc}. "
                  "Your study and runs are saved on disk; try again or pick another study "
-                 "on the Home page.", icon="⚠️")
+                 "on the Home page.", icon=":material/warning:")
 
 
 def page_link(key: str, label: str, icon: str | None = None) -> None:
@@ -82,7 +82,7 @@ def require_study() -> state.StudyMeta:
     meta = current_study()
     if meta is None:
         st.info("No study is open yet. Pick a built-in study or start a new one on the Home page.")
-        page_link("home", "Go to Home", "🏠")
+        page_link("home", "Go to Home", ":material/home:")
         st.stop()
     return meta
 
@@ -254,7 +254,7 @@ def pick_model(meta: state.StudyMeta, schema: Schema, key: str):
     models = study_models(meta)
     if not models:
         st.info("No trained model yet for this study: start a training run first.")
-        page_link("train", "Go to Train", "🏋️")
+        page_link("train", "Go to Train", ":material/model_training:")
         st.stop()
     ids = [rid for rid, _ in models]
     rid = st.selectbox("Model (training run)", ids, key=key,

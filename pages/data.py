@@ -160,7 +160,7 @@ def _upload(meta) -> None:
                   placeholder="e.g. X=1", help="The variables set by the experiment, NAME=VALUE")
     st.button("Import dataset", key="data_import", on_click=_import, type="primary")
     for p in st.session_state.get("data_problems") or []:
-        st.error(f"Upload refused: {p}", icon="🚫")
+        st.error(f"Upload refused: {p}", icon=":material/block:")
     if st.session_state.get("data_problems"):
         st.caption("The uploaded file is kept in the study's uploads folder; fix it and "
                    "upload again.")

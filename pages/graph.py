@@ -114,9 +114,9 @@ def _editor(meta: state.StudyMeta, graph) -> None:
     st.button("Add edge", key="graph_add_edge", on_click=_add_edge, type="primary",
               disabled=len(nodes) < 2)
     if st.session_state.get("graph_error"):
-        st.error(st.session_state["graph_error"], icon="🚫")
+        st.error(st.session_state["graph_error"], icon=":material/block:")
     elif st.session_state.get("graph_notice"):
-        st.success(st.session_state["graph_notice"], icon="✅")
+        st.success(st.session_state["graph_notice"], icon=":material/check_circle:")
     if graph is None:
         return
     edges = graphview.edge_list(graph)
@@ -240,7 +240,7 @@ def main() -> None:
                      label_visibility="collapsed")
         st.button("Apply text", key="graph_apply_text", on_click=_apply_text)
         if st.session_state.get("graph_text_error"):
-            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}", icon="🚫")
+            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}", icon=":material/block:")
         if graph is not None:
             _kinds(meta, graph)
     if graph is None:

@@ -95,11 +95,11 @@ def main() -> None:
         st.error(f"The stored graph is invalid: {err}")
     n1, n2, n3 = st.columns(3)
     with n1:
-        ui.page_link("graph", "Edit the graph and see the plan", "🕸️")
+        ui.page_link("graph", "Edit the graph and see the plan", ":material/hub:")
     with n2:
-        ui.page_link("train", "Train the model", "🏋️")
+        ui.page_link("train", "Train the model", ":material/model_training:")
     with n3:
-        ui.page_link("intervene", "Ask an interventional question", "🎛️")
+        ui.page_link("intervene", "Ask an interventional question", ":material/tune:")
 
 
 ui.guard(main)

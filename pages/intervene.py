@@ -65,13 +65,13 @@ def _verdict(graph, treat, outcomes, given, interventions) -> bool:
             return False
         q = f"P({y} | do({', '.join(treat)}){', ' + ', '.join(given) if given else ''})"
         if ident.identifiable:
-            st.success(f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}", icon="✅")
+            st.success(f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}", icon=":material/check_circle:")
         else:
             ok = False
             st.warning(f"**Not identifiable**: {q}. {ident.reason}  \nThe data cannot decide "
                        "this answer: the model's numbers below are *one* of many answers that "
                        "fit the data equally well, not the causal effect. Use them to explore, "
-                       "not to conclude.", icon="⚠️")
+                       "not to conclude.", icon=":material/warning:")
     return ok
 
 
@@ -156,7 +156,7 @@ def _parse_typed(schema, text: str) -> dict | None:
     try:
         do = parse_do(text, schema)
     except DataError as exc:
-        st.error(f"Intervention refused: {exc}", icon="🚫")
+        st.error(f"Intervention refused: {exc}", icon=":material/block:")
         st.stop()
     images = [k for k in do if schema[k].kind == "image"]
     if images:
@@ -218,7 +218,7 @@ def main() -> None:
         for y in outcomes:
             warn = answers.overlap(meta.study_id + str(study.path), study, treat[0], y)
             if warn:
-                st.warning(f"Positivity: {warn}", icon="⚠️")
+                st.warning(f"Positivity: {warn}", icon=":material/warning:")
     st.subheader("Answers")
     from mdcm.query import QueryError
 

@@ -125,8 +125,10 @@ def _progress(run_dir) -> bool:
     info = run_status(run_dir)
     events = read_events(run_dir)
     steps = int((info.config.get("train") or {}).get("steps") or 0)
-    icon = {"done": "✅", "running": "⏳", "queued": "⏳", "failed": "❌",
-            "stopped": "⏹️", "interrupted": "⚠️"}.get(info.status, "")
+    icon = {"done": ":material/check_circle:", "running": ":material/hourglass_top:",
+            "queued": ":material/hourglass_top:", "failed": ":material/error:",
+            "stopped": ":material/stop_circle:", "interrupted": ":material/warning:"
+            }.get(info.status, "")
     st.markdown(f"**Run {info.run_id}**: {icon} {info.status}"
                 + (f" (attempt {info.attempts})" if info.attempts > 1 else ""))
     if info.message and info.status in ("failed", "interrupted", "stopped"):
@@ -155,7 +157,7 @@ def _progress(run_dir) -> bool:
     if info.status == "done":
         st.success("Training finished: the model is ready. Ask questions on the Intervene page "
                    "or look at the Checks page.")
-        ui.page_link("intervene", "Go to Intervene", "🎛️")
+        ui.page_link("intervene", "Go to Intervene", ":material/tune:")
     return info.active
 
 
@@ -212,7 +214,7 @@ def main() -> None:
     _settings()
     st.button("Start training", key="train_start", on_click=_start, type="primary")
     if st.session_state.get("train_error"):
-        st.error(st.session_state["train_error"], icon="🚫")
+        st.error(st.session_state["train_error"], icon=":material/block:")
     rid = st.session_state.get("run_id") or st.query_params.get("run")
     if rid and rid in runs_view.study_run_ids(meta.study_id):
         st.subheader("Progress")

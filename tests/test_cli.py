@@ -217,7 +217,7 @@ def test_plan_and_identify_do_not_import_torch_and_are_fast():
     assert json.loads(p.stdout.strip().splitlines()[-1]) == []
     for argv in (["plan", "--graph", NAPKIN, "--json"],
                  ["identify", "--graph", NAPKIN, "--treatment", "X", "--outcome", "Y"]):
-        best = min(_timed(argv) for _ in range(2))
+        best = min(_timed(argv) for _ in range(3))   # best of 3: the machine may be busy
         assert best < 1.0, f"{argv[0]} took {best:.2f} s"
 
 
@@ -244,7 +244,7 @@ def test_export_train_sample_round_trip(tmp_path: Path):
     assert sorted(names) == ["W", "X", "Y", "Z"]
     p = cli("train", "--study", str(tmp_path / "study"), "--out", str(tmp_path / "model"),
             "--steps", "8", "--check-every", "4", "--batch-size", "32", "--device", "cpu",
-            "--seed", "1")
+            "--seed", "1", "--set", "check_samples=512", "--set", "mmd_batch=64")
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "model" / "model.json").is_file()
     assert "stage" in p.stderr                           # progress / summary lines

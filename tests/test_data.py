@@ -75,7 +75,7 @@ def test_round_trip_all_kinds(tmp_path):
     path = save_study(study, tmp_path / "s")
     back = load_study(path)
     assert back.schema == study.schema and back.path == path
-    assert [d.name for d in back.datasets] == ["do_X", "observational"]
+    assert [d.name for d in back.datasets] == ["observational", "do_X"]
     assert back.interventions == [frozenset({"X"})]
     assert back.observational.name == "observational"
     for ds in study.datasets:
@@ -411,3 +411,48 @@ def test_read_medmnist_npz_refuses_pickles_and_junk(tmp_path):
     np.savez(tmp_path / "f.npz", train_images=np.zeros((2, 3, 3)), train_labels=np.zeros(2))
     with pytest.raises(DataError, match="train_images must be uint8"):
         read_medmnist_npz(tmp_path / "f.npz")
+
+
+def test_symlink_out_of_dataset_is_refused(tmp_path):
+    secret = tmp_path / "secret.png"
+    png(secret, np.zeros((6, 6)))
+    root = make_study(tmp_path / "s", "X -> I", {"obs": "X,I\n0,link.png\n"}, IMG)
+    (root / "obs" / "link.png").symlink_to(secret)
+    with pytest.raises(DataError, match="row 1, column 'I': image path 'link.png' leaves the "
+                                        "dataset folder"):
+        load_study(root)
+
+
+def test_csv_size_limit(tmp_path):
+    root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n" + "0,1\n" * 100}, CAT2)
+    with pytest.raises(DataError, match="obs/data.csv: 404 bytes, more than the limit of 100"):
+        load_study(root, limits=UploadLimits(max_file_bytes=100))
+
+
+def test_dataset_take_and_split():
+    ds = Dataset("a", {"X": np.arange(10), "Y": np.arange(20.0).reshape(10, 2)}, {"X": 1})
+    head = ds.take(slice(0, 3))
+    assert head.n == 3 and dict(head.do) == {"X": 1}
+    train, val = ds.split(0.8, seed=1)
+    assert (train.n, val.n) == (8, 2)
+    assert sorted(np.concatenate([train.columns["X"], val.columns["X"]])) == list(range(10))
+    np.testing.assert_array_equal(train.columns["Y"][:, 0], 2 * train.columns["X"])
+
+
+def test_per_row_intervention_keeps_column(tmp_path):
+    root = make_study(tmp_path / "s", "X -> Y", {"rct": "X,Y\n0,1\n1,1\n"}, CAT2,
+                      do={"rct": {"X": None}})
+    ds = load_study(root).dataset("rct")
+    assert ds.regime == frozenset({"X"}) and list(ds.columns["X"]) == [0, 1]
+    (root / "rct" / "data.csv").write_text("Y\n1\n")
+    with pytest.raises(DataError, match="missing column 'X' for variable 'X'"):
+        load_study(root)
+
+
+def test_zip_and_missing_study_paths(tmp_path):
+    (tmp_path / "s.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match="s.zip is a zip archive: extract it with "
+                                        "safe_extract_zip first"):
+        load_study(tmp_path / "s.zip")
+    with pytest.raises(DataError, match="does not exist"):
+        load_study(tmp_path / "nope")

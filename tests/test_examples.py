@@ -262,3 +262,17 @@ def test_pneumonia_frontdoor_on_tiny_pool(tmp_path):
     cols, hidden = ex.sample(20, seed=3)
     for img, lab in zip(cols["X"], hidden["X.label"], strict=True):
         assert any(np.array_equal(img[0] > 0, p > 0) for p in images[labels == lab])
+
+
+def test_interventional_datasets_follow_truth():
+    ex = load_example("xray", n=50, seed=0, interventions=[{"C": 1}], n_interventional=5000)
+    assert ex.study.interventions == [frozenset({"C"})]
+    ds = ex.study.dataset("do_C=1")
+    assert ds.n == 5000 and np.all(ds.columns["C"] == 1)
+    within(ex.truth("N", {"C": 1}), ds.columns["N"], 2)
+
+
+def test_image_outcome_is_refused(examples):
+    with pytest.raises(ValueError, match="outcome 'X' is an image; ask about its features "
+                                         "\\(X.opacity\\)"):
+        examples["xray"].truth("X", {"C": 0})

@@ -58,6 +58,8 @@ def test_empty_text_is_empty_graph():
     ("A <-- B", "unknown token '-'"),
     ("X -> Y\nY -> Z\nZ ~ Q", "unknown token '~' on line 3"),
     ("A -- B", "undirected edge '--'"),
+    ("X --", "undirected edge '--'"),
+    ("X -- Y --", "undirected edge '--'"),
     ("A B", "unexpected 'B' in 'A B'"),
     ("A -> B C", "unexpected 'C'"),
     ("A ->", "edge A -> has no target"),

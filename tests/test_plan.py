@@ -85,17 +85,18 @@ def test_ancestor_confounded_with_a_frozen_variable_joins():
     assert not check_plan(plan)
 
 
+R2_GRAPH = "Y -> V -> Y2; Y <-> Y2; P -> V; P <-> M; M <-> V"
+
+
 def test_r2_pulls_in_component_ancestors():
-    # H={Y,Y2}: B joins (a descendant of Y, R1); B is frozen, so its ancestor A within the
-    # c-component {A,B} must join too (R2).
-    plan = make_plan(parse_graph("Y -> B -> Y2; A -> B; A <-> B; Y <-> Y2"))
+    # H={Y,Y2}: V joins (a descendant of Y, R1). V is frozen, so its parent P within the
+    # c-component {V,P,M} must join too (R2) although P breaks no R1 condition; M need not.
+    plan = make_plan(parse_graph(R2_GRAPH))
     st = plan.stage_of("Y")
-    t = st.targets[0]
-    assert t.matches == ("Y", "B", "Y2", "A")
-    assert t.frozen == ("B", "A")
-    assert t.given == ()
-    assert st.depends_on == (plan.stage_of("A").id,)
-    assert ("A joins A: ancestor of frozen B within its c-component {B,A} (R2, a frozen part "
+    assert st.trains == ("Y", "Y2") and st.depends_on == (plan.stage_of("M").id,)
+    assert [(t.matches, t.given, t.frozen) for t in st.targets] == [
+        (("Y", "V", "Y2", "P"), (), ("V", "P"))]
+    assert ("P joins A: ancestor of frozen V within its c-component {V,P,M} (R2, a frozen part "
             "must be pinned down by its earlier stage)") in st.reasons
     assert not check_plan(plan)
 
@@ -257,15 +258,15 @@ def test_oracle_catches_broken_plans():
     # A stage missing: X never trained.
     assert any("never trained" in p for p in check_plan(dataclasses.replace(good,
                                                                             stages=(s0,))))
-    # R2: in the R2 graph, drop A from the frozen part.
-    g2 = parse_graph("Y -> B -> Y2; A -> B; A <-> B; Y <-> Y2")
-    p2 = make_plan(g2)
+    # R2: drop P from the frozen part of the R2 graph's second stage.
+    p2 = make_plan(parse_graph(R2_GRAPH))
     st = p2.stage_of("Y")
-    t = st.targets[0]
-    cut = dataclasses.replace(t, matches=("Y", "B", "Y2"), given=("A",), frozen=("B",))
+    cut = Target(OBS, ("Y", "V", "Y2"), ("P",), ("V",))
     broken = tuple(dataclasses.replace(s, targets=(cut,)) if s is st else s
                    for s in p2.stages)
-    assert any("R2 fails" in p for p in check_plan(dataclasses.replace(p2, stages=broken)))
+    problems = check_plan(dataclasses.replace(p2, stages=broken))
+    assert any("R2 fails" in p for p in problems)
+    assert not any("R1 fails" in p for p in problems)
 
 
 def _random_cases(count: int, seed: int, with_regimes: bool):

@@ -16,7 +16,7 @@ from mdcm import runs
 from mdcm.runs import RunError, RunRecorder
 
 TINY = {"steps": 6, "batch_size": 32, "seed": 0, "device": "cpu", "check_every": 3,
-        "checkpoint_every": 3}
+        "checkpoint_every": 3, "check_samples": 512, "mmd_batch": 64}
 
 
 @pytest.fixture
@@ -192,6 +192,14 @@ def test_start_run_rejects_bad_config(tmp_path: Path):
     assert runs.list_runs(tmp_path) == []
 
 
+def test_train_keys_mirror_train_config():
+    import dataclasses
+
+    from mdcm.train import TrainConfig
+
+    assert set(runs.TRAIN_KEYS) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
 # ---------------------------------------------------------------------- real background runs
 def test_real_background_runs_finish_separately(root: Path):
     t0 = time.monotonic()
@@ -225,10 +233,10 @@ def test_real_background_runs_finish_separately(root: Path):
 
 def test_real_run_stops_on_flag_and_resumes(root: Path):
     info = runs.start_run(root, example="napkin", example_n=2000,
-                          train_config={**TINY, "steps": 100000, "checkpoint_every": 20})
+                          train_config={**TINY, "steps": 100000})
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if runs.read_events(info.path, kinds=("step",)):
+        if runs.read_events(info.path, kinds=("step", "check")):
             break
         assert runs.run_status(info.path).active, (info.path / "stderr.log").read_text()
         time.sleep(0.2)

@@ -38,7 +38,7 @@ def box(tmp_path):
     assert (tmp_path / "outside.txt").read_text() == "keep"
     for p in sandbox.rglob("*"):
         rel = p.relative_to(sandbox)
-        assert rel.parts[0] in ("upload.zip", "dest", "inner.zip"), rel
+        assert rel.parts[0] in ("upload.zip", "dest", "src"), rel
 
 
 def make_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]],
@@ -122,7 +122,8 @@ def test_11_header_lies_about_size(box):
     cd = raw.index(b"PK\x01\x02")
     raw[cd + 24: cd + 28] = (10).to_bytes(4, "little")                   # uncompressed size
     raw[26 - 4: 26] = (10).to_bytes(4, "little")                          # local header too
-    refuse(box, None, "upload.zip: entry 'lie.bin': ", raw=bytes(raw))
+    refuse(box, None, "upload.zip: entry 'lie.bin': corrupt or unsupported entry (Bad CRC-32",
+           raw=bytes(raw))
 
 
 def test_12_nested_zip_too_deep(box):
@@ -144,7 +145,6 @@ def test_13_nested_zip_within_depth_is_extracted(box):
     assert not (dest / "ds.zip").exists()
     with pytest.raises(DataError, match="nested archive 'ds.zip' is deeper than the limit of 0"):
         safe_extract_zip(z, box / "dest2", UploadLimits(max_nesting=0))
-    (box / "dest").rename(box / "dest")
 
 
 def test_14_duplicate_entries(box):
@@ -232,9 +232,7 @@ def test_23_csv_cleaning(tmp_path):
 
 
 def test_24_valid_study_upload_round_trip(box):
-    study_dir = export_example("bow", box / "dest" / "src", n=30) if False else None
-    assert study_dir is None
-    src = box.parent / "src_study"
+    src = box / "src"
     export_example("napkin", src, n=30, seed=3)
     z = box / "upload.zip"
     with zipfile.ZipFile(z, "w") as zf:
@@ -247,12 +245,6 @@ def test_24_valid_study_upload_round_trip(box):
     assert set(study.schema.names) == {"W", "Z", "X", "Y"}
     np.testing.assert_array_equal(study.observational.columns["X"],
                                   load_study(src).observational.columns["X"])
-    for p in src.rglob("*"):                                             # leave the sandbox clean
-        if p.is_file():
-            p.unlink()
-    for p in sorted(src.rglob("*"), reverse=True):
-        p.rmdir()
-    src.rmdir()
 
 
 def test_25_find_study_dir_errors(tmp_path):

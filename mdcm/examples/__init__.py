@@ -11,6 +11,7 @@ real images (for benchmarks) in the same kind of known mechanism.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import backdoor, bow, colored_digits, napkin, xray
@@ -26,17 +27,21 @@ SIZES = ("cpu", "gpu")
 
 
 def load_example(name: str, size: str = "cpu", n: int | None = None, seed: int = 0, *,
-                 variant: str | None = None) -> Example:
+                 variant: str | None = None, interventions: Sequence[Mapping[str, int]] = (),
+                 n_interventional: int | None = None) -> Example:
     """Generate the built-in study ``name`` (``n`` observational rows drawn with ``seed``).
 
     ``size="cpu"`` uses small images (colored digits 3x14x14, X-ray 1x16x16), ``"gpu"`` 28x28;
-    the default ``n`` is 4000 (cpu) or 20000 (gpu).
+    the default ``n`` is 4000 (cpu) or 20000 (gpu). ``interventions=[{"X": 1}]`` adds
+    interventional datasets (``do_X=1``) of ``n_interventional`` rows (default ``n``).
+    ``variant="reveal"`` (colored_digits only) makes the image reveal the treatment.
     """
     if name not in _MODULES:
         raise ValueError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; use 'cpu' or 'gpu'")
-    return _MODULES[name].build(size=size, n=n, seed=seed, variant=variant)
+    return _MODULES[name].build(size=size, n=n, seed=seed, variant=variant,
+                                interventions=interventions, n_interventional=n_interventional)
 
 
 def export_example(name: str, out_dir: Path | str, size: str = "cpu", n: int | None = None,

@@ -16,7 +16,7 @@ observational conditional P(outcome | given) — the two differ exactly when con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -144,7 +144,7 @@ class SCM:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Example:
     """A built-in study with its generator and exact ground truth.
 
@@ -191,12 +191,19 @@ class Example:
             out[name] = int(value)
         return out
 
+    def _check_outcome(self, outcome: str) -> None:
+        if outcome in self.feature_names:
+            raise ValueError(f"outcome {outcome!r} is an image; ask about its features "
+                             f"({', '.join(self.feature_names[outcome])}) instead")
+
     def truth(self, outcome: str, do: Mapping[str, int]) -> np.ndarray:
         """Exact P(outcome | do(...)) (probabilities over the outcome's classes)."""
+        self._check_outcome(outcome)
         return self.scm.marginal(outcome, do=self._check_do(do))
 
     def naive(self, outcome: str, given: Mapping[str, int]) -> np.ndarray:
         """Exact observational P(outcome | given) — what a purely associational model answers."""
+        self._check_outcome(outcome)
         return self.scm.marginal(outcome, given=self._check_do(given, "given"))
 
     def sample(self, n: int, do: Mapping[str, int] | None = None, seed: int = 0, *,
@@ -236,8 +243,14 @@ def make_example(name: str, schema: Schema, scm: SCM, *, treatment: str, outcome
                  description: str, n: int, seed: int,
                  features: Mapping[str, Mapping[str, int]] | None = None,
                  renderers: Mapping[str, Renderer] | None = None, identifiable: bool = True,
-                 variant: str | None = None, path: Path | None = None) -> Example:
-    """Assemble an :class:`Example` and draw its observational dataset with ``seed``."""
+                 variant: str | None = None, path: Path | None = None,
+                 interventions: Sequence[Mapping[str, int]] = (),
+                 n_interventional: int | None = None) -> Example:
+    """Assemble an :class:`Example` and draw its observational dataset with ``seed``.
+
+    Each entry of ``interventions`` (e.g. ``{"X": 1}``) adds an interventional dataset named
+    ``do_X=1`` with ``n_interventional`` rows (default ``n``), for studies with experiments.
+    """
     features = dict(features or {})
     proto = Example(
         name=name, study=Study(schema, (), path), treatment=treatment, outcome=outcome,
@@ -248,5 +261,12 @@ def make_example(name: str, schema: Schema, scm: SCM, *, treatment: str, outcome
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     columns, _ = proto.sample(n, seed=seed)
-    study = Study(schema, (Dataset("observational", columns, {}),), path)
+    datasets = [Dataset("observational", columns, {})]
+    for i, do in enumerate(interventions):
+        do = proto._check_do(do)
+        sub_seed = int(np.random.SeedSequence([seed, i + 1]).generate_state(1)[0])
+        cols, _ = proto.sample(n_interventional or n, do=do, seed=sub_seed)
+        name = "do_" + ",".join(f"{k}={v}" for k, v in do.items())
+        datasets.append(Dataset(name, cols, do))
+    study = Study(schema, tuple(datasets), path)
     return replace(proto, study=study)

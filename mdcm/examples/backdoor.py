@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..graph import CausalGraph
 from ..variables import Schema, Variable
-from ._scm import SCM, Node, bernoulli, make_example, sigmoid
+from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid
 
 NAME = "backdoor"
 DESCRIPTION = ("Back-door adjustment: a continuous confounder Z ~ N(0,1) drives treatment X and "
@@ -23,7 +23,8 @@ def build_scm() -> SCM:
     ))
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None):
+def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
+          **options) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
     n = n if n is not None else (4000 if size == "cpu" else 20000)
@@ -32,4 +33,4 @@ def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str |
                      Variable("X", "categorical", classes=2),
                      Variable("Y", "categorical", classes=2)))
     return make_example(NAME, schema, build_scm(), treatment="X", outcome="Y",
-                        description=DESCRIPTION, n=n, seed=seed)
+                        description=DESCRIPTION, n=n, seed=seed, **options)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..graph import CausalGraph
 from ..variables import Schema, Variable
-from ._scm import SCM, Node, bernoulli, make_example, sigmoid, table
+from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid, table
 
 NAME = "bow"
 DESCRIPTION = ("Bow graph X -> Y with a hidden confounder X <-> Y: the effect of X on Y is not "
@@ -25,7 +25,8 @@ def build_scm() -> SCM:
     ))
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None):
+def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
+          **options) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
     n = n if n is not None else (4000 if size == "cpu" else 20000)
@@ -33,4 +34,4 @@ def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str |
                     (Variable("X", "categorical", classes=2),
                      Variable("Y", "categorical", classes=2)))
     return make_example(NAME, schema, build_scm(), treatment="X", outcome="Y",
-                        description=DESCRIPTION, n=n, seed=seed, identifiable=False)
+                        description=DESCRIPTION, n=n, seed=seed, identifiable=False, **options)

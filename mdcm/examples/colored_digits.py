@@ -16,7 +16,7 @@ import numpy as np
 
 from ..graph import CausalGraph
 from ..variables import Schema, Variable
-from ._scm import SCM, Node, bernoulli, make_example, sigmoid, table
+from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid, table
 from .draw import COLOR_NAMES, render_digits
 
 NAME = "colored_digits"
@@ -50,7 +50,8 @@ def build_scm(variant: str | None = None, image: str = "I") -> SCM:
     ))
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None):
+def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
+          **options) -> Example:
     if variant not in (None, "reveal"):
         raise ValueError(f"{NAME}: unknown variant {variant!r}; use None or 'reveal'")
     shape = SHAPES[size]
@@ -69,4 +70,4 @@ def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str |
     return make_example(NAME, schema, build_scm(variant), treatment="D", outcome="A",
                         description=desc, n=n, seed=seed,
                         features={"I": {"I.color": 3, "I.digit": 3}}, renderers={"I": render},
-                        variant=variant)
+                        variant=variant, **options)

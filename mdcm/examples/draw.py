@@ -10,6 +10,8 @@ Both are vectorised over samples and deterministic given the generator ``rng``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # ---------------------------------------------------------------------------- digit glyphs
@@ -65,37 +67,69 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return xx.ravel(), yy.ravel()
 
 
-def glyph_intensity(digit_idx: np.ndarray, digits: tuple[int, ...], h: int, w: int,
-                    rng: np.random.Generator, chunk: int = 1024) -> np.ndarray:
-    """Anti-aliased stroke coverage ``(n, h, w)`` in [0, 1] for glyphs ``digits[digit_idx]``."""
-    n = len(digit_idx)
-    segs = _segments(digits)[np.asarray(digit_idx, np.int64)]           # (n, S, 4)
-    theta = rng.uniform(-0.3, 0.3, n)                                   # ~ ±17 degrees
-    scale = 0.78 * rng.uniform(0.85, 1.1, n)
-    shear = rng.uniform(-0.15, 0.15, n)
-    shift = rng.uniform(-0.12, 0.12, (n, 2))
-    half = rng.uniform(0.08, 0.14, n) * (1.0 + 0.4 * (14.0 / max(h, w)))  # stroke half-width
-    px, py = _grid(h, w)
-    pix = 2.0 / max(h, w)
-    out = np.empty((n, h * w))
-    for lo in range(0, n, chunk):
-        sl = slice(lo, min(n, lo + chunk))
-        c, s = np.cos(theta[sl]), np.sin(theta[sl])
-        # canvas -> glyph: undo shift, rotation, shear, scale
-        x = px[None] - shift[sl, 0, None]
-        y = py[None] - shift[sl, 1, None]
-        gx = (c[:, None] * x + s[:, None] * y)
-        gy = (-s[:, None] * x + c[:, None] * y)
-        gx = (gx - shear[sl, None] * gy) / scale[sl, None]
-        gy = gy / scale[sl, None]
-        a = segs[sl]                                                     # (m, S, 4)
-        ax, ay, bx, by = (a[..., i][:, None, :] for i in range(4))      # (m, 1, S)
+FIELD_HALF = 2.0        # distance fields cover glyph space [-2, 2]^2 ...
+FIELD_SIZE = 401        # ... on a 0.01 grid
+
+
+@functools.lru_cache(maxsize=8)
+def _distance_fields(digits: tuple[int, ...]) -> np.ndarray:
+    """Distance from every point of a fine glyph-space grid to each glyph's strokes:
+    ``(len(digits), FIELD_SIZE, FIELD_SIZE)`` float32, indexed ``[digit, y, x]``."""
+    g = np.linspace(-FIELD_HALF, FIELD_HALF, FIELD_SIZE)
+    gy, gx = np.meshgrid(g, g, indexing="ij")
+    gx, gy = gx.ravel()[:, None], gy.ravel()[:, None]
+    out = np.empty((len(digits), FIELD_SIZE * FIELD_SIZE), np.float32)
+    for i, segs in enumerate(_segments(digits)):
+        ax, ay, bx, by = (segs[:, j][None] for j in range(4))
         dx, dy = bx - ax, by - ay
-        qx, qy = gx[..., None] - ax, gy[..., None] - ay                 # (m, P, S)
+        qx, qy = gx - ax, gy - ay
         t = np.clip((qx * dx + qy * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
-        dist = np.hypot(qx - t * dx, qy - t * dy).min(axis=-1) * scale[sl, None]
-        out[sl] = np.clip(0.5 + (half[sl, None] - dist) / pix, 0.0, 1.0)
+        out[i] = np.hypot(qx - t * dx, qy - t * dy).min(axis=1)
+    return out.reshape(len(digits), FIELD_SIZE, FIELD_SIZE)
+
+
+def glyph_intensity(digit_idx: np.ndarray, digits: tuple[int, ...], h: int, w: int,
+                    rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
+    """Anti-aliased stroke coverage ``(n, h, w)`` in [0, 1] for glyphs ``digits[digit_idx]``.
+
+    Each pixel centre is mapped back to glyph space through the sample's pose (rotation, shear,
+    scale, shift); its distance to the strokes is read from a precomputed distance field
+    (bilinear) and turned into coverage of a pen of the sample's half-width.
+    """
+    n = len(digit_idx)
+    f32 = np.float32
+    theta = rng.uniform(-0.3, 0.3, n).astype(f32)[:, None]             # ~ ±17 degrees
+    scale = (0.78 * rng.uniform(0.85, 1.1, n)).astype(f32)[:, None]
+    shear = rng.uniform(-0.15, 0.15, n).astype(f32)[:, None]
+    shift = rng.uniform(-0.12, 0.12, (n, 2)).astype(f32)
+    half = (rng.uniform(0.08, 0.14, n) * (1.0 + 0.4 * (14.0 / max(h, w)))).astype(f32)[:, None]
+    px, py = (a.astype(f32)[None] for a in _grid(h, w))
+    out = np.empty((n, h * w), f32)
+    for lo in range(0, n, chunk):                                       # bounded memory
+        sl = slice(lo, lo + chunk)
+        out[sl] = _coverage(np.asarray(digit_idx, np.int64)[sl], tuple(digits), px, py,
+                            theta[sl], scale[sl], shear[sl], shift[sl], half[sl],
+                            f32(2.0 / max(h, w)))
     return out.reshape(n, h, w)
+
+
+def _coverage(digit_idx, digits, px, py, theta, scale, shear, shift, half, pix) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    x, y = px - shift[:, :1], py - shift[:, 1:]
+    gx, gy = c * x + s * y, -s * x + c * y                              # undo rotation
+    gx = (gx - shear * gy) / scale                                      # undo shear and scale
+    gy = gy / scale
+    step = 2 * FIELD_HALF / (FIELD_SIZE - 1)
+    fx = np.clip((gx + FIELD_HALF) / step, 0, FIELD_SIZE - 1.001)
+    fy = np.clip((gy + FIELD_HALF) / step, 0, FIELD_SIZE - 1.001)
+    ix, iy = fx.astype(np.int64), fy.astype(np.int64)
+    wx, wy = fx - ix, fy - iy
+    field = _distance_fields(tuple(digits)).reshape(-1)
+    base = digit_idx[:, None] * FIELD_SIZE * FIELD_SIZE + iy * FIELD_SIZE + ix
+    d00, d01 = field[base], field[base + 1]
+    d10, d11 = field[base + FIELD_SIZE], field[base + FIELD_SIZE + 1]
+    dist = ((1 - wy) * ((1 - wx) * d00 + wx * d01) + wy * ((1 - wx) * d10 + wx * d11)) * scale
+    return np.clip(0.5 + (half - dist) / pix, 0.0, 1.0)
 
 
 def render_digits(digit_idx: np.ndarray, color_idx: np.ndarray, digits: tuple[int, ...],
@@ -107,7 +141,7 @@ def render_digits(digit_idx: np.ndarray, color_idx: np.ndarray, digits: tuple[in
     base = np.asarray(COLORS)[np.asarray(color_idx, np.int64)]           # (n, 3)
     tint = np.clip(base + rng.uniform(-0.1, 0.1, (n, 3)), 0.0, 1.0) * rng.uniform(0.85, 1.0,
                                                                                  (n, 1))
-    img = ink[:, None] * tint[:, :, None, None]
+    img = ink[:, None] * tint.astype(np.float32)[:, :, None, None]
     return (2.0 * img - 1.0).astype(np.float32)
 
 
@@ -131,9 +165,17 @@ def _soft_ellipse(x: np.ndarray, y: np.ndarray, cx, cy, rx, ry, edge: float) -> 
 
 
 def render_xray(opacity: np.ndarray, shape: tuple[int, int, int],
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
     """Chest-X-ray-like images ``(n, 1, H, W)`` in [-1, 1]; ``opacity`` 0 none, 1 small, 2 large."""
     _, h, w = shape
+    opacity = np.asarray(opacity, np.int64)
+    out = np.empty((len(opacity), 1, h, w), np.float32)
+    for lo in range(0, len(opacity), chunk):                            # bounded memory
+        out[lo:lo + chunk] = _xray_chunk(opacity[lo:lo + chunk], h, w, rng)
+    return out
+
+
+def _xray_chunk(opacity: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     n = len(opacity)
     px, py = _grid(h, w)
     x, y = px[None], py[None]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..graph import CausalGraph
 from ..variables import Schema, Variable
-from ._scm import SCM, Node, bernoulli, make_example, sigmoid
+from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid
 
 NAME = "napkin"
 DESCRIPTION = ("Napkin graph: W -> Z -> X -> Y with hidden confounders W <-> X and W <-> Y; "
@@ -29,11 +29,12 @@ def build_scm() -> SCM:
     ))
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None):
+def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
+          **options) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
     n = n if n is not None else (4000 if size == "cpu" else 20000)
     graph = CausalGraph.parse("W -> Z -> X -> Y; W <-> X; W <-> Y")
     schema = Schema(graph, tuple(Variable(v, "categorical", classes=2) for v in "WZXY"))
     return make_example(NAME, schema, build_scm(), treatment="X", outcome="Y",
-                        description=DESCRIPTION, n=n, seed=seed)
+                        description=DESCRIPTION, n=n, seed=seed, **options)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..graph import CausalGraph
 from ..variables import Schema, Variable
-from ._scm import SCM, Node, bernoulli, make_example, sigmoid, table
+from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid, table
 from .draw import OPACITY_NAMES, render_xray
 
 NAME = "xray"
@@ -39,7 +39,8 @@ def build_scm() -> SCM:
     ))
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None):
+def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
+          **options) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
     shape = SHAPES[size]
@@ -54,4 +55,4 @@ def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str |
     return make_example(NAME, schema, build_scm(), treatment="C", outcome="N",
                         description=DESCRIPTION + f" Opacity classes: {', '.join(OPACITY_NAMES)}.",
                         n=n, seed=seed, features={"X": {"X.opacity": 3}},
-                        renderers={"X": render})
+                        renderers={"X": render}, **options)

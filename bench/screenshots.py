@@ -1,0 +1,98 @@
+"""Save a PNG screenshot of every page of the app to bench/out/screenshots/.
+
+Starts ``streamlit run app.py`` on a free loopback port with a temporary MDCM_HOME, opens Debian's
+Chromium through Playwright, opens the built-in colored-digits study, trains it briefly in the
+background (through the Train page), then visits every page.
+
+    python bench/screenshots.py [--steps 150] [--study colored_digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mdcm_app.serve import launch_chromium, streamlit_server, wait_idle  # noqa: E402
+
+OUT = REPO / "bench" / "out" / "screenshots"
+TITLES = {"colored_digits": "Colored digits", "xray": "Chest X-ray", "napkin": "Napkin",
+          "backdoor": "Back-door", "bow": "Bow"}
+
+
+def shot(page, name: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.png"
+    wait_idle(page)
+    page.wait_for_timeout(1500)  # let iframes (pyvis) and plotly charts draw
+    page.screenshot(path=str(path), full_page=True)
+    print(f"saved {path.relative_to(REPO)}")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--study", default="colored_digits", choices=sorted(TITLES))
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for training")
+    ap.add_argument("--home", default=None, help="MDCM_HOME to use (default: a temp folder)")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    t0 = time.time()
+    if args.home:
+        Path(args.home).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, \
+            streamlit_server(Path(args.home or tmp), log=Path(args.home or tmp) / "streamlit.log")\
+            as url, sync_playwright() as p:
+        home = args.home or tmp
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url)
+        page.wait_for_selector(".st-key-home_open_example button", timeout=60_000)
+        page.locator(".st-key-home_example").click()
+        page.get_by_role("option", name=TITLES[args.study]).click()
+        page.locator(".st-key-home_open_example button").click()
+        page.wait_for_selector("text=Current study", timeout=60_000)
+        shot(page, "1_home")
+
+        def visit(label: str, wait_for: str) -> None:
+            page.get_by_role("link", name=label, exact=True).first.click()
+            page.wait_for_selector(wait_for, timeout=120_000)
+
+        visit("Graph & plan", "text=Training plan")
+        shot(page, "2_graph")
+        visit("Data", "text=Preview")
+        shot(page, "3_data")
+        page.get_by_role("tab", name="Upload").click()
+        shot(page, "3b_data_upload")
+        visit("Train", ".st-key-train_start")
+        steps = page.locator(".st-key-train_steps input")
+        steps.fill(str(args.steps))
+        steps.press("Enter")
+        wait_idle(page)
+        page.locator(".st-key-train_start button").click()
+        try:
+            page.wait_for_selector("text=Training finished", timeout=int(args.timeout * 1000))
+        except Exception:
+            shot(page, "4_train_timeout")
+            for f in sorted(Path(home).glob("runs/*/*.log")):
+                print(f, f.read_text()[-2000:])
+            raise
+        shot(page, "4_train")
+        visit("Intervene", "text=Identifiability")
+        page.wait_for_selector(".stPlotlyChart", timeout=120_000)
+        shot(page, "5_intervene")
+        visit("Checks", "text=Marginals")
+        shot(page, "6_checks")
+        browser.close()
+    print(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

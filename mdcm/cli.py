@@ -285,12 +285,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError("--resume needs --run-dir or --checkpoint-dir")
 
     if recorder is not None:
-        import signal
-
+        info = runs.run_status(recorder.run_dir)
+        if info.status == "running" and info.pid not in (None, os.getpid()):
+            raise CliError(f"run {info.run_id} is already being trained by process {info.pid}")
         recorder.mark_running()
-        signal.signal(signal.SIGTERM, recorder.request_stop)
     try:
-        return _train(args, cfg, out, ckpt, recorder)
+        with _StopSignals() as signals:
+            return _train(args, cfg, out, ckpt, recorder, signals)
     except BaseException as exc:
         if recorder is not None:
             if isinstance(exc, KeyboardInterrupt):
@@ -303,8 +304,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
 
 
+class _StopSignals:
+    """SIGTERM or a first Ctrl-C asks training to stop cleanly after the current step (with a
+    checkpoint); a second Ctrl-C aborts. Handlers are restored on exit (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        import signal
+
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
-           recorder: Any) -> int:
+           recorder: Any, signals: _StopSignals) -> int:
     study = _study_from_config(cfg)     # bad data fails before torch is imported
 
     from .model import DCM, save_model
@@ -328,7 +361,7 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
         progress(ev)
 
     def should_stop() -> bool:
-        return recorder.should_stop() if recorder is not None else False
+        return signals.requested or (recorder is not None and recorder.should_stop())
 
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -345,6 +378,13 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
         print(f"stopped; resume with: mdcm runs resume {recorder.run_dir.name} "
               f"--root {recorder.run_dir.parent}", file=sys.stderr)
         return EXIT_OK
+    if stopped and ckpt is not None:
+        print(f"stopped; continue with the same command plus --resume --checkpoint-dir {ckpt}",
+              file=sys.stderr)
+        return EXIT_OK
+    if stopped:
+        print("stopped early: the saved model is INCOMPLETE (use --checkpoint-dir to be able "
+              "to resume)", file=sys.stderr)
     path = save_model(model, out, plan=plan, extra=extra)
     if recorder is not None:
         recorder.on_event({"kind": "saved", "stage": -1, "step": 0, "elapsed_s": 0.0,

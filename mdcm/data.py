@@ -900,6 +900,11 @@ def _extract(fh, zip_name: str, dest: Path, limits: UploadLimits, budget: _Budge
         if budget.bytes + declared > limits.max_total_bytes:
             raise DataError(f"{zip_name}: declares {budget.bytes + declared} bytes uncompressed, "
                             f"more than the limit of {limits.max_total_bytes}")
+        packed = sum(i.compress_size for i in infos)
+        if declared > limits.ratio_min_bytes and declared > limits.max_ratio * max(packed, 1):
+            raise DataError(f"{zip_name}: {declared} bytes packed into {packed} (ratio "
+                            f"{declared / max(packed, 1):.0f}:1, above the limit of "
+                            f"{limits.max_ratio:.0f}:1; zip bomb?)")
         for info, rel in plan:
             target = dest.joinpath(*rel.parts)
             if not _inside(target, dest):

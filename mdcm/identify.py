@@ -6,7 +6,7 @@ Three algorithms, all over :class:`~mdcm.graph.CausalGraph` (an ADMG):
   recursive semi-Markovian causal models", AAAI, Fig. 3) for ``P(Y | do(X))`` from ``P(V)``.
   Sound and complete; on failure it returns a *hedge* (two c-forests F' ⊂ F) as the witness.
 * **IDC** (Shpitser & Pearl 2006b, "Identification of conditional interventional distributions",
-  UAI, Fig. 2) for ``P(Y | do(X), Z)``: move every ``z`` that rule 2 of the do-calculus allows into
+  UAI) for ``P(Y | do(X), Z)``: move every ``z`` that rule 2 of the do-calculus allows into
   the intervention set, then run ID on ``P(Y, Z' | do(X, Z''))`` and normalise over ``Y``.
 * **gID** (Lee, Correa & Bareinboim 2019, "General identifiability with arbitrary surrogate
   experiments", UAI) when interventional datasets ``P_{do(I_k)}(V)`` are available besides
@@ -24,7 +24,7 @@ Three algorithms, all over :class:`~mdcm.graph.CausalGraph` (an ADMG):
 
 Estimands are kept as a small expression tree (:class:`Prob`, :class:`Product`, :class:`Sum`,
 :class:`Fraction`), rendered to text with textbook primes for re-bound variables
-(``Σ_{M} P(M | X) Σ_{X'} P(X') P(Y | M, X')``), and evaluated exactly on discrete probability
+(``Σ_{M} P(M | X) Σ_{X'} P(X') P(Y | X', M)``), and evaluated exactly on discrete probability
 tables by :func:`evaluate_estimand` (how the tests check the formulas against ground truth).
 """
 
@@ -516,11 +516,19 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
     observational distribution plus one interventional distribution per set in
     ``interventions`` (the variables intervened on in that dataset).
 
-    Routes: rule 2 of the do-calculus when nothing confounds treatment and outcome; ID / IDC
+    Routes: rule 3 of the do-calculus when the treatment cannot affect the outcome (``P(Y | Z)``),
+    rule 2 when nothing confounds them (``P(Y | X, Z)``); otherwise ID / IDC
     (Shpitser & Pearl 2006) from observational data; gID (Lee, Correa & Bareinboim 2019) when
     interventional datasets exist (conditional queries first move ``given`` variables into the
     intervention set by rule 2, as IDC does). ``algorithm`` = "id" or "gid" forces one of the two
     general algorithms (for cross-checks); "auto" picks as above.
+
+    An estimand may leave free a variable that is neither treatment, outcome nor given (ID's
+    line 3, or the intervened value of a surrogate regime); the text then ends with
+    "(for any value of …)". A regime whose intervened variable is summed over in the estimand
+    needs data at every value of it; see :attr:`Identification.regimes_used`.
+    Raises :class:`IdentificationError` for unknown variables, an empty treatment or outcome,
+    or overlapping treatment / outcome / given sets.
     """
     x = _names_arg(treatment, "treatment", graph)
     y = _names_arg(outcome, "outcome", graph)

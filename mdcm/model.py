@@ -336,7 +336,7 @@ def read_safetensors(path: Path, what: str = "model") -> dict[str, torch.Tensor]
     except OSError as exc:
         raise ModelFileError(f"{what} file {path}: cannot read ({exc})") from None
     header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
-    looks_ok = 0 < header_len and 8 + header_len <= len(data) and data[8:9] == b"{"
+    looks_ok = header_len > 0 and 8 + header_len <= len(data) and data[8:9] == b"{"
     if not looks_ok and (data[:1] == b"\x80" or data[:2] == b"PK"):
         raise ModelFileError(f"{what} file {path} is a pickle/torch.save payload, not safetensors; "
                              "refusing to load it (pickles can run code)")

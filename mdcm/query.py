@@ -304,7 +304,8 @@ def predictability(x: np.ndarray, w: np.ndarray, kind: str, seed: int = 0) -> fl
     """Balanced accuracy of predicting the categorical ``x`` from ``w``.
 
     Categorical ``w``: the exact frequency table (predict the most frequent x per value of w).
-    Continuous or image ``w``: a multinomial logistic regression on standardised (images: pooled)
+    Continuous or image ``w``: a multinomial logistic regression on standardised (images: pooled
+    to at most 8x8)
     features, fitted on 70% of the rows and scored on the other 30%.
     """
     x = np.asarray(x).astype(np.int64)
@@ -318,8 +319,8 @@ def predictability(x: np.ndarray, w: np.ndarray, kind: str, seed: int = 0) -> fl
     feats = torch.as_tensor(np.asarray(w, dtype=np.float32))
     if kind == "image":
         c, h, ww = feats.shape[1:]
-        if max(h, ww) > 16:
-            feats = torch.nn.functional.adaptive_avg_pool2d(feats, (min(h, 16), min(ww, 16)))
+        if max(h, ww) > 8:
+            feats = torch.nn.functional.adaptive_avg_pool2d(feats, (min(h, 8), min(ww, 8)))
     feats = feats.reshape(len(x), -1)
     rng = np.random.RandomState(seed)
     perm = rng.permutation(len(x))
@@ -335,7 +336,7 @@ def predictability(x: np.ndarray, w: np.ndarray, kind: str, seed: int = 0) -> fl
     with torch.no_grad():
         lin.weight.normal_(0, 0.01, generator=torch_gen)
         lin.bias.zero_()
-    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=100)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=60)
     ftr, ytr = f[tr], y[tr]
 
     def closure() -> torch.Tensor:
@@ -357,7 +358,7 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
 
 
 def overlap_warning(study: Any, graph: Any, treatment: str, outcome: str, *,
-                    threshold: float = 0.95, max_rows: int = 4000, seed: int = 0) -> str | None:
+                    threshold: float = 0.95, max_rows: int = 2000, seed: int = 0) -> str | None:
     """A warning when ``treatment`` is almost perfectly predictable (balanced accuracy above
     ``threshold``) from a variable that its estimand adjusts for or passes through: a mediator
     (on a directed path treatment -> … -> outcome) or a parent of the treatment. Then some

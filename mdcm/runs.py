@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "RUN_ID_RE", "STATUSES", "RunError", "RunInfo", "RunRecorder", "append_event",
+    "RUN_ID_RE", "STATUSES", "TRAIN_KEYS", "RunError", "RunInfo", "RunRecorder", "append_event",
     "create_run", "default_root", "list_runs", "new_run_id", "read_events", "resume_run",
     "run_path", "run_status", "scan_runs", "start_run", "stop_run", "validate_run_id", "wait_run",
 ]
@@ -373,11 +373,12 @@ def wait_run(run_dir: Path | str, timeout_s: float = 60.0, poll_s: float = 0.2) 
 
 
 # ---------------------------------------------------------------------- create / start / stop
-#: TrainConfig fields a run may set (mirrors mdcm.train.TrainConfig; a test keeps them in sync)
+#: mdcm.train.TrainConfig fields known when this was written (for UIs; the trainer is the
+#: authority: start_run checks against TrainConfig itself when it is loaded, the run process always)
 TRAIN_KEYS = ("steps", "batch_size", "objective", "seed", "device", "time_limit_s",
               "check_every", "tolerance", "checkpoint_every", "stable_checks", "min_steps", "lr",
-              "betas", "critic_steps", "gp_weight", "mmd_batch", "mmd_lr", "ema", "tau",
-              "check_samples", "coder_steps", "log_every", "keep_best")
+              "betas", "critic_steps", "gp_weight", "mmd_weight", "mmd_batch", "mmd_lr", "ema",
+              "tau", "check_samples", "coder_steps", "log_every", "keep_best", "threads")
 
 
 def create_run(root: Path | str | None, config: Mapping[str, Any], *,
@@ -408,11 +409,22 @@ def create_run(root: Path | str | None, config: Mapping[str, Any], *,
 
 
 def _train_config_dict(train_config: Mapping[str, Any] | None) -> dict:
+    """Check the TrainConfig fields of a run. Against TrainConfig itself when mdcm.train is
+    already imported (this module never imports torch); the run process checks again anyway."""
     cfg = dict(train_config or {})
-    unknown = sorted(set(cfg) - set(TRAIN_KEYS))
-    if unknown:
-        raise RunError(f"unknown training setting(s) {', '.join(unknown)}; "
-                       f"known: {', '.join(TRAIN_KEYS)}")
+    bad = [k for k in cfg if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise RunError(f"bad training setting name(s) {', '.join(map(repr, bad))}")
+    train_mod = sys.modules.get("mdcm.train")
+    tc = getattr(train_mod, "TrainConfig", None)
+    if tc is not None:
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(tc)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise RunError(f"unknown training setting(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(known))}")
     return cfg
 
 
@@ -447,8 +459,8 @@ def start_run(root: Path | str | None = None, *, example: str | None = None,
     """Create a run and launch its training in the background; returns at once (status queued).
 
     Exactly one of ``example`` (a built-in example name) and ``study_dir`` (a study folder).
-    ``train_config`` holds TrainConfig fields (steps, batch_size, objective, seed, device,
-    time_limit_s, check_every, tolerance, checkpoint_every)."""
+    ``train_config`` holds mdcm.train.TrainConfig fields (steps, batch_size, objective, seed,
+    device, time_limit_s, check_every, tolerance, checkpoint_every, ...)."""
     if (example is None) == (study_dir is None):
         raise RunError("give exactly one of an example name and a study folder")
     if plan not in ("modular", "joint"):

@@ -72,6 +72,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     critic_steps: int = 2
     gp_weight: float = 10.0
+    mmd_weight: float = 0.0           # WGAN stages: + weight * MMD(real, fake) in the G loss
     mmd_batch: int = 256
     mmd_lr: float = 1e-3
     ema: float = 0.995
@@ -80,6 +81,9 @@ class TrainConfig:
     coder_steps: int = 600            # autoencoder fit for image codes
     log_every: int = 50
     keep_best: bool = True            # end a stage on the EMA weights of its best fit check
+    threads: int = 1                  # CPU intra-op threads while training (0 = torch default).
+    # Small networks gain nothing from more threads, and on a shared 2-core machine OpenMP
+    # oversubscription made steps ~10x slower; the caller's setting is restored afterwards.
 
     def __post_init__(self) -> None:
         if self.objective not in ("wgan", "mmd", "auto"):
@@ -284,7 +288,16 @@ class _Target:
         return torch.cat(parts, dim=1)
 
     def mmd_features(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.flat(vals)
+        """Kernel features: the flat part plus pooled pixels of trained images."""
+        if self.objective == "mmd" or not self.pixel_vars:
+            return self.flat(vals)
+        pooled = []
+        for v in self.pixel_vars:
+            x = vals[v]
+            h, w = x.shape[2:]
+            x = torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 7), min(w, 7))).flatten(1)
+            pooled.append(x / math.sqrt(x.shape[1]))
+        return torch.cat([self.flat(vals)] + pooled, dim=1)
 
     def real(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.data.rows(idx, self.rows)
@@ -506,6 +519,9 @@ class _Trainer:
 
     # -- main loop
     def run(self) -> TrainResult:
+        prev = torch.get_num_threads()
+        if self.cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.threads)
         try:
             return self._run()
         except torch.cuda.OutOfMemoryError:
@@ -517,6 +533,8 @@ class _Trainer:
         except TrainingError as exc:
             self.emit("error", -1, 0, message=str(exc))
             raise
+        finally:
+            torch.set_num_threads(prev)
 
     def _run(self) -> TrainResult:
         cfg, model = self.cfg, self.model
@@ -756,7 +774,11 @@ class _Trainer:
             real = t.real(self._batch(t, gen, bs))
             fake = t.fake(real, gen, self.cfg.tau, grad=True)
             if objective == "wgan":
-                loss = loss - t.critic(t.flat(fake), [fake[v] for v in t.pixel_vars]).mean()
+                ff = t.flat(fake)
+                loss = loss - t.critic(ff, [fake[v] for v in t.pixel_vars]).mean()
+                if self.cfg.mmd_weight:
+                    loss = loss + self.cfg.mmd_weight * mmd2(t.mmd_features(real),
+                                                             t.mmd_features(fake))
             else:
                 loss = loss + mmd2(t.flat(real), t.flat(fake))
         _finite(loss, f"generator (stage {stage}, step {step + 1})")
@@ -789,7 +811,8 @@ class _Trainer:
 
 def _finite(loss: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(loss)):
-        raise TrainingError(f"the {what} loss became {float(loss)} (training diverged); nothing "
+        value = float(loss.detach())
+        raise TrainingError(f"the {what} loss became {value} (training diverged); nothing "
                             "was saved over the last good checkpoint. Try a lower learning rate, "
                             "another objective, or resume from the last checkpoint")
 

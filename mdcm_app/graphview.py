@@ -152,8 +152,10 @@ def graph_html(graph: CausalGraph, kinds: Mapping[str, str] | None = None,
                      title=f"{v}: {kind or 'kind not set'}; c-component {{{', '.join(comp)}}}",
                      font={"size": 16})
     for a, b in graph.directed:
+        skip = abs(pos[b][0] - pos[a][0]) > 150 or pos[a][1] != pos[b][1]
         net.add_edge(a, b, color="#333333", width=2, arrows="to",
-                     smooth={"enabled": True, "type": "curvedCW", "roundness": 0.05})
+                     smooth={"enabled": True, "type": "curvedCW",
+                             "roundness": 0.3 if skip and pos[a][1] == pos[b][1] else 0.05})
     for a, b in graph.bidirected:
         net.add_edge(a, b, color="#d62828", width=2, dashes=True, arrows="to;from",
                      title=f"latent confounder {a} <-> {b}",

@@ -39,7 +39,7 @@ def _edit(fn, notice: str) -> None:
 
 def _add_variable() -> None:
     name = (st.session_state.get("graph_new_var") or "").strip()
-    _edit(lambda g: graphview.add_variable(g, name), f"added variable {name}")
+    _edit(lambda g: graphview.add_variable(g, name), f"added variable `{name}`")
     if not st.session_state.get("graph_error"):
         st.session_state["graph_new_var"] = ""
 
@@ -48,15 +48,15 @@ def _add_edge() -> None:
     a = st.session_state.get("graph_edge_from")
     b = st.session_state.get("graph_edge_to")
     kind = st.session_state.get("graph_edge_type", "->")
-    _edit(lambda g: graphview.add_edge(g, a, b, kind), f"added edge {a} {kind} {b}")
+    _edit(lambda g: graphview.add_edge(g, a, b, kind), f"added edge `{a} {kind} {b}`")
 
 
 def _remove_edge(a: str, kind: str, b: str) -> None:
-    _edit(lambda g: graphview.remove_edge(g, a, b, kind), f"removed edge {a} {kind} {b}")
+    _edit(lambda g: graphview.remove_edge(g, a, b, kind), f"removed edge `{a} {kind} {b}`")
 
 
 def _remove_variable(v: str) -> None:
-    _edit(lambda g: graphview.remove_variable(g, v), f"removed variable {v}")
+    _edit(lambda g: graphview.remove_variable(g, v), f"removed variable `{v}`")
 
 
 def _apply_text() -> None:
@@ -122,16 +122,18 @@ def _editor(meta: state.StudyMeta, graph) -> None:
     edges = graphview.edge_list(graph)
     with st.expander(f"Edges ({len(edges)}) and variables ({len(graph.nodes)})", expanded=True):
         for a, kind, b in edges:
-            r1, r2 = st.columns([4, 1], vertical_alignment="center")
+            r1, r2 = st.columns([5, 1], vertical_alignment="center")
             r1.markdown(f"`{a} {kind} {b}`" + (" (hidden confounder)" if kind == "<->" else ""))
             tag = "d" if kind == "->" else "b"
-            r2.button("Remove", key=f"graph_rm_edge_{tag}_{a}_{b}", on_click=_remove_edge,
+            r2.button("", icon=":material/delete:", help=f"Remove {a} {kind} {b}",
+                      key=f"graph_rm_edge_{tag}_{a}_{b}", on_click=_remove_edge,
                       args=(a, kind, b))
         st.markdown("---")
         for v in graph.nodes:
-            r1, r2 = st.columns([4, 1], vertical_alignment="center")
-            r1.markdown(f"`{v}`")
-            r2.button("Remove", key=f"graph_rm_var_{v}", on_click=_remove_variable, args=(v,),
+            r1, r2 = st.columns([5, 1], vertical_alignment="center")
+            r1.markdown(f"variable `{v}`")
+            r2.button("", icon=":material/delete:", help=f"Remove variable {v} and its edges",
+                      key=f"graph_rm_var_{v}", on_click=_remove_variable, args=(v,),
                       disabled=len(graph.nodes) <= 1)
 
 

@@ -18,7 +18,10 @@ def _treatment_widgets(schema, study, treat: list[str]) -> dict:
     for col, v in zip(cols, treat, strict=False):
         var = schema[v]
         with col:
-            if var.kind == "categorical":
+            if var.kind == "categorical" and var.classes <= 12:
+                do[v] = int(st.select_slider(f"do({v} = …)", list(range(var.classes)),
+                                             key=f"iv_val_{v}"))
+            elif var.kind == "categorical":
                 do[v] = int(st.selectbox(f"do({v} = …)", list(range(var.classes)),
                                          key=f"iv_val_{v}"))
             elif var.kind == "continuous":
@@ -42,7 +45,7 @@ def _treatment_widgets(schema, study, treat: list[str]) -> dict:
                         st.error(f"{v}: {exc}")
                         continue
                 elif obs is not None and v in obs.columns:
-                    idx = st.number_input(f"…or use data image number", min_value=0,
+                    idx = st.number_input("…or use data image number", min_value=0,
                                           max_value=obs.n - 1, value=0, key=f"iv_idx_{v}")
                     img = np.asarray(obs.columns[v][int(idx)], dtype=np.float32)
                 else:

@@ -46,6 +46,12 @@ def _start() -> None:
            "device": st.session_state.get("train_device", "auto"),
            "objective": st.session_state.get("train_objective", "auto"),
            "check_every": max(5, min(200, int(st.session_state.get("train_steps", 600)) // 10))}
+    from mdcm.runs import TRAIN_KEYS
+
+    for key, field in (("train_coder_steps", "coder_steps"),
+                       ("train_check_samples", "check_samples")):
+        if field in TRAIN_KEYS and st.session_state.get(key) is not None:
+            cfg[field] = int(st.session_state[key])
     limit = float(st.session_state.get("train_time_limit", 0) or 0)
     if limit > 0:
         cfg["time_limit_s"] = limit
@@ -94,8 +100,16 @@ def _settings() -> None:
     c3.number_input("Time limit per stage (s, 0 = none)", min_value=0, max_value=86_400,
                     value=0, step=30, key="train_time_limit")
     with st.expander("Advanced"):
-        st.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
+        a1, a2, a3 = st.columns(3)
+        a1.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
                      help="auto: WGAN-GP for image stages, kernel (MMD) loss for label stages")
+        a2.number_input("Image-code fit steps", min_value=10, max_value=20_000, value=600,
+                        step=50, key="train_coder_steps",
+                        help="Steps of the small autoencoder whose image code the label "
+                             "stages compare (studies with images only)")
+        a3.number_input("Fit-check samples", min_value=256, max_value=65_536, value=4096,
+                        step=256, key="train_check_samples",
+                        help="Samples drawn at each fit check (quality vs steps)")
 
 
 def _curves(rec: dict, sid: int) -> None:

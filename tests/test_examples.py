@@ -276,3 +276,17 @@ def test_image_outcome_is_refused(examples):
     with pytest.raises(ValueError, match="outcome 'X' is an image; ask about its features "
                                          "\\(X.opacity\\)"):
         examples["xray"].truth("X", {"C": 0})
+
+
+def test_documented_ground_truth_numbers(examples):
+    """The table in mdcm/examples/__init__.py (guards against silent changes of the generators)."""
+    table = {"colored_digits": ([0.3752, 0.5, 0.6248], [0.2539, 0.5, 0.7461]),
+             "xray": ([0.4404, 0.5785], [0.3089, 0.7063]),
+             "napkin": ([0.5316, 0.6651], [0.4183, 0.7369]),
+             "backdoor": ([0.3984, 0.5681], [0.2285, 0.7228]),
+             "bow": ([0.4567, 0.6292], [0.3131, 0.7748])}
+    for name, (truth, naive) in table.items():
+        ex = examples[name]
+        for x, (p, q) in enumerate(zip(truth, naive, strict=True)):
+            assert ex.truth(ex.outcome, {ex.treatment: x})[1] == pytest.approx(p, abs=6e-5)
+            assert ex.naive(ex.outcome, {ex.treatment: x})[1] == pytest.approx(q, abs=6e-5)

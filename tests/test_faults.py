@@ -203,3 +203,39 @@ def test_nan_loss_gives_clear_training_error(tmp_path: Path, monkeypatch):
     assert (run_dir / "error.txt").read_text().strip() == info2.message
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert runs.read_events(run_dir)[-1]["kind"] == "error"
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path):
+    """SIGTERM (e.g. a batch scheduler's time limit) ends training at the next step, writing a
+    checkpoint and no model; a later --resume continues from it."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    ck = tmp_path / "ck"
+    argv = [sys.executable, "-m", "mdcm", "train", "--example", "napkin", "--n", "1000",
+            "--out", str(tmp_path / "model"), "--checkpoint-dir", str(ck), "--steps", "100000",
+            "--check-every", "5", "--batch-size", "32", "--device", "cpu", "--progress", "off",
+            "--set", "check_samples=256", "--set", "mmd_batch=32"]
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as errf:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errf, env=env)
+    try:
+        # "training N stage(s) ..." is printed once the data, plan and model are built
+        _wait_for(lambda: proc.poll() is not None or "training" in log.read_text(), 90,
+                  "training to start", poll=0.1)
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "--resume" in err
+    assert (ck / "checkpoint.json").is_file()
+    assert json.loads((ck / "checkpoint.json").read_text())["stage_index"] == 0
+    assert not (tmp_path / "model").exists()

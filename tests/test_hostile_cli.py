@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,12 +76,18 @@ def test_identify_raises_only_documented_errors(text, x, y, z, regimes):
 
 # ---------------------------------------------------------------------- the command line
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) in-process, in a scratch folder (relative paths land there, not in the repo)."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:           # main() should return, but accept an exit too
-            rc = exc.code if isinstance(exc.code, int) else 2
+    here = os.getcwd()
+    os.chdir(_TMP)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:           # main() should return, but accept an exit too
+                rc = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(here)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -92,6 +100,13 @@ def assert_one_line_error(rc: int, err: str, argv: list[str]) -> None:
 
 
 _TMP = Path(tempfile.mkdtemp(prefix="mdcm-hostile-"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_scratch():
+    yield
+    shutil.rmtree(_TMP, ignore_errors=True)
+
 MISSING = str(_TMP / "no-such-dir")
 VALUES = NAMES + BAD_NAMES + ["X=1", "X=", "=1", "X==1", "X=a", "X=1,2", "Y=999999",
                               "C -> X -> N; C <-> N", "X -> Y; X <-> Y", "-1", "0", "1e999",

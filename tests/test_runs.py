@@ -184,20 +184,83 @@ def test_start_run_rejects_bad_config(tmp_path: Path):
     with pytest.raises(RunError):
         runs.start_run(tmp_path, example="napkin", study_dir=tmp_path, train_config={})
     with pytest.raises(RunError):
-        runs.start_run(tmp_path, example="napkin", train_config={"stepz": 3})
-    with pytest.raises(RunError):
         runs.start_run(tmp_path, example="napkin", plan="sideways", train_config={})
     with pytest.raises(RunError):
         runs.start_run(tmp_path, study_dir=tmp_path / "nope", train_config={})
     assert runs.list_runs(tmp_path) == []
 
 
-def test_train_keys_mirror_train_config():
+def test_unknown_training_setting_is_refused(root: Path):
+    import mdcm.train  # noqa: F401  (start_run checks names early once the trainer is loaded)
+
+    with pytest.raises(RunError, match="stepz"):
+        runs.start_run(root, example="napkin", train_config={"stepz": 3})
+    with pytest.raises(RunError):
+        runs.start_run(root, example="napkin", train_config={"not a name": 3})
+    # the run process checks again (start_run may run without the trainer loaded)
+    path = runs.create_run(root, {"plan": "modular", "example": {"name": "napkin", "n": 500},
+                                  "train": {"stepz": 3}})
+    rc, _, err = _main("train", "--run-dir", str(path))
+    assert rc == 2 and "stepz" in err and err.count("\n") == 1
+    info = runs.run_status(path)
+    assert info.status == "failed" and "stepz" in info.message
+
+
+def test_advertised_train_keys_exist_in_train_config():
     import dataclasses
 
     from mdcm.train import TrainConfig
 
-    assert set(runs.TRAIN_KEYS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(runs.TRAIN_KEYS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_run_that_fails_early_is_failed_with_its_message(root: Path):
+    info = runs.start_run(root, example="no_such_example", train_config={"steps": 3})
+    final = runs.wait_run(info.path, 60)
+    assert final.status == "failed", final
+    assert "no_such_example" in final.message
+    assert "no_such_example" in (info.path / "error.txt").read_text()
+    assert runs.read_events(info.path)[-1]["kind"] == "error"
+
+
+# ---------------------------------------------------------------------- the runs command line
+def _main(*argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from mdcm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_runs_command_line(tmp_path: Path):
+    old = _fake_run(tmp_path, created=time.time() - 100, status="done")
+    live = _fake_run(tmp_path, pid=os.getpid(),
+                     events=[{"kind": "stage_start", "stage": 0, "step": 0},
+                             {"kind": "check", "stage": 0, "step": 40, "quality": 0.1}])
+    (tmp_path / "junk").mkdir()
+    rc, out, err = _main("runs", "list", "--root", str(tmp_path))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(live.name) and "running" in lines[0] and "step 40" in lines[0]
+    assert lines[1].startswith(old.name) and "done" in lines[1]
+    assert "junk" in err
+    rc, out, _ = _main("runs", "list", "--root", str(tmp_path), "--json")
+    data = json.loads(out)
+    assert [r["run_id"] for r in data["runs"]] == [live.name, old.name]
+    assert [s["folder"] for s in data["skipped"]] == ["junk"]
+    rc, out, _ = _main("runs", "show", live.name, "--root", str(tmp_path))
+    assert rc == 0 and "running" in out and "fit=0.1" in out
+    rc, out, _ = _main("runs", "stop", live.name, "--root", str(tmp_path))
+    assert rc == 0 and (live / "stop").exists()
+    rc, _, err = _main("runs", "resume", live.name, "--root", str(tmp_path))
+    assert rc == 2 and "still running" in err and err.count("\n") == 1
+    for bad in ("../x", "a/b", "nope"):
+        rc, _, err = _main("runs", "show", bad, "--root", str(tmp_path))
+        assert rc == 2 and err.startswith("mdcm: error: ") and err.count("\n") == 1
 
 
 # ---------------------------------------------------------------------- real background runs
@@ -224,7 +287,8 @@ def test_real_background_runs_finish_separately(root: Path):
     assert json.loads((fb.path / "run.json").read_text())["config"]["train"]["seed"] == 2
     from mdcm.model import load_model
 
-    assert load_model(fa.model_dir).schema.names == load_model(fa.model_dir).schema.names
+    assert sorted(load_model(fa.model_dir).schema.names) == ["W", "X", "Y", "Z"]
+    assert sorted(load_model(fb.model_dir).schema.names) == ["X", "Y", "Z"]
     listed = runs.list_runs(root)
     assert [i.run_id for i in listed] == [b.run_id, a.run_id]     # newest first
     with pytest.raises(RunError):

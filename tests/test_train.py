@@ -68,8 +68,8 @@ def test_discrete_fit_reaches_the_data() -> None:
     """A confounded pair (bow graph): MMD training matches the joint P(X, Y) of the data."""
     ex = load_example("bow", n=3000, seed=0)
     m = fresh(ex.study)
-    cfg = TrainConfig(steps=400, mmd_batch=256, check_every=50, tolerance=0.02, stable_checks=2,
-                      seed=1)
+    cfg = TrainConfig(steps=300, mmd_batch=128, check_every=25, tolerance=0.02, stable_checks=2,
+                      seed=1, check_samples=2000)
     res = train(m, make_plan(ex.study.graph), ex.study, cfg)
     obs = ex.study.observational.columns
     data = np.bincount(obs["X"] * 2 + obs["Y"], minlength=4) / len(obs["X"])

@@ -255,3 +255,9 @@ def test_25_find_study_dir_errors(tmp_path):
         (tmp_path / name / "study.json").write_text("{}")
     with pytest.raises(DataError, match="several studies \\(a, b\\)"):
         find_study_dir(tmp_path)
+
+
+def test_26_many_small_bombs_trip_the_archive_ratio(box):
+    """Each member stays under the per-file ratio threshold, the archive as a whole does not."""
+    refuse(box, [(f"z{i}.bin", bytes(600_000)) for i in range(4)],
+           "upload.zip: 2400000 bytes packed into ")

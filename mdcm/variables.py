@@ -52,7 +52,8 @@ class Variable:
             if (len(self.shape) != 3 or self.shape[0] not in (1, 3)
                     or not all(4 <= s <= MAX_IMAGE_SIDE for s in self.shape[1:])):
                 raise SchemaError(f"variable {self.name!r}: an image has shape [C, H, W] with C "
-                                  f"1 or 3 and 4 <= H, W <= {MAX_IMAGE_SIDE}, got {list(self.shape)}")
+                                  f"1 or 3 and 4 <= H, W <= {MAX_IMAGE_SIDE}, "
+                                  f"got {list(self.shape)}")
 
     @property
     def width(self) -> int:
@@ -94,7 +95,8 @@ class Schema:
         if missing:
             raise SchemaError(f"variable(s) {', '.join(missing)} are in the graph but have no kind")
         if extra:
-            raise SchemaError(f"variable(s) {', '.join(extra)} have a kind but are not in the graph")
+            raise SchemaError(f"variable(s) {', '.join(extra)} have a kind but are not in "
+                              "the graph")
         order = {v: i for i, v in enumerate(self.graph.nodes)}
         object.__setattr__(self, "variables",
                            tuple(sorted(self.variables, key=lambda v: order[v.name])))

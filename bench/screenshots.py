@@ -37,7 +37,7 @@ def shot(page, name: str) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--study", default="colored_digits", choices=sorted(TITLES))
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for training")
     ap.add_argument("--home", default=None, help="MDCM_HOME to use (default: a temp folder)")
@@ -52,7 +52,7 @@ def main() -> None:
             as url, sync_playwright() as p:
         home = args.home or tmp
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
         page.goto(url)
         page.wait_for_selector(".st-key-home_open_example button", timeout=60_000)
         page.locator(".st-key-home_example").click()
@@ -65,9 +65,9 @@ def main() -> None:
             page.get_by_role("link", name=label, exact=True).first.click()
             page.wait_for_selector(wait_for, timeout=120_000)
 
-        visit("Graph & plan", "text=Training plan")
+        visit("Graph & plan", "text=Stage dependency graph")
         shot(page, "2_graph")
-        visit("Data", "text=Preview")
+        visit("Data", "text=Pairwise")
         shot(page, "3_data")
         page.get_by_role("tab", name="Upload").click()
         shot(page, "3b_data_upload")
@@ -86,9 +86,9 @@ def main() -> None:
             raise
         shot(page, "4_train")
         visit("Intervene", "text=Identifiability")
-        page.wait_for_selector(".stPlotlyChart", timeout=120_000)
+        page.locator(".stPlotlyChart").nth(1).wait_for(timeout=120_000)
         shot(page, "5_intervene")
-        visit("Checks", "text=Marginals")
+        visit("Checks", "text=Marginals: data vs model")
         shot(page, "6_checks")
         browser.close()
     print(f"done in {time.time() - t0:.0f} s")

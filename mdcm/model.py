@@ -50,7 +50,8 @@ class ModelConfig:
     """Network sizes. Defaults are the CPU size (2 cores); raise them on a GPU."""
 
     noise_dim: int = 8            # Z_V of label/continuous mechanisms
-    image_noise_dim: int = 32     # Z_V of image mechanisms
+    image_noise_dim: int = 32     # Z_V of image mechanisms (Gaussian part)
+    image_modes: int = 32         # + a uniform one-hot latent with this many values (0 = none)
     confounder_dim: int = 4       # U per bidirected edge
     hidden: int = 64              # MLP width of label mechanisms and critics
     image_hidden: int = 256       # MLP width of tiny-image mechanisms and coders
@@ -63,7 +64,7 @@ class ModelConfig:
             raise ValueError(f"image_net must be 'conv', 'mlp' or 'auto', not {self.image_net!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, int) and v < 1:
+            if isinstance(v, int) and v < (0 if f.name == "image_modes" else 1):
                 raise ValueError(f"ModelConfig.{f.name} must be positive, got {v}")
 
     def to_json(self) -> dict:
@@ -115,8 +116,8 @@ class DCM(nn.Module):
         return self.config.code_dim if var.kind == "image" else var.width
 
     def noise_width(self, name: str) -> int:
-        own = self.config.image_noise_dim if self.schema[name].kind == "image" else \
-            self.config.noise_dim
+        own = self.config.image_noise_dim + self.config.image_modes \
+            if self.schema[name].kind == "image" else self.config.noise_dim
         return own + self.config.confounder_dim * len(self._touching[name])
 
     def _build(self, name: str) -> nn.Module:
@@ -248,6 +249,12 @@ class DCM(nn.Module):
             var = self.schema[v]
             own = self.config.image_noise_dim if var.kind == "image" else self.config.noise_dim
             noise = [torch.randn(n, own, generator=gen, device=dev)]
+            if var.kind == "image" and self.config.image_modes:
+                # A discrete latent makes multi-modal images (a color, a digit) easy to emit;
+                # with Gaussian noise alone the prototype's generators blended modes.
+                k = self.config.image_modes
+                mode = torch.randint(0, k, (n,), generator=gen, device=dev)
+                noise.append(torch.nn.functional.one_hot(mode, k).float())
             noise += [us[i] for i in self._touching[v]]
             out = self.generators[v](self.condition(v, values, n), torch.cat(noise, dim=1))
             if var.kind == "categorical":

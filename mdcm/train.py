@@ -10,7 +10,9 @@ its targets.
 Objectives behind one interface (``TrainConfig.objective``):
 
 * ``"wgan"``: WGAN-GP (Gulrajani et al. 2017; λ=10, Adam 2e-4 (0.5, 0.9), 2 critic steps), a
-  packed critic per target (PacGAN), pixels for images being trained, image codes otherwise;
+  packed critic per target (PacGAN), pixels plus code for images being trained, image codes
+  otherwise; the generator loss adds ``mmd_weight`` × the MMD below (on the flat part and pooled
+  pixels), which in bench runs halved the steps the image stage needed to match its fit check;
 * ``"mmd"``: a kernel two-sample loss (MMD, Gretton et al. 2012; Li et al. 2015) over one-hot
   labels, standardised continuous values and the image code of a small autoencoder fitted on the
   study's real images — non-adversarial, no critic to balance (design.md §7);
@@ -72,7 +74,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     critic_steps: int = 2
     gp_weight: float = 10.0
-    mmd_weight: float = 0.0           # WGAN stages: + weight * MMD(real, fake) in the G loss
+    mmd_weight: float = 10.0          # WGAN stages: + weight * MMD(real, fake) in the G loss
     mmd_batch: int = 256
     mmd_lr: float = 1e-3
     ema: float = 0.995

@@ -174,7 +174,7 @@ def plan_dependency_html(stages: Sequence[object], height: int = 260) -> str:
             edges.append((str(d), sid))
     pos = layout_positions(ids, [e for e in edges if e[0] in ids], dx=190, dy=90)
     for i, (s, sid) in enumerate(zip(stages, ids, strict=True)):
-        trains = sorted(getattr(s, "trains", ()) or ())
+        trains = list(getattr(s, "trains", ()) or ())
         x, y = pos[sid]
         joint = len(trains) > 1
         net.add_node(sid, label=f"stage {sid}\ntrains {{{', '.join(trains)}}}", x=x, y=y,

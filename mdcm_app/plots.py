@@ -190,7 +190,7 @@ def effect_figure(values: Sequence[str], series: Mapping[str, Sequence[float]],
                             line={"color": col},
                             error_y={"type": "data", "symmetric": False,
                                      "array": [h - y for h, y in zip(hi, ys, strict=True)],
-                                     "arrayminus": [y - lo_ for y, lo_ in zip(ys, lo, strict=True)]})
+                                     "arrayminus": [y - a for y, a in zip(ys, lo, strict=True)]})
         else:
             fig.add_scatter(x=xs, y=list(map(float, ys)), name=name, mode="lines+markers",
                             line={"color": col, "dash": "dot" if j else "solid"})

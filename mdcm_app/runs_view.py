@@ -151,4 +151,4 @@ def run_label(info: Any) -> str:
     cfg = info.config or {}
     steps = (cfg.get("train") or {}).get("steps", "?")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-    return f"{info.run_id} · {info.status} · {cfg.get('plan', '?')} · {steps} steps · {when}"
+    return f"{info.run_id} · {cfg.get('plan', '?')} · {steps} steps · started {when}"

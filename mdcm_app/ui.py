@@ -5,6 +5,7 @@ Pages stay short: they call these helpers and library functions and lay out the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
 from mdcm.variables import Schema
@@ -31,8 +31,27 @@ PAGES = {
 }
 
 
+def safe_callback(fn: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a widget callback: an unexpected error is kept for :func:`guard` to show inline
+    (callbacks run before the page body, outside its error guard)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown as a friendly message
+            log.error("callback error: %s", traceback.format_exc())
+            st.session_state["ui_error"] = f"{type(exc).__name__}: {exc}"
+
+    return wrapper
+
+
 def guard(body: Callable[[], None]) -> None:
     """Run a page body; an unexpected error becomes a friendly message, never a traceback."""
+    err = st.session_state.pop("ui_error", None)
+    if err:
+        st.error(f"That action failed: {err}. Nothing was lost; try again.",
+                 icon=":material/warning:")
     try:
         body()
     except Exception as exc:  # noqa: BLE001 - the UI must never show a raw traceback

@@ -14,10 +14,10 @@ UPLOAD_KINDS = {
 }
 
 
+@ui.safe_callback
 def _import() -> None:
     """Import button callback: save raw files first, then validate and store the dataset."""
     from mdcm.data import DataError
-
     from mdcm_app import uploads
 
     sid = st.session_state["study_id"]
@@ -62,6 +62,7 @@ def _import() -> None:
     st.session_state["data_notice"] = f"Added dataset {ds.name!r}: {ds.n} rows, {regime}."
 
 
+@ui.safe_callback
 def _delete(name: str) -> None:
     from mdcm_app import uploads
 

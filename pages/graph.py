@@ -17,6 +17,7 @@ def _meta() -> state.StudyMeta:
     return state.load_meta(st.session_state["study_id"])
 
 
+@ui.safe_callback
 def _apply_graph(new_graph, notice: str) -> None:
     meta = state.update_graph(_meta(), new_graph)
     st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
@@ -25,6 +26,7 @@ def _apply_graph(new_graph, notice: str) -> None:
     st.session_state["graph_notice"] = notice
 
 
+@ui.safe_callback
 def _edit(fn, notice: str) -> None:
     """Run one click edit on the stored graph; errors are kept for inline display."""
     try:
@@ -37,6 +39,7 @@ def _edit(fn, notice: str) -> None:
         st.session_state["graph_notice"] = ""
 
 
+@ui.safe_callback
 def _add_variable() -> None:
     name = (st.session_state.get("graph_new_var") or "").strip()
     _edit(lambda g: graphview.add_variable(g, name), f"added variable `{name}`")
@@ -44,6 +47,7 @@ def _add_variable() -> None:
         st.session_state["graph_new_var"] = ""
 
 
+@ui.safe_callback
 def _add_edge() -> None:
     a = st.session_state.get("graph_edge_from")
     b = st.session_state.get("graph_edge_to")
@@ -51,14 +55,17 @@ def _add_edge() -> None:
     _edit(lambda g: graphview.add_edge(g, a, b, kind), f"added edge `{a} {kind} {b}`")
 
 
+@ui.safe_callback
 def _remove_edge(a: str, kind: str, b: str) -> None:
     _edit(lambda g: graphview.remove_edge(g, a, b, kind), f"removed edge `{a} {kind} {b}`")
 
 
+@ui.safe_callback
 def _remove_variable(v: str) -> None:
     _edit(lambda g: graphview.remove_variable(g, v), f"removed variable `{v}`")
 
 
+@ui.safe_callback
 def _apply_text() -> None:
     text = st.session_state.get("graph_text", "")
     graph, err = state.graph_or_error(text)
@@ -74,6 +81,7 @@ def _apply_text() -> None:
     st.session_state["graph_notice"] = f"graph updated from text ({len(meta.variables)} variables)"
 
 
+@ui.safe_callback
 def _set_kind(v: str) -> None:
     kind = st.session_state.get(f"graph_kind_{v}")
     meta = _meta()
@@ -219,7 +227,7 @@ def _plan(meta: state.StudyMeta, graph) -> None:
                 st.caption("Why: " + "; ".join(s.reasons))
     st.markdown("**Stage dependency graph** (an arrow: the later stage runs the earlier "
                 "one's mechanisms frozen)")
-    st.iframe(graphview.plan_dependency_html(plan.stages, height=220), height=240)
+    st.iframe(graphview.plan_dependency_html(plan.stages, height=220), height=265)
     st.download_button("Download plan (JSON)", json.dumps(plan.to_json(), indent=2),
                        file_name="plan.json", mime="application/json", key="graph_plan_download")
 
@@ -242,7 +250,8 @@ def main() -> None:
                      label_visibility="collapsed")
         st.button("Apply text", key="graph_apply_text", on_click=_apply_text)
         if st.session_state.get("graph_text_error"):
-            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}", icon=":material/block:")
+            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}",
+                     icon=":material/block:")
         if graph is not None:
             _kinds(meta, graph)
     if graph is None:
@@ -254,7 +263,7 @@ def main() -> None:
     st.caption("Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
                "one color form a c-component (they share hidden confounding and their mechanisms "
                "train together).")
-    st.iframe(graphview.graph_html(graph, kinds, height=320), height=340)
+    st.iframe(graphview.graph_html(graph, kinds, height=320), height=365)
     _plan(meta, graph)
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 from mdcm_app import graphview, plots, state, ui
 
 
+@ui.safe_callback
 def _open_example() -> None:
     name = st.session_state.get("home_example")
     try:
@@ -17,6 +18,7 @@ def _open_example() -> None:
     st.session_state["home_error"] = ""
 
 
+@ui.safe_callback
 def _new_empty() -> None:
     title = (st.session_state.get("home_new_title") or "").strip() or "New study"
     meta = state.new_study(example=None, title=title, graph_text="X -> Y",
@@ -25,6 +27,7 @@ def _new_empty() -> None:
     st.session_state["home_error"] = ""
 
 
+@ui.safe_callback
 def _open_recent() -> None:
     sid = st.session_state.get("home_recent")
     if sid:
@@ -90,7 +93,7 @@ def main() -> None:
     graph, err = state.graph_or_error(meta.graph_text)
     if graph is not None:
         kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
-        st.iframe(graphview.graph_html(graph, kinds, height=300), height=320)
+        st.iframe(graphview.graph_html(graph, kinds, height=300), height=345)
     else:
         st.error(f"The stored graph is invalid: {err}")
     n1, n2, n3 = st.columns(3)

@@ -3,6 +3,8 @@ discrete evidence; see generated samples, the interventional distribution of eac
 effect across treatment values with intervals, the naive observational answer next to it, and the
 identifiability verdict, always."""
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -68,7 +70,8 @@ def _verdict(graph, treat, outcomes, given, interventions) -> bool:
             return False
         q = f"P({y} | do({', '.join(treat)}){', ' + ', '.join(given) if given else ''})"
         if ident.identifiable:
-            st.success(f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}", icon=":material/check_circle:")
+            st.success(f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}",
+                       icon=":material/check_circle:")
         else:
             ok = False
             st.warning(f"**Not identifiable**: {q}. {ident.reason}  \nThe data cannot decide "
@@ -99,10 +102,8 @@ def _distribution(model, rid, schema, ex, study, y, do, given, interventions) ->
                 series[f"naive P({y} | {', '.join(plain)} observed)"] = np.bincount(
                     np.asarray(obs.columns[y])[mask], minlength=var.classes) / mask.sum()
         if ex is not None and len(plain) == len(do) and not given:
-            try:
+            with contextlib.suppress(ValueError, KeyError):
                 series["exact truth"] = ex.truth(y, plain)
-            except (ValueError, KeyError):
-                pass
         fig = plots.distribution_figure(series, list(range(var.classes)),
                                         f"P({y} | do({answers.do_key(plain) or 'image'}))",
                                         errors=errors)
@@ -151,7 +152,6 @@ def _effect(model, rid, study, treat: str, y: str) -> None:
 
 def _parse_typed(schema, text: str) -> dict | None:
     from mdcm.data import DataError
-
     from mdcm_app.uploads import parse_do
 
     if not text.strip():
@@ -179,7 +179,6 @@ def main() -> None:
         return
     study, _ = ui.study_data(meta)
     ex = ui.example_or_none(meta)
-    rid, model = ui.pick_model(meta, schema, "iv_run")
     names = list(schema.names)
     default_t = [ex.treatment] if ex is not None and ex.treatment in names else names[:1]
     c1, c2 = st.columns(2)
@@ -207,7 +206,8 @@ def main() -> None:
         st.info(f"Set a value for {', '.join(missing)} to see answers.")
         return
     cands = [v for v in rest if v not in outcomes and schema[v].kind == "categorical"]
-    given_vars = st.multiselect("Evidence (optional, observed values)", cands, key="iv_given")
+    given_vars = st.multiselect("Evidence (optional, observed values)", cands,
+                                key="iv_given") if cands else []
     given = {}
     if given_vars:
         gcols = st.columns(len(given_vars))
@@ -224,6 +224,8 @@ def main() -> None:
                 st.warning(f"Positivity: {warn}", icon=":material/warning:")
     st.subheader("Answers")
     from mdcm.query import QueryError
+
+    rid, model = ui.pick_model(meta, schema, "iv_run")
 
     cols = st.columns(min(2, len(outcomes)))
     for i, y in enumerate(outcomes):

@@ -20,12 +20,14 @@ def _devices() -> list[str]:
         return ["auto", "cpu"]
 
 
+@ui.safe_callback
 def _follow(run_id: str | None) -> None:
     if run_id:
         st.session_state["run_id"] = run_id
         st.query_params["run"] = run_id
 
 
+@ui.safe_callback
 def _start() -> None:
     from mdcm.runs import RunError, start_run
 
@@ -46,11 +48,12 @@ def _start() -> None:
            "device": st.session_state.get("train_device", "auto"),
            "objective": st.session_state.get("train_objective", "auto"),
            "check_every": max(5, min(200, int(st.session_state.get("train_steps", 600)) // 10))}
-    from mdcm.runs import TRAIN_KEYS
+    import mdcm.runs
 
+    train_keys = getattr(mdcm.runs, "TRAIN_KEYS", ())
     for key, field in (("train_coder_steps", "coder_steps"),
                        ("train_check_samples", "check_samples")):
-        if field in TRAIN_KEYS and st.session_state.get(key) is not None:
+        if field in train_keys and st.session_state.get(key) is not None:
             cfg[field] = int(st.session_state[key])
     limit = float(st.session_state.get("train_time_limit", 0) or 0)
     if limit > 0:
@@ -67,6 +70,7 @@ def _start() -> None:
     _follow(info.run_id)
 
 
+@ui.safe_callback
 def _stop(run_dir) -> None:
     from mdcm.runs import RunError, stop_run
 
@@ -76,6 +80,7 @@ def _stop(run_dir) -> None:
         st.session_state["train_error"] = f"Could not stop: {exc}"
 
 
+@ui.safe_callback
 def _resume(run_dir) -> None:
     from mdcm.runs import RunError, resume_run
 
@@ -182,7 +187,11 @@ def _live(run_dir) -> None:
 
     @st.fragment(run_every=1.0 if active else None)
     def live() -> None:
-        still = _progress(run_dir)
+        try:
+            still = _progress(run_dir)
+        except Exception as exc:  # noqa: BLE001 - a fragment runs outside the page guard
+            st.error(f"Cannot show the progress of this run: {exc}")
+            return
         if active and not still:
             st.rerun(scope="app")
 
@@ -231,6 +240,9 @@ def main() -> None:
         st.error(st.session_state["train_error"], icon=":material/block:")
     rid = st.session_state.get("run_id") or st.query_params.get("run")
     if rid and rid in runs_view.study_run_ids(meta.study_id):
+        st.session_state["run_id"] = rid
+        if st.query_params.get("run") != rid:
+            st.query_params["run"] = rid
         st.subheader("Progress")
         try:
             _live(run_path(state.runs_root(), rid))

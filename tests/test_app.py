@@ -304,10 +304,12 @@ def test_intervene_image_treatment_with_data_image(home):
     assert len(at.get("plotly_chart")) >= 1
 
 
-def test_intervene_without_model(home):
+def test_intervene_without_model_still_shows_verdict(home):
     sid = _study("bow")
     at = _page("intervene", sid).run()
+    assert not at.exception
     assert any("No trained model" in i for i in _texts(at.info))
+    assert any("Not identifiable" in w for w in _texts(at.warning))
 
 
 def test_image_upload_is_resized_to_model_size():
@@ -357,3 +359,75 @@ def test_pages_without_study_point_home(home):
         at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=TIMEOUT).run()
         assert not at.exception
         assert any("No study is open" in i for i in _texts(at.info)), name
+
+
+def test_two_sessions_run_their_own_jobs(home):
+    from mdcm.runs import stop_run, wait_run
+
+    sid = _study("bow")
+    sessions = [_page("train", sid).run(), _page("train", sid).run()]
+    for at, seed in zip(sessions, (1, 2), strict=True):
+        at.number_input(key="train_steps").set_value(5000)
+        at.number_input(key="train_seed").set_value(seed)
+        at.button(key="train_start").click().run()
+        assert not at.error, _texts(at.error)
+    ids = [at.session_state["run_id"] for at in sessions]
+    assert ids[0] != ids[1]
+    for at, rid, seed in zip(sessions, ids, (1, 2), strict=True):
+        # each session follows its own run
+        assert any(m.startswith(f"**Run {rid}**") for m in _texts(at.markdown))
+        cfg = json.loads((home / "runs" / rid / "run.json").read_text())["config"]
+        assert cfg["train"]["seed"] == seed
+    for rid in ids:
+        stop_run(home / "runs" / rid)
+    for rid in ids:
+        assert not wait_run(home / "runs" / rid, timeout_s=60).active
+
+
+def test_upload_zip_and_npz_end_to_end(home, tmp_path):
+    """A zip of a dataset folder and a MedMNIST-style .npz go through validation into the
+    study; the interventional upload changes the training plan's regimes on the Graph page."""
+    import zipfile
+
+    from mdcm.data import DataError, Dataset, save_dataset
+    from mdcm_app import state, uploads
+
+    sid = _study("xray")
+    schema = state.load_meta(sid).schema()
+    rng = np.random.default_rng(0)
+    n = 12
+    ds = Dataset("exp", {"C": np.ones(n, np.int64), "X": rng.uniform(-1, 1, (n, 1, 16, 16))
+                         .astype(np.float32), "N": rng.integers(0, 2, n)}, {})
+    folder = save_dataset(ds, schema, tmp_path / "exp")
+    zpath = tmp_path / "exp.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in folder.rglob("*"):
+            if f.is_file():
+                z.write(f, f"exp/{f.relative_to(folder)}")
+    got = uploads.import_dataset_zip(sid, schema, zpath, "do_C", {"C": 1})
+    assert got.n == n and got.do == {"C": 1}
+    # the stored dataset is read back with its intervention; rows contradicting it are refused
+    with pytest.raises(DataError, match="contradicts"):
+        uploads.import_dataset_zip(sid, schema, zpath, "do_C0", {"C": 0})
+    assert not (home / "studies" / sid / "study" / "do_C0").exists()
+    # same name twice is refused
+    with pytest.raises(DataError, match="already exists"):
+        uploads.import_dataset_zip(sid, schema, zpath, "do_C", {"C": 1})
+    at = _page("graph", sid).run()
+    assert not at.exception
+    assert any("do(C)" in m for m in _texts(at.markdown))  # the plan now has two regimes
+    # MedMNIST .npz: only fits a study whose graph holds just the image and the label
+    npz = tmp_path / "pneumonia.npz"
+    np.savez(npz, train_images=rng.integers(0, 255, (10, 28, 28), dtype=np.uint8),
+             train_labels=rng.integers(0, 2, (10, 1)))
+    with pytest.raises(DataError, match="also has"):
+        uploads.import_npz(sid, schema, npz, "med", split="train", image_var="X", label_var="N")
+    meta2 = state.new_study(example=None, title="med", graph_text="X -> N",
+                            variables={"X": {"kind": "image", "shape": [1, 16, 16]},
+                                       "N": {"kind": "categorical", "classes": 2}})
+    med = uploads.import_npz(meta2.study_id, meta2.schema(), npz, "observational",
+                             split="train", image_var="X", label_var="N")
+    assert med.columns["X"].shape == (10, 1, 16, 16)  # resized from 28x28
+    at = _page("data", meta2.study_id).run()
+    assert not at.exception and not at.error, _texts(at.error)
+    assert int(at.dataframe[0].value["rows"][0]) == 10

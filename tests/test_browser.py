@@ -80,7 +80,7 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
 
     # -- Graph: see the plan, change the graph by clicking, see the plan change, undo
     _nav(page, "Graph & plan")
-    page.wait_for_selector("text=Training plan")
+    page.wait_for_selector("text=Stage dependency graph")
     assert page.locator("text=2 stages").count() >= 1
     page.locator(".st-key-graph_edge_from").click()
     page.get_by_role("option", name="D", exact=True).click()
@@ -101,6 +101,22 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     # the pyvis picture is an inline iframe (no CDN)
     frame = page.locator("iframe").first
     assert frame.count() == 1
+
+    # -- Data: a bad upload is refused with a validation message; the raw file is kept
+    _nav(page, "Data")
+    page.wait_for_selector("text=Image grids per class")
+    page.get_by_role("tab", name="Upload").click()
+    bad = tmp_path / "bad.zip"
+    import zipfile
+
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("bad/data.csv", "D,I,A\n0,images/missing.png,1\n")
+    page.locator(".st-key-data_zip input[type='file']").set_input_files(str(bad))
+    wait_idle(page)
+    page.locator(".st-key-data_import button").click()
+    page.wait_for_selector("text=Upload refused")
+    assert page.locator("text=missing.png").count() >= 1
+    assert any(p.name.endswith("bad.zip") for p in home.glob("studies/*/uploads/*"))
 
     # -- Train: a short background run, progress to the end
     _nav(page, "Train")
@@ -129,12 +145,12 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.wait_for_selector("text=Identifiability")
     page.wait_for_selector("text=Identifiable")
     page.wait_for_selector(".stPlotlyChart")
-    slider = page.locator(".st-key-iv_val_D [role='slider']")
+    slider = page.locator(".st-key-iv_val_D input[type='range']")
     slider.focus()
     slider.press("ArrowRight")
     slider.press("ArrowRight")
     wait_idle(page)
-    assert slider.get_attribute("aria-valuenow") == "2"
+    assert slider.input_value() == "2"
     page.wait_for_selector("text=P(A | do(D=2))")
     assert page.locator("[data-testid='stImage']").count() >= 1  # generated image grid
     page.locator(".st-key-iv_treat").click()

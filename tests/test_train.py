@@ -186,7 +186,8 @@ def test_pretrained_mechanism_fills_the_conditional_stage() -> None:
 
 def test_joint_plan_trains_through_the_same_code() -> None:
     ex = xray()
-    res = train(fresh(ex.study), joint_plan(ex.study.graph), ex.study, FAST)
+    conv = ModelConfig(image_net="conv", image_channels=8, code_dim=4, hidden=16)
+    res = train(fresh(ex.study, conv), joint_plan(ex.study.graph), ex.study, FAST)
     assert len(res.stages) == 1 and res.stages[0].trains == ("C", "X", "N")
     assert res.stages[0].objective == "wgan" and res.stages[0].steps == 12
 

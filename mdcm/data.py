@@ -36,6 +36,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -230,7 +231,7 @@ def read_csv_upload(path: Path | str, *, limits: UploadLimits = DEFAULT_LIMITS,
                 blank = [i + 1 for i, h in enumerate(header) if not h]
                 if blank:
                     raise DataError(f"{where}: header column {blank[0]} has no name")
-                dup = sorted({h for h in header if header.count(h) > 1})
+                dup = sorted(h for h, k in Counter(header).items() if k > 1)
                 if dup:
                     raise DataError(f"{where}: column {dup[0]!r} appears twice in the header")
                 continue
@@ -366,6 +367,8 @@ def _read_intervention(folder: Path, schema: Schema, where: str) -> dict[str, ob
     except json.JSONDecodeError as exc:
         raise DataError(f"{wi}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{wi}: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{wi}: cannot read ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("do"), dict):
@@ -576,6 +579,8 @@ def _read_study_json(root: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{STUDY_FILE}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{STUDY_FILE}: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{STUDY_FILE}: cannot read ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("graph"), str):

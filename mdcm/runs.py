@@ -171,6 +171,8 @@ def _read_run_json(run_dir: Path) -> dict:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{run_dir.name}: {RUN_JSON} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RunError(f"{run_dir.name}: {RUN_JSON} is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
         raise RunError(f"{run_dir.name}: {RUN_JSON} is not a run record")
     return data
@@ -270,7 +272,7 @@ def read_events(run_dir: Path | str, *, kinds: tuple[str, ...] | None = None) ->
             continue
         try:
             ev = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         if isinstance(ev, dict) and isinstance(ev.get("kind"), str) \
                 and (kinds is None or ev["kind"] in kinds):

@@ -215,9 +215,6 @@ def test_data_6_integral_floats_are_cleaned_to_class_indices(tmp_path):
     assert ds.columns["X"].dtype == np.int64
 
 
-@known_bug("mdcm/data.py read_csv_upload: the duplicate-header check calls header.count(h) for "
-           "every column, O(n^2): 25 000 columns take ~6 s, 100 000 (~0.8 MB) ~2 min; use a "
-           "collections.Counter")
 def test_data_6b_wide_header_is_answered_in_linear_time(tmp_path):
     """A 25 000-column header (a ~190 KB line) must not cost quadratic time (duplicate-name
     check): a few hundred KB of upload may not tie up the server for seconds or minutes."""
@@ -332,7 +329,6 @@ def test_data_12_study_json_schema_attacks(tmp_path, study_json, message):
     assert message in load_error(root)
 
 
-@known_bug("mdcm/data.py _read_study_json " + _DEEP_JSON_BUG, RecursionError)
 def test_data_13_study_json_nested_past_the_recursion_limit(tmp_path):
     """Valid JSON nested 100 000 deep must give a DataError naming study.json, not a
     RecursionError escaping into the app."""
@@ -363,7 +359,6 @@ def test_data_15_image_intervention_path_cannot_leave_the_dataset(tmp_path):
             in load_error(root))
 
 
-@known_bug("mdcm/data.py _read_intervention " + _DEEP_JSON_BUG, RecursionError)
 def test_data_16_intervention_json_nested_past_the_recursion_limit(tmp_path):
     root = make_study(tmp_path / "s", "X -> Y", {"do1": "X,Y\n1,0\n"}, {"X": CAT2, "Y": CAT2})
     (root / "do1" / "intervention.json").write_text(DEEP_JSON)
@@ -650,9 +645,6 @@ def test_run_3_a_pid_written_in_run_json_is_never_signalled(tmp_path):
         bystander.wait()
 
 
-@known_bug("mdcm/runs.py _read_run_json " + _DEEP_JSON_BUG + "; scan_runs does not catch it "
-           "either, so one such folder makes list_runs (the app's run list) raise",
-           RecursionError)
 def test_run_4_run_json_nested_past_the_recursion_limit(tmp_path):
     good = runs.create_run(tmp_path, {"plan": "modular"})
     bad = tmp_path / "deep"

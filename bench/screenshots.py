@@ -77,6 +77,8 @@ def main() -> None:
         steps.press("Enter")
         wait_idle(page)
         page.locator(".st-key-train_start button").click()
+        page.wait_for_selector("text=/stage 0: trains/", timeout=int(args.timeout * 1000))
+        shot(page, "4a_train_running")
         try:
             page.wait_for_selector("text=Training finished", timeout=int(args.timeout * 1000))
         except Exception:
@@ -84,7 +86,7 @@ def main() -> None:
             for f in sorted(Path(home).glob("runs/*/*.log")):
                 print(f, f.read_text()[-2000:])
             raise
-        shot(page, "4_train")
+        shot(page, "4b_train_done")
         visit("Intervene", "text=Identifiability")
         page.locator(".stPlotlyChart").nth(1).wait_for(timeout=120_000)
         shot(page, "5_intervene")

@@ -20,9 +20,11 @@ Objectives behind one interface (``TrainConfig.objective``):
   stages that train an image mechanism (chosen by bench/train_quality.py).
 
 A fit check every ``check_every`` steps measures the TVD between model and data frequencies of the
-stage's categorical variables (and image clusters of trained images) given its categorical
-do-parents, on EMA weights; a stage stops early once ``stable_checks`` consecutive checks are within
-``tolerance``, otherwise at the step or time limit, and keeps the EMA weights of its best check.
+stage's categorical variables (plus k-means clusters of the codes of trained images and quantile
+bins of trained continuous variables) given its categorical do-parents, on EMA weights; a stage
+stops early once ``stable_checks`` consecutive checks are within ``tolerance``, otherwise at the
+step or time limit, or after ``patience`` checks without a new best ("plateau"), and keeps the EMA
+weights of its best check.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     stable_checks: int = 3            # consecutive checks within tolerance to stop early
     min_steps: int = 0                # never stop early before this many steps
+    patience: int = 8                 # stop ("plateau") after this many checks without a new
+                                      # best fit (0 = never)
     lr: float = 2e-4                  # WGAN generator and critic
     betas: tuple[float, float] = (0.5, 0.9)
     critic_steps: int = 2
@@ -129,7 +133,7 @@ class StageSummary:
     steps: int
     seconds: float
     quality: float | None
-    stopped_by: str      # "tolerance" | "steps" | "time" | "stop" | "pretrained" | "no data"
+    stopped_by: str  # "tolerance"|"plateau"|"steps"|"time"|"stop"|"pretrained"|"no data"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -261,6 +265,14 @@ class _Target:
         n_check = min(config.check_samples, data.n)
         self.check_idx = torch.as_tensor(np.sort(rng.choice(data.n, n_check, replace=False)),
                                          device=device)
+        # Continuous variables trained here: quantile bins (5 per dimension, first 2 dimensions)
+        # of the real data, so label-free stages get a fit check and an early stop too.
+        self.bin_vars = [v for v in self.matches if schema[v].kind == "continuous" and v in trains]
+        self.bin_edges: dict[str, list[torch.Tensor]] = {}
+        for v in self.bin_vars:
+            x = data.cols[v][self.check_idx]
+            q = torch.tensor([0.2, 0.4, 0.6, 0.8], device=x.device)
+            self.bin_edges[v] = [torch.quantile(x[:, j], q) for j in range(min(2, x.shape[1]))]
         for v in self.cluster_vars:
             with torch.no_grad():
                 codes = model.coders[v].encode(data.cols[v][self.check_idx])
@@ -318,10 +330,13 @@ class _Target:
         for v in self.cluster_vars:
             codes = self.model.coders[v].encode(vals[v].clamp(-1, 1))
             out.append(torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy())
+        for v in self.bin_vars:
+            for j, edges in enumerate(self.bin_edges[v]):
+                out.append(torch.bucketize(vals[v][:, j].contiguous(), edges).cpu().numpy())
         return out
 
     def check(self, gen: torch.Generator, tau: float) -> float | None:
-        if not self.check_vars and not self.cluster_vars:
+        if not self.check_vars and not self.cluster_vars and not self.bin_vars:
             return None
         real = self.real(self.check_idx)
         with torch.no_grad():
@@ -721,6 +736,10 @@ class _Trainer:
                         and step >= cfg.min_steps):
                     stopped_by = "tolerance"
                     break
+                if cfg.patience and step >= cfg.min_steps and _plateau(live["history"],
+                                                                       cfg.patience):
+                    stopped_by = "plateau"
+                    break
             if self.ckdir is not None and cfg.checkpoint_every and \
                     step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 live["seconds"] = time.monotonic() - t_start
@@ -809,6 +828,14 @@ class _Trainer:
             self.model.train(was)
         qs = [q for q in qs if q is not None]
         return float(max(qs)) if qs else None
+
+
+def _plateau(history: list[float | None], patience: int) -> bool:
+    """No new best fit (by more than 0.002) in the last ``patience`` checks."""
+    h = [q for q in history if q is not None]
+    if len(h) <= patience:
+        return False
+    return min(h[-patience:]) > min(h[:-patience]) - 0.002
 
 
 def _finite(loss: torch.Tensor, what: str) -> None:

@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
-    "bar_png", "distribution_figure", "effect_figure", "example_names", "grids_by_class",
-    "hero_picture", "image_grid", "image_to_array", "marginal_figure", "pairwise_figure",
-    "png_bytes", "preview_rows", "to_uint8",
+    "bar_png", "distribution_figure", "effect_figure", "example_description", "example_names",
+    "grids_by_class", "hero_picture", "image_grid", "image_to_array", "marginal_figure",
+    "pairwise_figure", "png_bytes", "preview_rows", "to_uint8",
 ]
 
 BLUE, ORANGE, GREEN, GREY = "#1d6fa5", "#f28e2b", "#59a14f", "#9aa5b1"
@@ -30,6 +30,16 @@ def example_names() -> list[str]:
         return list(EXAMPLES)
     except ImportError:
         return ["colored_digits", "xray", "napkin", "backdoor", "bow"]
+
+
+def example_description(name: str) -> str:
+    """The one-line description of a built-in study ("" when unknown)."""
+    try:
+        from mdcm.examples import EXAMPLES
+
+        return str(EXAMPLES.get(name, ""))
+    except ImportError:
+        return ""
 
 
 # ---------------------------------------------------------------------- images

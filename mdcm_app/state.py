@@ -14,15 +14,21 @@ or an app restart comes back to the same place.
 
 Session state keys (``st.session_state``):
 
-=====================  =======================================================================
-``study_id``           id of the current study folder (str) or absent
-``graph_text``         the Graph page's text area (the text form of the graph being edited)
-``graph_error``        last error of a click edit on the Graph page (shown inline) or ""
-``graph_notice``       last success message of a click edit or ""
-``run_id``             the training run this browser session follows (str) or absent
-``data_problems``      validation problems of the last upload (list of str)
-``data_notice``        last success message on the Data page
-=====================  =======================================================================
+=======================  =====================================================================
+``study_id``             id of the current study folder (str) or absent
+``graph_text``           the Graph page's text area (the text form of the graph being edited)
+``graph_for``            study id whose graph ``graph_text`` holds (reset on a study switch)
+``graph_error``          last error of a click edit on the Graph page (shown inline) or ""
+``graph_notice``         last success message of a click edit or ""
+``graph_text_error``     why the typed graph text was not applied, or ""
+``graph_kind_error_<v>`` why variable ``v``'s kind was not applied, or ""
+``home_error``           why a built-in study could not be opened, or ""
+``data_problems``        validation problems of the last upload (list of str)
+``data_notice``          last success message on the Data page
+``train_error``          why training could not start / stop / resume, or ""
+``run_id``               the training run this browser session follows (str) or absent
+``ui_error``             an unexpected error raised in a widget callback, shown once
+=======================  =====================================================================
 
 Widget keys are prefixed by page (``graph_*``, ``data_*``, ``train_*``, ``iv_*``, ``chk_*``).
 """

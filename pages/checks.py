@@ -120,8 +120,12 @@ def main() -> None:
     if schema is None:
         st.error(f"Fix the graph first: {err}")
         return
-    study, _ = ui.study_data(meta)
+    study, problems = ui.study_data(meta)
     if study is None or study.observational is None:
+        real = [p for p in problems if not p.endswith("(ignored)")]
+        if real:
+            st.error("The study's data does not fit its graph, so there is nothing to compare "
+                     "with:\n\n" + "\n".join(f"- {p}" for p in real))
         st.info("The checks compare the model with observational data; this study has none.")
         return
     rid, model = ui.pick_model(meta, schema, "chk_run")

@@ -59,6 +59,7 @@ def main() -> None:
     with c1:
         st.selectbox("Built-in study", names, key="home_example",
                      format_func=lambda n: state.BUILTIN_TITLES.get(n, n))
+        st.caption(plots.example_description(st.session_state.get("home_example") or names[0]))
         st.button("Open built-in study", key="home_open_example", on_click=_open_example,
                   type="primary")
         if st.session_state.get("home_error"):

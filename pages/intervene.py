@@ -123,7 +123,7 @@ def _distribution(model, rid, schema, ex, study, y, do, given, interventions) ->
         st.image(plots.image_grid(sm[y], ncol=8, scale=4), caption=f"{y} under do()")
 
 
-def _effect(model, rid, study, treat: str, y: str) -> None:
+def _effect(model, rid, study, treat: str, y: str, ex=None) -> None:
     schema = study.schema
     if schema[treat].kind != "categorical" or schema[y].kind == "image":
         return
@@ -138,6 +138,9 @@ def _effect(model, rid, study, treat: str, y: str) -> None:
     upper = {f"model {label}": [float(r.ci[k, 1]) for r in res.rows]}
     if all(r.naive is not None for r in res.rows):
         series[f"naive (observed {treat})"] = [float(r.naive[k]) for r in res.rows]
+    if ex is not None and res.positive is not None:
+        with contextlib.suppress(ValueError, KeyError):
+            series["exact truth"] = [float(ex.truth(y, {treat: x})[k]) for x in xs]
     st.plotly_chart(plots.effect_figure(xs, series, lower, upper,
                                         title=f"Effect of {treat} on {y}"),
                     key=f"iv_effect_{y}", width="stretch")
@@ -247,7 +250,7 @@ def main() -> None:
         st.subheader(f"Effect across values of {treat[0]}")
         for y in outcomes:
             try:
-                _effect(model, rid, study, treat[0], y)
+                _effect(model, rid, study, treat[0], y, ex)
             except (QueryError, ValueError) as exc:
                 st.error(f"Effect of {treat[0]} on {y}: {exc}")
 

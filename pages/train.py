@@ -124,7 +124,8 @@ def _curves(rec: dict, sid: int) -> None:
         fig = go.Figure()
         for col in df.columns:
             if col != "step":
-                fig.add_scatter(x=df["step"], y=df[col], name=col, mode="lines")
+                fig.add_scatter(x=df["step"], y=df[col], name=col, mode="lines+markers",
+                                marker={"size": 4})
         fig.update_layout(title="losses", height=240, margin={"l": 30, "r": 10, "t": 40, "b": 30},
                           template="plotly_white")
         c1.plotly_chart(fig, key=f"train_loss_{sid}", width="stretch")
@@ -180,22 +181,40 @@ def _progress(run_dir) -> bool:
     return info.active
 
 
-def _live(run_dir) -> None:
-    from mdcm.runs import run_status
+def _runs_area(meta, run_dir) -> None:
+    """Progress of the followed run and the list of past runs, redrawn every second (a
+    fragment) while any run of the study is active."""
+    from mdcm.runs import RunError, run_path, run_status
 
-    active = run_status(run_dir).active
+    def any_active() -> bool:
+        for rid in runs_view.study_run_ids(meta.study_id):
+            try:
+                if run_status(run_path(state.runs_root(), rid)).active:
+                    return True
+            except (RunError, OSError, ValueError):
+                continue
+        return False
+
+    active = any_active()
 
     @st.fragment(run_every=1.0 if active else None)
-    def live() -> None:
+    def area() -> None:
         try:
-            still = _progress(run_dir)
+            if run_dir is not None:
+                st.subheader("Progress")
+                _progress(run_dir)
+            _past_runs(meta)
         except Exception as exc:  # noqa: BLE001 - a fragment runs outside the page guard
-            st.error(f"Cannot show the progress of this run: {exc}")
+            st.error(f"Cannot show the progress of the runs: {exc}")
             return
-        if active and not still:
-            st.rerun(scope="app")
+        followed = st.session_state.get("run_id")
+        shown = run_dir.name if run_dir is not None else None
+        switched = bool(followed) and followed != shown \
+            and followed in runs_view.study_run_ids(meta.study_id)
+        if active != any_active() or switched:
+            st.rerun(scope="app")  # polling on/off, or another run to follow
 
-    live()
+    area()
 
 
 def _past_runs(meta) -> None:
@@ -243,12 +262,13 @@ def main() -> None:
         st.session_state["run_id"] = rid
         if st.query_params.get("run") != rid:
             st.query_params["run"] = rid
-        st.subheader("Progress")
+    run_dir = None
+    if rid and rid in runs_view.study_run_ids(meta.study_id):
         try:
-            _live(run_path(state.runs_root(), rid))
-        except (RunError, OSError) as exc:
+            run_dir = run_path(state.runs_root(), rid)
+        except RunError as exc:
             st.error(f"Run {rid} cannot be read: {exc}")
-    _past_runs(meta)
+    _runs_area(meta, run_dir)
 
 
 ui.guard(main)

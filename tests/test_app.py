@@ -431,3 +431,55 @@ def test_upload_zip_and_npz_end_to_end(home, tmp_path):
     at = _page("data", meta2.study_id).run()
     assert not at.exception and not at.error, _texts(at.error)
     assert int(at.dataframe[0].value["rows"][0]) == 10
+
+
+def test_train_runs_to_the_end_and_model_is_usable(home):
+    """A tiny background run on the bow study finishes; the page shows every stage at 100%
+    and the Intervene page then answers with the trained model."""
+    from mdcm.runs import wait_run
+
+    sid = _study("bow")
+    at = _page("train", sid).run()
+    at.number_input(key="train_steps").set_value(10)
+    at.number_input(key="train_check_samples").set_value(512)
+    at.button(key="train_start").click().run()
+    rid = at.session_state["run_id"]
+    info = wait_run(home / "runs" / rid, timeout_s=120)
+    assert info.status == "done", info.message
+    at.run()
+    assert any("Training finished" in s for s in _texts(at.success))
+    bars = at.get("progress")
+    assert len(bars) == 1  # bow: one stage, X and Y jointly
+    assert "step 10/10" in bars[0].proto.text
+    iv = _page("intervene", sid).run()
+    assert not iv.exception and not iv.error, _texts(iv.error)
+    assert iv.selectbox(key="iv_run").value == rid
+
+
+# ---------------------------------------------------------------------- pure helpers
+def test_graph_picture_is_offline_and_marks_confounders():
+    import re
+
+    from mdcm.graph import parse_graph
+    from mdcm_app.graphview import component_colors, graph_html
+
+    g = parse_graph("W -> Z -> X -> Y; W <-> X; W <-> Y")
+    html = graph_html(g, {"W": "categorical"})
+    assert not re.search(r"<(script|link)[^>]*(src|href)=\"https?://", html)  # no CDN
+    assert "vis.Network" in html  # vis-network inlined
+    assert html.count('"dashes": true') == 2  # both bidirected edges dashed
+    colors = component_colors(g)
+    assert colors["W"] == colors["X"] == colors["Y"] != colors["Z"]  # c-components
+
+
+def test_stage_progress_from_events():
+    from mdcm_app.runs_view import stage_progress
+
+    events = [{"kind": "stage_start", "stage": 0, "step": 0},
+              {"kind": "check", "stage": 0, "step": 10, "losses": {"g": 1.0}, "quality": 0.5},
+              {"kind": "stage_end", "stage": 0, "step": 20, "message": "stopped by steps"},
+              {"kind": "step", "stage": 1, "step": 5, "losses": {"g": 2.0}}]
+    prog = stage_progress(events, max_steps=20)
+    assert prog[0]["done"] and prog[0]["fraction"] == 1.0 and prog[0]["quality"] == [
+        {"step": 10, "quality": 0.5}]
+    assert not prog[1]["done"] and prog[1]["fraction"] == 0.25

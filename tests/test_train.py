@@ -205,3 +205,37 @@ def test_input_errors() -> None:
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(TrainingError, match="resume=True needs"):
         train(fresh(ex.study), make_plan(ex.study.graph), ex.study, FAST, resume=True)
+
+
+def test_fit_check_table_tvd() -> None:
+    from mdcm.train import _table_tvd
+
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 2, 5000)
+    a = rng.integers(0, 3, 5000)
+    assert _table_tvd([g, a], [g, a.copy()], 1) == 0.0
+    zeros = np.zeros(5000, np.int64)
+    assert _table_tvd([g, zeros], [g, zeros + 1], 1) == pytest.approx(1.0)
+    # a quarter of the rows moved from class 0 to class 1: TVD 0.25
+    moved = zeros.copy()
+    moved[:1250] = 1
+    assert _table_tvd([g, zeros], [g, moved], 1) == pytest.approx(0.25)
+
+
+def test_config_and_event_json_round_trip() -> None:
+    cfg = TrainConfig(steps=7, betas=(0.4, 0.8), objective="mmd")
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="adam")
+    e = train_mod.Event("check", 1, 20, 3.5, {"generator": 0.1}, 0.02, "ok")
+    assert e.to_json() == {"kind": "check", "stage": 1, "step": 20, "elapsed_s": 3.5,
+                           "losses": {"generator": 0.1}, "quality": 0.02, "message": "ok"}
+
+
+def test_plateau_rule() -> None:
+    from mdcm.train import _plateau
+
+    assert not _plateau([0.5, 0.4, 0.3], 2)                 # still improving
+    assert _plateau([0.5, 0.2, 0.3, 0.25], 2)              # no new best in the last 2 checks
+    assert not _plateau([0.5, 0.2, 0.3, 0.1], 2)
+    assert not _plateau([None, 0.3], 2)                    # too few checks

@@ -74,8 +74,8 @@ def runs_root() -> Path:
 
 def study_dir(study_id: str) -> Path:
     safe = "".join(c for c in study_id if c.isalnum() or c in "-_")
-    if not safe or safe != study_id:
-        raise ValueError(f"bad study id {study_id!r}")
+    if not safe or safe != study_id or len(safe) > 64:
+        raise ValueError(f"bad study id {study_id[:80]!r}: use 1-64 letters, digits, '-' or '_'")
     return mdcm_home() / "studies" / safe
 
 

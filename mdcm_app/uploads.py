@@ -8,6 +8,7 @@ row, column or variable.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -115,8 +116,13 @@ def _finish(study_id: str, folder: Path, schema: Schema, name: str,
     if do:
         (folder / "intervention.json").write_text(json.dumps({"do": dict(do)}))
     ds = load_dataset(folder, schema)
+    try:
+        dest.mkdir()  # claims the name atomically: a second session importing it now fails here
+    except FileExistsError:
+        raise DataError(f"a dataset named {name!r} already exists in this study; pick another "
+                        "name or delete it first") from None
+    os.replace(folder, dest)  # same file system (both inside the study folder): atomic
     write_study_json(study_id, schema)
-    shutil.move(str(folder), str(dest))
     return Dataset(name, ds.columns, ds.do)
 
 

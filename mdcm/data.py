@@ -357,20 +357,25 @@ def _read_image_column(folder: Path, values: Sequence[str], where: str, var: Var
 
 
 # ----------------------------------------------------------------------------- interventions
+def read_json(path: Path, where: str) -> object:
+    """Parse a small JSON file; every failure becomes a DataError naming ``where``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                        f"{exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: cannot read ({exc})") from None
+
+
 def _read_intervention(folder: Path, schema: Schema, where: str) -> dict[str, object]:
     p = folder / INTERVENTION_FILE
     if not p.exists():
         return {}
     wi = f"{where}/{INTERVENTION_FILE}"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{wi}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg})") from None
-    except RecursionError:
-        raise DataError(f"{wi}: JSON nested too deeply") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{wi}: cannot read ({exc})") from None
+    data = read_json(p, wi)
     if not isinstance(data, dict) or not isinstance(data.get("do"), dict):
         raise DataError(f'{wi}: expected an object like {{"do": {{"X": 1}}}}')
     do = data["do"]
@@ -574,15 +579,7 @@ def _read_study_json(root: Path) -> dict:
     p = root / STUDY_FILE
     if not p.is_file():
         raise DataError(f"{str(root)!r} has no {STUDY_FILE}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{STUDY_FILE}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg})") from None
-    except RecursionError:
-        raise DataError(f"{STUDY_FILE}: JSON nested too deeply") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{STUDY_FILE}: cannot read ({exc})") from None
+    data = read_json(p, STUDY_FILE)
     if not isinstance(data, dict) or not isinstance(data.get("graph"), str):
         raise DataError(f'{STUDY_FILE}: expected an object with a "graph" text, e.g. '
                         '{"graph": "X -> Y", "variables": {...}}')

@@ -20,7 +20,7 @@ Objectives behind one interface (``TrainConfig.objective``):
   stages that train an image mechanism (chosen by bench/train_quality.py).
 
 A fit check every ``check_every`` steps measures the TVD between model and data frequencies of the
-stage's categorical variables (plus k-means clusters of the codes of trained images and quantile
+stage's categorical variables (plus k-means clusters of the codes of its images and quantile
 bins of trained continuous variables) given its categorical do-parents, on EMA weights; a stage
 stops early once ``stable_checks`` consecutive checks are within ``tolerance``, otherwise at the
 step or time limit, or after ``patience`` checks without a new best ("plateau"), and keeps the EMA
@@ -257,10 +257,12 @@ class _Target:
             self.critic = Critic(flat_dim, [schema[v].shape for v in self.pixel_vars],
                                  hidden=max(model.config.hidden, 64),
                                  channels=model.config.image_channels).to(device)
-        # Fit check: categorical vars in matches + clusters of trained images, given categorical B.
+        # Fit check: categorical vars in matches + image clusters, given categorical B.
         self.check_given = [v for v in self.given if schema[v].kind == "categorical"]
         self.check_vars = [v for v in self.matches if schema[v].kind == "categorical"]
-        self.cluster_vars = [v for v in self.matches if schema[v].kind == "image" and v in trains]
+        # Images in A (trained or frozen) enter as k-means clusters of their code: without them a
+        # label stage could match P(D, A) while getting A's dependence on the image wrong.
+        self.cluster_vars = [v for v in self.matches if schema[v].kind == "image"]
         self.centroids: dict[str, torch.Tensor] = {}
         n_check = min(config.check_samples, data.n)
         self.check_idx = torch.as_tensor(np.sort(rng.choice(data.n, n_check, replace=False)),
@@ -761,9 +763,36 @@ class _Trainer:
             p.requires_grad_(False)
         quality = self._check(targets, params, None, check_gen, seed) if step else None
         secs = time.monotonic() - t_start
+        note = self._leakage(targets[0], trains) if step else ""
         self.emit("stage_end", stage.id, step, quality=quality,
-                  message=f"stopped by {stopped_by} after {step} steps, {secs:.1f} s")
+                  message=f"stopped by {stopped_by} after {step} steps, {secs:.1f} s{note}")
         return StageSummary(stage.id, trains, objective, step, secs, quality, stopped_by)
+
+    def _leakage(self, t: _Target, trains: tuple[str, ...]) -> str:
+        """Warn when generated images reveal a categorical do-parent much better than real images
+        do (balanced accuracy of a linear probe). A child reading such images can infer the
+        parent from artefacts, which pulls front-door answers towards the naive P(Y | X)."""
+        from .query import predictability
+
+        notes = []
+        for v in (v for v in trains if self.model.schema[v].kind == "image"):
+            for b in t.check_given:
+                if b not in self.model.parents[v]:
+                    continue
+                idx = t.check_idx[:2000]
+                real = t.data.rows(idx, (b, v))
+                with torch.no_grad():
+                    fake = t.fake(real, torch.Generator(device=self.device).manual_seed(7),
+                                  self.cfg.tau, grad=False)
+                lab = real[b].argmax(1).cpu().numpy()
+                r = predictability(lab, real[v].cpu().numpy(), "image")
+                f = predictability(lab, fake[v].clamp(-1, 1).cpu().numpy(), "image")
+                if f > r + 0.15:
+                    notes.append(f"; warning: generated {v} reveals {b} (linear probe balanced "
+                                 f"accuracy {f:.2f}) much more than real {v} does ({r:.2f}); "
+                                 f"answers that pass through {v} may drift towards the naive "
+                                 "conditional — train this stage longer or with a larger model")
+        return "".join(notes)
 
     def _batch(self, t: _Target, gen: torch.Generator, bs: int) -> torch.Tensor:
         return torch.randint(0, t.data.n, (bs,), generator=gen, device=self.device)

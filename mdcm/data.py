@@ -38,7 +38,7 @@ import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -84,8 +84,26 @@ class UploadLimits:
     max_rows: int = 1_000_000
     max_nesting: int = 1
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> UploadLimits:
+        """Defaults overridden by ``MDCM_LIMIT_<FIELD>`` variables (e.g. ``MDCM_LIMIT_MAX_ROWS``),
+        so the app and the command line can be configured without code."""
+        values: dict[str, float | int] = {}
+        for f in fields(cls):
+            raw = env.get(f"MDCM_LIMIT_{f.name.upper()}")
+            if raw is None:
+                continue
+            try:
+                value = float(raw) if f.type in (float, "float") else int(raw)
+            except ValueError:
+                raise DataError(f"MDCM_LIMIT_{f.name.upper()}={raw!r} is not a number") from None
+            if value < 0:
+                raise DataError(f"MDCM_LIMIT_{f.name.upper()} must not be negative")
+            values[f.name] = value
+        return cls(**values)
 
-DEFAULT_LIMITS = UploadLimits()
+
+DEFAULT_LIMITS = UploadLimits.from_env(os.environ)
 
 
 # ----------------------------------------------------------------------------- data types

@@ -6,11 +6,13 @@ is handed to both ``G_A`` and ``G_B``. ``do(X=x)`` replaces X's value before any
 (ancestral sampling in the mutilated graph); X's own generator is not run.
 
 Model files are folders with ``model.safetensors`` (weights, no pickle) and ``model.json`` (graph,
-schema, model config, plan, versions, sha256 of the weights); both are written atomically.
+schema, model config, plan, versions, sha256 and file name of the weights); both are written
+atomically, in an order that never leaves a replaced model unloadable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -367,9 +369,58 @@ def _plan_json(plan: Any) -> Any:
     return {"repr": repr(plan)}
 
 
+def plain_file_name(name: Any, folder: Path) -> str | None:
+    """``name`` if it is a plain file name (no path separators, not hidden/dot-dot) naming a
+    file inside ``folder``; else None. Pointer names in model/checkpoint json go through this so
+    a tampered json cannot redirect the loader outside its folder."""
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith("."):
+        return None
+    if "/" in name or "\\" in name or os.sep in name or "\x00" in name:
+        return None
+    if Path(name).name != name or not (folder / name).is_file():
+        return None
+    return name
+
+
+def replace_with_versioned(folder: Path, files: Mapping[str, bytes],
+                           write_pointer: Any) -> None:
+    """Crash-safe replacement of fixed-name files that a json pointer file describes.
+
+    Order (each write atomic): 1. every new file under a versioned name (``stem-<sha8>.ext``);
+    2. ``write_pointer(names)`` with the versioned names; 3. versioned -> fixed names;
+    4. ``write_pointer(fixed names)``; 5. remove versioned leftovers. A failure in 1-2 leaves
+    the old pointer and old files untouched (the new versioned files are removed); after 2 every
+    state is loadable, because loaders read the file the pointer names and fall back to the
+    fixed name.
+    """
+    made: dict[str, str] = {}
+    try:
+        for fixed, data in files.items():
+            stem, dot, ext = fixed.partition(".")
+            vname = f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}{dot}{ext}"
+            _atomic_write(folder / vname, data)
+            made[fixed] = vname
+        write_pointer(dict(made))
+    except BaseException:
+        for vname in made.values():
+            with contextlib.suppress(OSError):
+                (folder / vname).unlink()
+        raise
+    for fixed, vname in made.items():
+        os.replace(folder / vname, folder / fixed)
+    write_pointer({fixed: fixed for fixed in files})
+    for fixed in files:  # versioned leftovers of an earlier save that stopped after step 2
+        stem, dot, ext = fixed.partition(".")
+        for old in folder.glob(f"{stem}-{'[0-9a-f]' * 8}{dot}{ext}"):
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
 def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None = None) -> Path:
-    """Write ``path/model.safetensors`` and ``path/model.json`` (each via temp file + os.replace;
-    the json, which holds the weights' sha256, is written last)."""
+    """Write ``path/model.safetensors`` and ``path/model.json`` so that replacing a model can
+    never leave the folder unloadable: the new weights go under a versioned name recorded in a
+    new model.json first, and are only then renamed over ``model.safetensors``
+    (:func:`replace_with_versioned`)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     blob = state_bytes(model.state_dict(), {"format": MODEL_FORMAT})
@@ -386,8 +437,12 @@ def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None =
         "sha256": hashlib.sha256(blob).hexdigest(),
         "extra": extra or {},
     }
-    _atomic_write(path / "model.safetensors", blob)
-    _atomic_write(path / "model.json", json.dumps(meta, indent=1, default=str).encode())
+
+    def write_json(names: Mapping[str, str]) -> None:
+        _atomic_write(path / "model.json", json.dumps(
+            dict(meta, weights=names["model.safetensors"]), indent=1, default=str).encode())
+
+    replace_with_versioned(path, {"model.safetensors": blob}, write_json)
     return path
 
 
@@ -403,6 +458,8 @@ def read_model_json(path: Path) -> dict:
         meta = json.loads(jpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{jpath} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelFileError(f"{jpath} is nested too deeply to be a model description") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise ModelFileError(f"{jpath}: unknown model format {fmt!r} (expected {MODEL_FORMAT})")
@@ -432,7 +489,9 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
             f"{ {v.name: v.to_json() for v in schema.variables} }, but the study has graph "
             f"'{expect_schema.graph}' with variables "
             f"{ {v.name: v.to_json() for v in expect_schema.variables} }; retrain for this study")
-    wpath = folder / "model.safetensors"
+    # the weights file model.json names (a versioned name while a save is in progress), else the
+    # fixed name; the name must be a plain file inside the folder
+    wpath = folder / (plain_file_name(meta.get("weights"), folder) or "model.safetensors")
     if not wpath.exists():
         raise ModelFileError(f"{wpath} is missing")
     digest = hashlib.sha256(wpath.read_bytes()).hexdigest()

@@ -43,7 +43,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import DCM, _atomic_write, read_safetensors, state_bytes
+from .model import (
+    DCM,
+    ModelFileError,
+    _atomic_write,
+    plain_file_name,
+    read_safetensors,
+    replace_with_versioned,
+    state_bytes,
+)
 from .nets import Critic, gradient_penalty, mmd2
 
 __all__ = ["TrainConfig", "Event", "StageSummary", "TrainResult", "TrainingError", "pick_device",
@@ -426,17 +434,24 @@ def _sha(path: Path) -> str:
 def _save_checkpoint(ckdir: Path, tensors: Mapping[str, torch.Tensor], optim: dict,
                      state: dict) -> None:
     """Weights (safetensors), optimizer/RNG state (torch.save, read back weights_only) and the
-    json state, each written to a temp file and os.replace'd; the json (with both hashes) last."""
+    json state (both hashes and file names). New files are written under versioned names that a
+    new checkpoint.json points to before they replace the fixed names
+    (:func:`mdcm.model.replace_with_versioned`), so a failed write never spoils the last good
+    checkpoint."""
     ckdir.mkdir(parents=True, exist_ok=True)
     blob = state_bytes(tensors)
     import io
     buf = io.BytesIO()
     torch.save(optim, buf)
-    _atomic_write(ckdir / CKPT_WEIGHTS, blob)
-    _atomic_write(ckdir / CKPT_OPTIM, buf.getvalue())
     state = dict(state, weights_sha256=hashlib.sha256(blob).hexdigest(),
                  optim_sha256=hashlib.sha256(buf.getvalue()).hexdigest())
-    _atomic_write(ckdir / CKPT_STATE, json.dumps(state, indent=1).encode())
+
+    def write_state(names: Mapping[str, str]) -> None:
+        _atomic_write(ckdir / CKPT_STATE, json.dumps(
+            dict(state, weights_file=names[CKPT_WEIGHTS], optim_file=names[CKPT_OPTIM]),
+            indent=1).encode())
+
+    replace_with_versioned(ckdir, {CKPT_WEIGHTS: blob, CKPT_OPTIM: buf.getvalue()}, write_state)
 
 
 def _load_checkpoint(ckdir: Path) -> tuple[dict[str, torch.Tensor], dict, dict] | None:
@@ -445,16 +460,33 @@ def _load_checkpoint(ckdir: Path) -> tuple[dict[str, torch.Tensor], dict, dict] 
         return None
     try:
         state = json.loads(spath.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TrainingError(f"checkpoint {spath} is not valid JSON ({exc}); "
                             "start again without resume") from None
-    for fname, key in ((CKPT_WEIGHTS, "weights_sha256"), (CKPT_OPTIM, "optim_sha256")):
-        p = ckdir / fname
+    except RecursionError:
+        raise TrainingError(f"checkpoint {spath} is nested too deeply to be a checkpoint; "
+                            "start again without resume") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {spath} is not a JSON object; "
+                            "start again without resume")
+    paths = {}
+    for fixed, key, name_key in ((CKPT_WEIGHTS, "weights_sha256", "weights_file"),
+                                 (CKPT_OPTIM, "optim_sha256", "optim_file")):
+        p = ckdir / (plain_file_name(state.get(name_key), ckdir) or fixed)
         if not p.exists() or _sha(p) != state.get(key):
             raise TrainingError(f"checkpoint file {p} is missing or does not match "
                                 f"{CKPT_STATE}; start again without resume")
-    tensors = read_safetensors(ckdir / CKPT_WEIGHTS, "checkpoint")
-    optim = torch.load(ckdir / CKPT_OPTIM, map_location="cpu", weights_only=True)
+        paths[fixed] = p
+    try:
+        tensors = read_safetensors(paths[CKPT_WEIGHTS], "checkpoint")
+    except ModelFileError as exc:
+        raise TrainingError(f"{exc}; start again without resume") from None
+    try:
+        optim = torch.load(paths[CKPT_OPTIM], map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip errors, ...
+        raise TrainingError(
+            f"checkpoint file {paths[CKPT_OPTIM]} is unreadable or was refused as unsafe "
+            f"({type(exc).__name__}); start again without resume") from None
     return tensors, optim, state
 
 
@@ -543,15 +575,19 @@ class _Trainer:
             torch.set_num_threads(self.cfg.threads)
         try:
             return self._run()
-        except torch.cuda.OutOfMemoryError:
-            msg = (f"out of GPU memory at batch_size={self.cfg.batch_size} (mmd_batch="
-                   f"{self.cfg.mmd_batch}); try a smaller batch, e.g. batch_size="
-                   f"{max(4, self.cfg.batch_size // 2)}")
-            self.emit("error", -1, 0, message=msg)
-            raise TrainingError(msg) from None
         except TrainingError as exc:
             self.emit("error", -1, 0, message=str(exc))
             raise
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            # CUDA OOM, or torch's CPU allocator failing (a plain RuntimeError): same advice
+            cpu = not isinstance(exc, torch.cuda.OutOfMemoryError)
+            if cpu and not _is_cpu_oom(exc):
+                raise
+            msg = (f"out of {'CPU' if cpu else 'GPU'} memory at batch_size="
+                   f"{self.cfg.batch_size} (mmd_batch={self.cfg.mmd_batch}); try a smaller "
+                   f"batch, e.g. batch_size={max(4, self.cfg.batch_size // 2)}")
+            self.emit("error", -1, 0, message=msg)
+            raise TrainingError(msg) from None
         finally:
             torch.set_num_threads(prev)
 
@@ -720,7 +756,7 @@ class _Trainer:
                 break
             if objective == "wgan":
                 for _ in range(cfg.critic_steps):
-                    losses = self._critic_step(targets, gen, bs, critic_opt)
+                    losses = self._critic_step(targets, gen, bs, critic_opt, stage.id, step)
             losses.update(self._gen_step(targets, gen, bs, gen_opt, objective, stage.id, step))
             ema.update(params)
             step += 1
@@ -798,7 +834,8 @@ class _Trainer:
         return torch.randint(0, t.data.n, (bs,), generator=gen, device=self.device)
 
     def _critic_step(self, targets: list[_Target], gen: torch.Generator, bs: int,
-                     opt: torch.optim.Optimizer) -> dict[str, float]:
+                     opt: torch.optim.Optimizer, stage: int = -1,
+                     step: int = -1) -> dict[str, float]:
         total = 0.0
         loss = torch.zeros((), device=self.device)
         for t in targets:
@@ -809,8 +846,8 @@ class _Trainer:
             d_real, d_fake = t.critic(rf, ri).mean(), t.critic(ff, fi).mean()
             gp = gradient_penalty(t.critic, (rf, ri), (ff, fi), gen)
             loss = loss + d_fake - d_real + self.cfg.gp_weight * gp
-            total += float((d_real - d_fake).detach())
-        _finite(loss, "critic")
+            total += (d_real - d_fake).detach().item()
+        _finite(loss, f"critic (stage {stage}, step {step + 1})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -835,7 +872,7 @@ class _Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"generator": float(loss.detach())}
+        return {"generator": loss.detach().item()}
 
     def _check(self, targets: list[_Target], params: Mapping[str, nn.Parameter],
                ema: _EMA | None, check_gen: torch.Generator, seed: int) -> float | None:
@@ -867,9 +904,15 @@ def _plateau(history: list[float | None], patience: int) -> bool:
     return min(h[-patience:]) > min(h[:-patience]) - 0.002
 
 
+def _is_cpu_oom(exc: BaseException) -> bool:
+    """torch reports exhausted host RAM as a plain RuntimeError from its CPU allocator."""
+    text = str(exc)
+    return "DefaultCPUAllocator" in text or "can't allocate memory" in text
+
+
 def _finite(loss: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(loss)):
-        value = float(loss.detach())
+        value = loss.detach().item()
         raise TrainingError(f"the {what} loss became {value} (training diverged); nothing "
                             "was saved over the last good checkpoint. Try a lower learning rate, "
                             "another objective, or resume from the last checkpoint")

@@ -112,15 +112,7 @@ def _napkin_setup():
     return study, plan, cfg, DCM
 
 
-_TORN = pytest.mark.xfail(
-    reason="engine: train._save_checkpoint replaces checkpoint.safetensors before optim.pt and "
-           "checkpoint.json, so a failure after the first file leaves a checkpoint whose hashes "
-           "do not match and resume refuses it; needs versioned files + the json written last",
-    raises=Exception, strict=False)
-
-
-@pytest.mark.parametrize("fail_on", [0, pytest.param(1, marks=_TORN),
-                                     pytest.param(2, marks=_TORN)],
+@pytest.mark.parametrize("fail_on", [0, 1, 2],
                          ids=["weights", "optimizer", "state-json"])
 def test_failed_checkpoint_write_leaves_last_good_checkpoint(tmp_path: Path, monkeypatch,
                                                              fail_on: int):

@@ -538,7 +538,6 @@ def test_model_8_oversized_model_json(saved):
         load_model(path)
 
 
-@known_bug("mdcm/model.py read_model_json " + _DEEP_JSON_BUG, RecursionError)
 def test_model_9_model_json_nested_past_the_recursion_limit(saved):
     _, path = saved
     (path / "model.json").write_text(DEEP_JSON)
@@ -561,12 +560,7 @@ def test_model_10_weights_entry_cannot_redirect_the_loader(saved, tmp_path):
     assert _same_samples(load_model(path), model)
 
 
-@pytest.mark.parametrize("fail_at", ["weights", pytest.param("json", marks=known_bug(
-    "mdcm/model.py save_model replaces model.safetensors first and model.json second; when the "
-    "second write fails the folder holds the new weights with the old json, whose sha256 no "
-    "longer matches, so the old good model no longer loads. Write versioned weights "
-    "(model-<sha8>.safetensors, named in model.json), replace the json last, then delete the "
-    "old weights", ModelFileError))])
+@pytest.mark.parametrize("fail_at", ["weights", "json"])
 def test_model_11_disk_full_while_replacing_a_model_keeps_the_old_one(saved, monkeypatch,
                                                                        fail_at):
     """Saving over a good model when the disk fills up: the old model must still load (and no
@@ -717,8 +711,6 @@ def test_train_1_diverging_critic_stops_and_the_checkpoint_stays_good(tmp_path, 
     assert (first.stage, first.step) > (last["event"].stage, last["event"].step)
 
 
-@known_bug("mdcm/train.py _critic_step calls _finite(loss, 'critic') without the stage and step; "
-           "the generator's divergence message names them ('generator (stage S, step N)')")
 def test_train_1b_diverging_critic_message_names_the_stage(monkeypatch):
     study = napkin()
     _exploding_critic(monkeypatch)
@@ -755,9 +747,6 @@ def test_train_3_gpu_oom_in_the_fit_check_is_actionable(monkeypatch):
     assert "smaller batch" in msg, msg
 
 
-@known_bug("mdcm/train.py _Trainer.run translates only torch.cuda.OutOfMemoryError; the CPU "
-           "allocator's RuntimeError (\"DefaultCPUAllocator: can't allocate memory\") escapes",
-           RuntimeError)
 def test_train_4_cpu_allocator_failure_is_actionable(monkeypatch):
     """On a CPU machine torch reports exhausted RAM as a RuntimeError from its allocator; that
     too must become the actionable TrainingError (smaller batch), not a raw traceback."""
@@ -820,12 +809,8 @@ def _resume(ck: Path):
 @pytest.mark.parametrize("spoil,message", [
     (lambda ck: (ck / CKPT_STATE).write_text('{"stage_index": 1, '),
      "checkpoint.json is not valid JSON"),
-    pytest.param(lambda ck: (ck / CKPT_STATE).write_text("[1, 2, 3]"), "checkpoint.json",
-                 marks=known_bug("mdcm/train.py _load_checkpoint calls state.get() on whatever "
-                                 "JSON it read: a list gives AttributeError", AttributeError)),
-    pytest.param(lambda ck: (ck / CKPT_STATE).write_text(DEEP_JSON), "checkpoint.json",
-                 marks=known_bug("mdcm/train.py _load_checkpoint " + _DEEP_JSON_BUG,
-                                 RecursionError)),
+    (lambda ck: (ck / CKPT_STATE).write_text("[1, 2, 3]"), "checkpoint.json"),
+    (lambda ck: (ck / CKPT_STATE).write_text(DEEP_JSON), "checkpoint.json"),
     (lambda ck: (ck / CKPT_WEIGHTS).write_bytes((ck / CKPT_WEIGHTS).read_bytes()[:-7]),
      "checkpoint.safetensors is missing or does not match checkpoint.json"),
     (lambda ck: (ck / CKPT_OPTIM).unlink(), "optim.pt is missing or does not match"),
@@ -860,9 +845,6 @@ def test_train_8_pickle_payload_in_the_optimizer_state_never_runs(good_ckpt, tmp
     assert not marker.exists()
 
 
-@known_bug("mdcm/train.py _load_checkpoint does not wrap torch.load(weights_only=True)'s "
-           "UnpicklingError in a TrainingError; its raw message even suggests re-running with "
-           "weights_only=False")
 def test_train_8b_pickle_payload_in_the_optimizer_state_is_a_training_error(good_ckpt,
                                                                             tmp_path):
     ck, _ = _optim_payload(good_ckpt, tmp_path)

@@ -261,3 +261,12 @@ def test_26_many_small_bombs_trip_the_archive_ratio(box):
     """Each member stays under the per-file ratio threshold, the archive as a whole does not."""
     refuse(box, [(f"z{i}.bin", bytes(600_000)) for i in range(4)],
            "upload.zip: 2400000 bytes packed into ")
+
+
+def test_limits_are_configurable_from_the_environment():
+    from mdcm.data import DataError, UploadLimits
+
+    lim = UploadLimits.from_env({"MDCM_LIMIT_MAX_ROWS": "5", "MDCM_LIMIT_MAX_RATIO": "50.5"})
+    assert lim.max_rows == 5 and lim.max_ratio == 50.5 and lim.max_files == UploadLimits().max_files
+    with pytest.raises(DataError, match="MDCM_LIMIT_MAX_FILES='many' is not a number"):
+        UploadLimits.from_env({"MDCM_LIMIT_MAX_FILES": "many"})

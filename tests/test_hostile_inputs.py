@@ -55,16 +55,6 @@ CAT2 = {"kind": "categorical", "classes": 2}
 DEEP_JSON = "[" * 100_000 + "]" * 100_000          # valid JSON, nested past the recursion limit
 
 
-def known_bug(reason: str, raises: type[BaseException] | tuple = AssertionError):
-    """A real bug in another helper's module, reported to the lead. Strict: once the module is
-    fixed the test XPASSes and fails, so the marker must be removed (the expectation is right)."""
-    return pytest.mark.xfail(reason=reason, raises=raises, strict=True)
-
-
-_DEEP_JSON_BUG = ("catches json.JSONDecodeError but not RecursionError, which json.loads raises "
-                  "for valid JSON nested deeper than the interpreter's recursion limit")
-
-
 # ====================================================================== helpers
 def make_study(root: Path, graph: str, datasets: dict[str, str], variables: dict,
                do: dict[str, object] | None = None) -> Path:

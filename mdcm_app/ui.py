@@ -106,6 +106,23 @@ def require_study() -> state.StudyMeta:
     return meta
 
 
+def study_page(title: str) -> state.StudyMeta:
+    """Every study page starts the same way: the open study (or a hint), the sidebar, the title."""
+    meta = require_study()
+    sidebar(meta)
+    st.title(title)
+    return meta
+
+
+def schema_or_stop(meta: state.StudyMeta):
+    """The study's schema, or an inline error asking to fix the graph first (stops the page)."""
+    schema, err = state.schema_or_error(meta)
+    if schema is None:
+        st.error(f"Fix the graph first: {err}")
+        st.stop()
+    return schema
+
+
 # ---------------------------------------------------------------------- cached data
 @st.cache_resource(show_spinner="Generating the built-in study's data…")
 def load_example(name: str):

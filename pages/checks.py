@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mdcm_app import answers, plots, state, ui
+from mdcm_app import answers, plots, ui
 
 N_CHECK = 2000
 
@@ -113,13 +113,8 @@ def _truth(model, rid, ex) -> None:
 
 
 def main() -> None:
-    meta = ui.require_study()
-    ui.sidebar(meta)
-    st.title("Checks")
-    schema, err = state.schema_or_error(meta)
-    if schema is None:
-        st.error(f"Fix the graph first: {err}")
-        return
+    meta = ui.study_page("Checks")
+    schema = ui.schema_or_stop(meta)
     study, problems = ui.study_data(meta)
     if study is None or study.observational is None:
         real = [p for p in problems if not p.endswith("(ignored)")]

@@ -174,9 +174,7 @@ def _upload(meta) -> None:
 
 
 def main() -> None:
-    meta = ui.require_study()
-    ui.sidebar(meta)
-    st.title("Data")
+    meta = ui.study_page("Data")
     study, problems = ui.study_data(meta)
     _overview(meta, study, problems)
     explore, upload = st.tabs(["Explore", "Upload"])

@@ -233,9 +233,7 @@ def _plan(meta: state.StudyMeta, graph) -> None:
 
 
 def main() -> None:
-    meta = ui.require_study()
-    ui.sidebar(meta)
-    st.title("Causal graph and training plan")
+    meta = ui.study_page("Causal graph and training plan")
     if "graph_text" not in st.session_state or st.session_state.get("graph_for") != meta.study_id:
         st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
         st.session_state["graph_for"] = meta.study_id

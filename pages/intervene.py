@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mdcm_app import answers, plots, state, ui
+from mdcm_app import answers, plots, ui
 
 
 def _treatment_widgets(schema, study, treat: list[str]) -> dict:
@@ -173,13 +173,8 @@ def _parse_typed(schema, text: str) -> dict | None:
 
 
 def main() -> None:
-    meta = ui.require_study()
-    ui.sidebar(meta)
-    st.title("Intervene")
-    schema, err = state.schema_or_error(meta)
-    if schema is None:
-        st.error(f"Fix the graph first: {err}")
-        return
+    meta = ui.study_page("Intervene")
+    schema = ui.schema_or_stop(meta)
     study, _ = ui.study_data(meta)
     ex = ui.example_or_none(meta)
     names = list(schema.names)

@@ -248,9 +248,7 @@ def _past_runs(meta) -> None:
 def main() -> None:
     from mdcm.runs import RunError, run_path
 
-    meta = ui.require_study()
-    ui.sidebar(meta)
-    st.title("Train")
+    meta = ui.study_page("Train")
     st.caption("Training runs in a background process: you can leave this page, reload the "
                "browser or restart the app; runs and their progress stay on disk.")
     _settings()

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -605,24 +605,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser and main
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
+def _int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in [lo, hi] (hi None = unbounded)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0 or v >= 2**32:
-        raise argparse.ArgumentTypeError(f"expected a number 0..2^32-1, got {v}")
-    return v
+_positive_int = _int_in(1, None, "a positive number")
+_nonneg_int = _int_in(0, 2**32 - 1, "a number 0..2^32-1")
 
 
 def _positive_float(text: str) -> float:

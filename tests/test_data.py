@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from study_files import make_study
 
 from mdcm.data import (
     DataError,
@@ -27,21 +28,6 @@ from mdcm.variables import Schema, Variable
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_study(root: Path, graph: str, datasets: dict[str, str], variables: dict | None = None,
-               do: dict[str, dict] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    body = {"graph": graph}
-    if variables is not None:
-        body["variables"] = variables
-    (root / "study.json").write_text(json.dumps(body))
-    for name, text in datasets.items():
-        (root / name).mkdir()
-        (root / name / "data.csv").write_text(text)
-        if do and name in do:
-            (root / name / "intervention.json").write_text(json.dumps({"do": do[name]}))
-    return root
-
-
 def png(path: Path, array: np.ndarray, mode: str | None = None) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8), mode=mode).save(path)

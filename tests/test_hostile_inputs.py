@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from study_files import make_study
 
 import mdcm.train as train_mod
 from mdcm import runs
@@ -56,19 +57,6 @@ DEEP_JSON = "[" * 100_000 + "]" * 100_000          # valid JSON, nested past the
 
 
 # ====================================================================== helpers
-def make_study(root: Path, graph: str, datasets: dict[str, str], variables: dict,
-               do: dict[str, object] | None = None) -> Path:
-    """A study folder written by hand: study.json + one folder per dataset with data.csv."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "study.json").write_text(json.dumps({"graph": graph, "variables": variables}))
-    for name, text in datasets.items():
-        (root / name).mkdir()
-        (root / name / "data.csv").write_text(text)
-        if do and name in do:
-            (root / name / "intervention.json").write_text(json.dumps({"do": do[name]}))
-    return root
-
-
 def png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, mode=mode).save(path)

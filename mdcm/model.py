@@ -27,13 +27,21 @@ import torch
 from torch import nn
 
 from .graph import CausalGraph
-from .nets import ConvImageGenerator, ImageCoder, MLPGenerator, MLPImageGenerator, gumbel_one_hot
+from .nets import (
+    ConvImageGenerator,
+    ImageCoder,
+    LatentMixture,
+    MLPGenerator,
+    MLPImageGenerator,
+    gumbel_one_hot,
+)
 from .variables import Schema, SchemaError, Variable
 
 __all__ = ["ModelConfig", "DCM", "ModelFileError", "StaleModelError", "save_model", "load_model",
            "MODEL_FORMAT"]
 
 MODEL_FORMAT = "mdcm-model/1"
+IMAGE_NETS = ("auto", "latent", "mlp", "conv")
 _MAX_JSON = 10_000_000
 
 
@@ -49,21 +57,31 @@ class StaleModelError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network sizes. Defaults are the CPU size (2 cores); raise them on a GPU."""
+    """Network sizes. Defaults are the CPU size (2 cores); raise them on a GPU.
+
+    Image mechanisms (``image_net``): ``"latent"`` (the default) is a mixture over the code of
+    the study's image autoencoder (:class:`mdcm.nets.LatentMixture`), decoded by its frozen
+    decoder; a plain-conditional image stage then trains by maximum likelihood in seconds, and
+    on CPU it reached the causal and image-feature bars that pixel GANs missed
+    (bench/train_quality.py: the pixel generators let the parent leak into the images,
+    design.md §7). ``"mlp"`` and ``"conv"`` emit pixels and train with WGAN-GP as in the
+    paper; they can give sharper images with a GPU and time."""
 
     noise_dim: int = 8            # Z_V of label/continuous mechanisms
     image_noise_dim: int = 32     # Z_V of image mechanisms (Gaussian part)
-    image_modes: int = 32         # + a uniform one-hot latent with this many values (0 = none)
+    image_modes: int = 32         # pixel mechanisms: + a uniform one-hot latent with this many
+                                  # values (0 = none); latent ones: mixture components
     confounder_dim: int = 4       # U per bidirected edge
     hidden: int = 64              # MLP width of label mechanisms and critics
-    image_hidden: int = 256       # MLP width of tiny-image mechanisms and coders
+    image_hidden: int = 256       # MLP width of latent/tiny-image mechanisms and coders
     image_channels: int = 32      # base width of conv image mechanisms / critics
-    image_net: str = "auto"       # "conv" | "mlp" | "auto" (mlp for tiny images)
+    image_net: str = "auto"       # "latent" | "mlp" | "conv" | "auto" (= "latent"), see below
     code_dim: int = 8             # image code seen by label mechanisms and label-stage losses
 
     def __post_init__(self) -> None:
-        if self.image_net not in ("conv", "mlp", "auto"):
-            raise ValueError(f"image_net must be 'conv', 'mlp' or 'auto', not {self.image_net!r}")
+        if self.image_net not in IMAGE_NETS:
+            raise ValueError(f"image_net must be one of {', '.join(IMAGE_NETS)}, "
+                             f"not {self.image_net!r}")
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, int) and v < (0 if f.name == "image_modes" else 1):
@@ -77,10 +95,9 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def image_kind(self, shape: tuple[int, ...]) -> str:
-        if self.image_net != "auto":
-            return self.image_net
-        return "mlp" if int(np.prod(shape)) <= 1024 else "conv"
+    def image_kind(self) -> str:
+        """The image mechanism kind: ``image_net`` with "auto" resolved ("latent")."""
+        return "latent" if self.image_net == "auto" else self.image_net
 
 
 def _spec(v: Variable) -> tuple:
@@ -128,10 +145,18 @@ class DCM(nn.Module):
         cond = sum(self.input_width(p) for p in self.parents[name])
         noise = self.noise_width(name)
         if var.kind == "image":
-            if cfg.image_kind(var.shape) == "mlp":
+            kind = cfg.image_kind()
+            if kind == "latent":   # emits a standardised code; forward_values decodes it
+                return LatentMixture(cond, cfg.confounder_dim * len(self._touching[name]),
+                                     cfg.code_dim, max(1, cfg.image_modes), cfg.image_hidden)
+            if kind == "mlp":
                 return MLPImageGenerator(cond, noise, var.shape, cfg.image_hidden)
             return ConvImageGenerator(cond, noise, var.shape, cfg.image_channels)
         return MLPGenerator(cond, noise, var.width, cfg.hidden)
+
+    def latent_image(self, name: str) -> bool:
+        """Whether ``name`` is an image whose mechanism emits a code of ``coders[name]``."""
+        return self.schema[name].kind == "image" and self.config.image_kind() == "latent"
 
     @property
     def device(self) -> torch.device:
@@ -249,6 +274,13 @@ class DCM(nn.Module):
                 raise ValueError(f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
                                  "generated nor given")
             var = self.schema[v]
+            cond = self.condition(v, values, n)
+            if self.latent_image(v):
+                eps = torch.randn(n, self.config.code_dim, generator=gen, device=dev)
+                conf = torch.cat([cond[:, :0]] + [us[i] for i in self._touching[v]], dim=1)
+                code = self.generators[v].sample(cond, conf, eps, tau, gen, straight_through)
+                values[v] = self.coders[v].decode(code)
+                continue
             own = self.config.image_noise_dim if var.kind == "image" else self.config.noise_dim
             noise = [torch.randn(n, own, generator=gen, device=dev)]
             if var.kind == "image" and self.config.image_modes:
@@ -258,7 +290,7 @@ class DCM(nn.Module):
                 mode = torch.randint(0, k, (n,), generator=gen, device=dev)
                 noise.append(torch.nn.functional.one_hot(mode, k).float())
             noise += [us[i] for i in self._touching[v]]
-            out = self.generators[v](self.condition(v, values, n), torch.cat(noise, dim=1))
+            out = self.generators[v](cond, torch.cat(noise, dim=1))
             if var.kind == "categorical":
                 out = gumbel_one_hot(out, tau, gen, straight_through)
             values[v] = out

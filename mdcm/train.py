@@ -16,8 +16,13 @@ Objectives behind one interface (``TrainConfig.objective``):
 * ``"mmd"``: a kernel two-sample loss (MMD, Gretton et al. 2012; Li et al. 2015) over one-hot
   labels, standardised continuous values and the image code of a small autoencoder fitted on the
   study's real images — non-adversarial, no critic to balance (design.md §7);
-* ``"auto"``: ``mmd`` for stages whose trainable variables are all labels/vectors, ``wgan`` for
-  stages that train an image mechanism (chosen by bench/train_quality.py).
+* ``"mle"`` (chosen by ``"auto"`` only): maximum likelihood of the real images' codes under a
+  latent image mechanism (:class:`mdcm.nets.LatentMixture`), for stages whose targets are the
+  plain conditional P(V | pa(V)) — any consistent conditional estimator is a valid mechanism
+  there (Rahman & Kocaoglu 2024 fill such stages with pre-trained models);
+* ``"auto"``: ``wgan`` for stages that train a pixel image mechanism, ``mle`` for plain-
+  conditional latent image stages, ``mmd`` otherwise (labels, vectors, latent images trained
+  jointly with others). Chosen by bench/train_quality.py.
 
 A fit check every ``check_every`` steps measures the TVD between model and data frequencies of the
 stage's categorical variables (plus k-means clusters of the codes of its images and quantile
@@ -92,7 +97,8 @@ class TrainConfig:
     ema: float = 0.995
     tau: float = 1.0                  # Gumbel-softmax temperature (straight-through, hard)
     check_samples: int = 4096
-    coder_steps: int = 600            # autoencoder fit for image codes
+    coder_steps: int = 2000           # autoencoder fit for image codes (600 lost 6% of the
+                                      # digit identities in reconstructions, 2000 about 2%)
     log_every: int = 50
     keep_best: bool = True            # end a stage on the EMA weights of its best fit check
     threads: int = 1                  # CPU intra-op threads while training (0 = torch default).
@@ -179,11 +185,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def stage_objective(model: DCM, stage: Any, objective: str) -> str:
-    """The objective a stage trains with: ``objective`` unless "auto", then MMD for label stages
-    and WGAN-GP for stages that train an image mechanism."""
+    """The objective a stage trains with: ``objective`` unless "auto", then WGAN-GP for stages
+    that train a pixel image mechanism, maximum likelihood for a latent image mechanism whose
+    targets are the plain conditional P(V | pa(V)), and MMD otherwise."""
     if objective != "auto":
         return objective
-    return "wgan" if any(model.schema[v].kind == "image" for v in stage.trains) else "mmd"
+    schema = model.schema
+    if any(schema[v].kind == "image" and not model.latent_image(v) for v in stage.trains):
+        return "wgan"
+    if all(model.latent_image(v) for v in stage.trains) and stage.targets and \
+            all(t.is_conditional for t in stage.targets):
+        return "mle"
+    return "mmd"
 
 
 def _seed_all(seed: int) -> None:
@@ -246,9 +259,10 @@ class _Target:
         # Trained images: pixels (WGAN: conv critic input; MMD: pooled pixels) plus their code;
         # other images (frozen or given): only their code.
         self.pixel_vars = [v for v in self.rows if schema[v].kind == "image" and v in trains]
+        self.trained_images = list(self.pixel_vars)
         self.code_vars = [v for v in self.rows if schema[v].kind == "image"]
         self.pool_vars = self.pixel_vars if objective == "mmd" else []
-        if objective == "mmd":
+        if objective != "wgan":
             self.pixel_vars = []
         self.flat_vars = [v for v in self.rows if schema[v].kind != "image"]
         # Continuous standardisation from the real data (so kernels and critics see unit scale).
@@ -313,7 +327,7 @@ class _Target:
 
     def mmd_features(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Kernel features: the flat part plus pooled pixels of trained images."""
-        if self.objective == "mmd" or not self.pixel_vars:
+        if self.objective != "wgan" or not self.pixel_vars:
             return self.flat(vals)
         pooled = []
         for v in self.pixel_vars:
@@ -613,6 +627,7 @@ class _Trainer:
                                        if k.startswith("model.")})
                 start_stage = state["stage_index"]
                 summaries = [StageSummary.from_json(s) for s in state["summaries"]]
+        self._pretrained_coders()
         self._fit_coders()
         stopped = False
         for si in range(start_stage, len(self.plan.stages)):
@@ -632,6 +647,33 @@ class _Trainer:
                   quality=max((s.quality for s in summaries if s.quality is not None),
                               default=None))
         return result
+
+    def _pretrained_coders(self) -> None:
+        """A latent image mechanism emits codes of ITS autoencoder: reusing it means reusing that
+        coder too (installed before any stage, so every child reads the same code)."""
+        for v, source in self.pretrained.items():
+            if not self.model.latent_image(v):
+                continue
+            if not isinstance(source, DCM) or not source.latent_image(v):
+                raise TrainingError(
+                    f"pre-trained mechanism for image {v!r}: this model's image mechanisms are "
+                    "latent (they emit codes of the study's image autoencoder), so pass the "
+                    "trained DCM whose latent mechanism you want to reuse, not "
+                    f"{'a pixel-image DCM' if isinstance(source, DCM) else type(source).__name__}")
+            if not bool(source.coders[v].fitted):
+                raise TrainingError(f"pre-trained mechanism for image {v!r}: its model's image "
+                                    "coder was never fitted (the model is untrained)")
+            if source.config.code_dim != self.model.config.code_dim:
+                raise TrainingError(f"pre-trained mechanism for image {v!r}: its model has "
+                                    f"code_dim={source.config.code_dim}, this model "
+                                    f"code_dim={self.model.config.code_dim}")
+            try:
+                self.model.coders[v].load_state_dict(source.coders[v].state_dict())
+            except RuntimeError as exc:
+                raise TrainingError(f"pre-trained image coder for {v!r} does not fit this "
+                                    f"model's: {str(exc)[:300]}") from None
+            for p in self.model.coders[v].parameters():
+                p.requires_grad_(False)
 
     def _fit_coders(self) -> None:
         for v, coder in self.model.coders.items():
@@ -859,6 +901,9 @@ class _Trainer:
         loss = torch.zeros((), device=self.device)
         for t in targets:
             real = t.real(self._batch(t, gen, bs))
+            if objective == "mle":
+                loss = loss + self._nll(t, real)
+                continue
             fake = t.fake(real, gen, self.cfg.tau, grad=True)
             if objective == "wgan":
                 ff = t.flat(fake)
@@ -873,6 +918,17 @@ class _Trainer:
         loss.backward()
         opt.step()
         return {"generator": loss.detach().item()}
+
+    def _nll(self, t: _Target, real: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood of the real images' codes under their latent mixture
+        mechanism given the real parents (plain-conditional stages: no confounder noise)."""
+        out = torch.zeros((), device=self.device)
+        for v in t.trained_images:
+            n = real[v].shape[0]
+            code = self.model.coders[v].encode(real[v]).detach()
+            cond = self.model.condition(v, real, n)
+            out = out - self.model.generators[v].log_prob(cond, cond[:, :0], code).mean()
+        return out
 
     def _check(self, targets: list[_Target], params: Mapping[str, nn.Parameter],
                ema: _EMA | None, check_gen: torch.Generator, seed: int) -> float | None:

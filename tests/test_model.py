@@ -85,6 +85,51 @@ def test_shapes_and_kinds() -> None:
     assert not torch.equal(out["Z"], m.sample(10, seed=1)["Z"])
 
 
+def test_latent_image_mechanism_decodes_its_code() -> None:
+    """The default image mechanism samples a standardised code from its mixture; the image is
+    the coder's decoding of that code."""
+    s = schema_of("C -> I", I=Variable("I", "image", shape=(3, 8, 8)))
+    m = DCM(s, ModelConfig(code_dim=4, image_modes=5))
+    assert m.latent_image("I") and type(m.generators["I"]).__name__ == "LatentMixture"
+    with torch.no_grad():
+        m.coders["I"].mean.fill_(0.5)
+        m.coders["I"].std.fill_(2.0)
+    cond = m.encode("C", 1, 6)
+    gen = torch.Generator().manual_seed(0)
+    vals = m.forward_values(6, {"C": cond}, ["I"], gen=gen)
+    gen.manual_seed(0)
+    eps = torch.randn(6, 4, generator=gen)
+    code = m.generators["I"].sample(cond, cond[:, :0], eps, 1.0, gen)
+    assert code.shape == (6, 4)
+    assert torch.allclose(vals["I"], m.coders["I"].decode_raw(code * 2.0 + 0.5), atol=1e-6)
+
+
+def test_latent_mixture_log_prob_and_sampling_match_torch_distributions() -> None:
+    """Oracle: torch.distributions' MixtureSameFamily with the same parameters."""
+    from torch import distributions as dist
+
+    from mdcm.nets import LatentMixture
+
+    torch.manual_seed(0)
+    mix = LatentMixture(cond_dim=2, conf_dim=1, code_dim=3, components=4, hidden=16)
+    cond, conf = torch.randn(5, 2), torch.randn(5, 1)
+    logits, mu, log_s = mix.params(cond, conf)
+    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits),
+                                 dist.Independent(dist.Normal(mu, log_s.exp()), 1))
+    x = torch.randn(5, 3)
+    assert torch.allclose(mix.log_prob(cond, conf, x), ref.log_prob(x), atol=1e-5)
+    # sampling: component frequencies follow softmax(logits) (20k draws, 4 sigma)
+    n = 20000
+    c1, f1 = cond[:1].expand(n, -1), conf[:1].expand(n, -1)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        z = mix.sample(c1, f1, torch.zeros(n, 3), 1.0, gen)      # eps = 0: the component means
+    hits = (z[:, None, :] - mu[0][None]).abs().sum(-1).argmin(1)
+    p = torch.softmax(logits[0], 0)
+    freq = torch.bincount(hits, minlength=4).float() / n
+    assert torch.all((freq - p).abs() <= 4 * torch.sqrt(p * (1 - p) / n) + 1e-3), (freq, p)
+
+
 def test_conv_image_generator_shapes() -> None:
     s = schema_of("C -> I", I=Variable("I", "image", shape=(1, 14, 14)))
     m = DCM(s, ModelConfig(image_net="conv", image_channels=8, code_dim=4))

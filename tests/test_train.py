@@ -42,7 +42,7 @@ def test_image_study_events_and_summaries() -> None:
     assert kinds.count("stage_start") == 2 and kinds.count("stage_end") == 2
     assert "check" in kinds and "step" in kinds
     assert [s.trains for s in res.stages] == [("X",), ("C", "N")]
-    assert [s.objective for s in res.stages] == ["wgan", "mmd"]       # "auto"
+    assert [s.objective for s in res.stages] == ["mle", "mmd"]   # "auto" with latent images
     assert all(s.steps == 12 and s.stopped_by == "steps" for s in res.stages)
     assert all(s.quality is not None and 0.0 <= s.quality <= 1.0 for s in res.stages)
     checks = [e for e in events if e.kind == "check"]
@@ -172,12 +172,25 @@ def test_pretrained_mechanism_fills_the_conditional_stage() -> None:
     assert res.stages[1].steps == 12
     a, b = first.generators["X"].state_dict(), second.generators["X"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # a plain module works too; a mechanism of another shape does not
-    third = fresh(ex.study, seed=8)
-    train(third, plan, ex.study, FAST, pretrained={"X": first.generators["X"]})
+    # the latent mechanism's codes mean something only with its coder: that came along too
+    ca, cb = first.coders["X"].state_dict(), second.coders["X"].state_dict()
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+    assert torch.equal(first.sample(16, {"C": 1}, seed=3)["X"],
+                       second.sample(16, {"C": 1}, seed=3)["X"])
+    # ...so a bare module cannot stand in for a latent mechanism
+    with pytest.raises(TrainingError, match="latent"):
+        train(fresh(ex.study), plan, ex.study, FAST, pretrained={"X": first.generators["X"]})
+    # pixel mechanisms: a plain module works too; a mechanism of another shape does not
+    pix = ModelConfig(**{**SMALL.to_json(), "image_net": "mlp"})
+    donor = fresh(ex.study, pix)
+    res = train(donor, plan, ex.study, FAST)
+    assert [s.objective for s in res.stages] == ["wgan", "mmd"]
+    third = fresh(ex.study, pix, seed=8)
+    train(third, plan, ex.study, FAST, pretrained={"X": donor.generators["X"]})
+    a = donor.generators["X"].state_dict()
     assert torch.equal(third.generators["X"].state_dict()["net.0.weight"], a["net.0.weight"])
     with pytest.raises(TrainingError, match="does not fit"):
-        train(fresh(ex.study), plan, ex.study, FAST,
+        train(fresh(ex.study, pix), plan, ex.study, FAST,
               pretrained={"X": torch.nn.Linear(3, 3)})
     # a stage that is not a plain conditional cannot be pre-trained
     with pytest.raises(TrainingError, match="plain conditional"):
@@ -186,6 +199,9 @@ def test_pretrained_mechanism_fills_the_conditional_stage() -> None:
 
 def test_joint_plan_trains_through_the_same_code() -> None:
     ex = xray()
+    # latent image mechanism inside a joint stage: not a plain conditional, so MMD, not MLE
+    res = train(fresh(ex.study), joint_plan(ex.study.graph), ex.study, FAST)
+    assert res.stages[0].objective == "mmd" and res.stages[0].steps == 12
     conv = ModelConfig(image_net="conv", image_channels=8, code_dim=4, hidden=16)
     res = train(fresh(ex.study, conv), joint_plan(ex.study.graph), ex.study, FAST)
     assert len(res.stages) == 1 and res.stages[0].trains == ("C", "X", "N")

@@ -233,6 +233,16 @@ def _train_config(values: Mapping[str, Any]) -> Any:
         raise CliError(f"bad training setting: {exc}") from None
 
 
+def _model_config(model_cfg: Any) -> Any:
+    from .model import IMAGE_NETS, ModelConfig
+
+    image_net = model_cfg.get("image_net", "auto") if isinstance(model_cfg, dict) else None
+    if image_net not in IMAGE_NETS:
+        raise CliError(f"run config: image_net must be one of {', '.join(IMAGE_NETS)}, "
+                       f"not {image_net!r}")
+    return ModelConfig(image_net=image_net)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import runs
 
@@ -252,10 +262,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                            "to start a new run there")
         cfg = recorder.config()
         cfg["train"] = {**cfg.get("train", {}), **given}
+        had = (cfg.get("model") or {}).get("image_net", "auto")
+        if args.image_net and args.image_net != had:
+            raise CliError(f"--image-net {args.image_net}: this run's model was built with "
+                           f"image_net={had}; start a new run to change it")
     else:
         if bool(args.study) == bool(args.example):
             raise CliError("give exactly one of --study DIR and --example NAME")
         cfg = {"plan": args.plan, "train": given}
+        if args.image_net:
+            cfg["model"] = {"image_net": args.image_net}
         if args.example:
             cfg["example"] = {"name": args.example, "size": args.size, "n": args.n,
                               "seed": args.data_seed}
@@ -350,7 +366,7 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
     import torch
 
     torch.manual_seed(int(getattr(tconf, "seed", 0)))   # initial weights follow the seed too
-    model = DCM(study.schema)
+    model = DCM(study.schema, _model_config(cfg.get("model", {})))
     show = args.progress == "on" or (args.progress == "auto" and recorder is None)
     progress = _Progress(show, getattr(tconf, "steps", None))
 
@@ -674,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-limit", type=_positive_float, metavar="SEC",
                     help="time limit per stage (seconds)")
     sp.add_argument("--objective", choices=("auto", "wgan", "mmd"))
+    sp.add_argument("--image-net", choices=("auto", "latent", "mlp", "conv"),
+                    help="image mechanisms: latent (default: a mixture over the image "
+                         "autoencoder's code) or pixel generators trained with WGAN-GP (mlp, "
+                         "conv; sharper with a GPU and time)")
     sp.add_argument("--check-every", type=_positive_int)
     sp.add_argument("--checkpoint-every", type=_positive_int)
     sp.add_argument("--tolerance", type=_positive_float)

@@ -107,7 +107,8 @@ def _settings() -> None:
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
         a1.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
-                     help="auto: WGAN-GP for image stages, kernel (MMD) loss for label stages")
+                     help="auto: maximum likelihood for an image mechanism P(image | parents), "
+                          "a kernel (MMD) loss for the other stages; wgan: WGAN-GP everywhere")
         a2.number_input("Image-code fit steps", min_value=10, max_value=20_000, value=600,
                         step=50, key="train_coder_steps",
                         help="Steps of the small autoencoder whose image code the label "

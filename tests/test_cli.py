@@ -308,3 +308,24 @@ def test_image_model_sample_writes_pngs(tmp_path: Path):
                           "--out", str(tmp_path / "s3"))
     assert rc == 0, err
     assert len(list((tmp_path / "s3").rglob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("image_net,generator", [(None, "LatentMixture"),
+                                                 ("mlp", "MLPImageGenerator")])
+def test_train_image_net_choice_is_saved_with_the_model(tmp_path: Path, image_net, generator):
+    from mdcm.model import load_model
+
+    argv = ["train", "--example", "xray", "--n", "200", "--out", str(tmp_path / "m"),
+            "--steps", "4", "--check-every", "2", "--batch-size", "16", "--device", "cpu",
+            "--progress", "off", "--set", "coder_steps=5", "--set", "check_samples=128",
+            "--set", "mmd_batch=32"]
+    if image_net:
+        argv += ["--image-net", image_net]
+    rc, _, err = run_main(*argv)
+    assert rc == 0, err
+    m = load_model(tmp_path / "m")
+    assert type(m.generators["X"]).__name__ == generator
+    assert m.config.image_net == (image_net or "auto")
+    rc, _, err = run_main("train", "--example", "xray", "--out", str(tmp_path / "x"),
+                          "--image-net", "pixels")
+    assert rc == 2 and "pixels" in err and err.count("\n") == 1

@@ -42,12 +42,12 @@ def _start() -> None:
     if study.observational is None and not study.interventions:
         st.session_state["train_error"] = "Cannot train: the study has no dataset."
         return
-    cfg = {"steps": int(st.session_state.get("train_steps", 600)),
+    cfg = {"steps": int(st.session_state.get("train_steps", 3000)),
            "batch_size": int(st.session_state.get("train_batch", 64)),
            "seed": int(st.session_state.get("train_seed", 0)),
            "device": st.session_state.get("train_device", "auto"),
            "objective": st.session_state.get("train_objective", "auto"),
-           "check_every": max(5, min(200, int(st.session_state.get("train_steps", 600)) // 10))}
+           "check_every": max(5, min(200, int(st.session_state.get("train_steps", 3000)) // 10))}
     import mdcm.runs
 
     train_keys = getattr(mdcm.runs, "TRAIN_KEYS", ())
@@ -97,7 +97,7 @@ def _settings() -> None:
                  help="auto uses the GPU when one is available")
     c1.radio("Plan", ["modular", "joint"], key="train_plan", horizontal=True,
              format_func={"modular": "Modular (stages)", "joint": "Joint (baseline)"}.get)
-    c2.number_input("Steps per stage (max)", min_value=1, max_value=200_000, value=600, step=50,
+    c2.number_input("Steps per stage (max)", min_value=1, max_value=200_000, value=3000, step=100,
                     key="train_steps")
     c2.number_input("Batch size", min_value=8, max_value=4096, value=64, step=8,
                     key="train_batch")
@@ -109,10 +109,10 @@ def _settings() -> None:
         a1.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
                      help="auto: maximum likelihood for an image mechanism P(image | parents), "
                           "a kernel (MMD) loss for the other stages; wgan: WGAN-GP everywhere")
-        a2.number_input("Image-code fit steps", min_value=10, max_value=20_000, value=600,
-                        step=50, key="train_coder_steps",
-                        help="Steps of the small autoencoder whose image code the label "
-                             "stages compare (studies with images only)")
+        a2.number_input("Image-code fit steps", min_value=10, max_value=20_000, value=2000,
+                        step=100, key="train_coder_steps",
+                        help="Steps of the small image autoencoder: image mechanisms draw its "
+                             "code and decode it, children read it (studies with images only)")
         a3.number_input("Fit-check samples", min_value=256, max_value=65_536, value=4096,
                         step=256, key="train_check_samples",
                         help="Samples drawn at each fit check (quality vs steps)")

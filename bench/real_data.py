@@ -39,19 +39,19 @@ from mdcm.plan import make_plan  # noqa: E402
 from mdcm.train import TrainConfig, train  # noqa: E402
 
 
-def build(which: str, data: Path, out: Path, n: int, seed: int):
+def build(which: str, data: Path, out: Path, n: int, seed: int, side: int = 14):
     if which == "mnist":
         images, labels = read_mnist_idx(data / "mnist-t10k-images-idx3-ubyte.gz",
                                         data / "mnist-t10k-labels-idx1-ubyte.gz")
-        return build_mnist_frontdoor(images, labels, out, n=n, seed=seed, side=14)
+        return build_mnist_frontdoor(images, labels, out, n=n, seed=seed, side=side)
     images, labels = read_medmnist_npz(data / "pneumoniamnist.npz", split="train")
-    return build_pneumonia_frontdoor(images, labels, out, n=n, seed=seed, side=14)
+    return build_pneumonia_frontdoor(images, labels, out, n=n, seed=seed, side=side)
 
 
-def run(which: str, data: Path, budget: float, n: int, seed: int) -> dict:
+def run(which: str, data: Path, budget: float, n: int, seed: int, side: int = 14) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        ex = build(which, data, Path(tmp) / which, n, seed)
+        ex = build(which, data, Path(tmp) / which, n, seed, side)
         study = load_study(ex.study.path)          # the dataset-folder path, as for an upload
         ex = replace(ex, study=study)
         t_build = time.monotonic() - t0
@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per study")
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--side", type=int, default=14, help="image side in pixels (14 or 28)")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"no real data folder at {args.data} (this benchmark needs ../shared/data)")
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = [run(w, args.data, args.budget, args.n, args.seed) for w in args.which]
+    rows = [run(w, args.data, args.budget, args.n, args.seed, args.side) for w in args.which]
     print(f"\n{'study':10} {'rows':>5} {'image':>9} {'train s':>8} {'TVD do':>7} {'naive':>6}")
     for r in rows:
         shape = "x".join(map(str, r["image_shape"]))

@@ -11,6 +11,7 @@ at most half the joint plan's time; CPU-size studies reach their quality bar wit
 
     python bench/train_quality.py                        # all examples, default budgets
     python bench/train_quality.py --examples xray --budget 120
+    python bench/train_quality.py --examples colored_digits --image-net mlp   # pixel WGAN-GP
     python bench/train_quality.py --study path/to/study --treatment C --outcome N
 """
 
@@ -102,7 +103,7 @@ def time_to_reach(curve: list[dict], level: float) -> float | None:
     return None
 
 
-def bench_example(name: str, budget: float, seed: int) -> dict:
+def bench_example(name: str, budget: float, seed: int, image_net: str = "auto") -> dict:
     ex = load_example(name, size="cpu", seed=seed)
     probe = None
     img = [v.name for v in ex.schema.variables if v.kind == "image"]
@@ -111,7 +112,7 @@ def bench_example(name: str, budget: float, seed: int) -> dict:
         probe, acc = fit_image_probe(cols[img[0]], {f: hid[f] for f in ex.feature_names[img[0]]},
                                      ex.feature_classes, seed=seed)
         print(f"  probe accuracy on held-out real images: {acc}", flush=True)
-    mcfg = ModelConfig()
+    mcfg = ModelConfig(image_net=image_net)
     modular = make_plan(ex.study.graph, ex.study.interventions)
     joint = joint_plan(ex.study.graph, ex.study.interventions)
     n_st = len(modular.stages)
@@ -119,7 +120,7 @@ def bench_example(name: str, budget: float, seed: int) -> dict:
     # Budget: the joint stage gets `budget` seconds; modular stages share the same total.
     cfg_mod = TrainConfig(steps=100_000, time_limit_s=budget / n_st, **base)
     cfg_joint = TrainConfig(steps=100_000, time_limit_s=budget, **base)
-    out = {"example": name, "budget_s": budget, "stages": n_st}
+    out = {"example": name, "budget_s": budget, "stages": n_st, "image_net": image_net}
     print(f"[{name}] modular plan ({n_st} stages)", flush=True)
     out["modular"] = run_plan(ex, modular, cfg_mod, mcfg, probe=probe)
     print(f"[{name}] joint plan", flush=True)
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                          "default 60 for label-only examples, 240 for image examples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--image-net", default="auto", choices=("auto", "latent", "mlp", "conv"),
+                    help="image mechanisms (ModelConfig.image_net): compare latent with pixel")
     ap.add_argument("--study", type=Path, default=None)
     ap.add_argument("--treatment")
     ap.add_argument("--outcome")
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.examples:
         has_image = name in ("xray", "colored_digits")
         budget = args.budget or (240.0 if has_image else 60.0)
-        results.append(bench_example(name, budget, args.seed))
+        results.append(bench_example(name, budget, args.seed, args.image_net))
         (OUT / f"train_quality_{stamp}.json").write_text(json.dumps(results, indent=1,
                                                                     default=str))
     hdr = (f"{'example':15} {'plan':8} {'wall s':>7} {'steps':>6} {'TVD':>6} {'naive':>6} "

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,7 +461,8 @@ def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None =
         "graph": model.schema.graph.to_text(),
         "graph_json": model.schema.graph.to_json(),
         "schema": model.schema.to_json(),
-        "config": model.config.to_json(),
+        # "auto" written resolved: a later default cannot change what the weights mean
+        "config": dict(model.config.to_json(), image_net=model.config.image_kind()),
         "parents": {v: list(p) for v, p in model.parents.items()},
         "plan": _plan_json(plan),
         "versions": _versions(),
@@ -515,6 +516,13 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{folder}/model.json: bad schema or config ({exc})") from None
+    if config.image_net == "auto":
+        # written before image_net was saved resolved, when "auto" meant pixel generators:
+        # MLP for images of at most 1024 values, conv above
+        legacy = {"mlp" if int(np.prod(v.shape)) <= 1024 else "conv"
+                  for v in schema.variables if v.kind == "image"}
+        if len(legacy) == 1:
+            config = replace(config, image_net=legacy.pop())
     if expect_schema is not None and not _same_schema(schema, expect_schema):
         raise ModelFileError(
             f"model in {folder} was trained for graph '{schema.graph}' with variables "

@@ -325,7 +325,7 @@ def test_train_image_net_choice_is_saved_with_the_model(tmp_path: Path, image_ne
     assert rc == 0, err
     m = load_model(tmp_path / "m")
     assert type(m.generators["X"]).__name__ == generator
-    assert m.config.image_net == (image_net or "auto")
+    assert m.config.image_net == (image_net or "latent")      # saved resolved
     rc, _, err = run_main("train", "--example", "xray", "--out", str(tmp_path / "x"),
                           "--image-net", "pixels")
     assert rc == 2 and "pixels" in err and err.count("\n") == 1

@@ -5,6 +5,7 @@ own header format, and sha256 of the written bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -241,9 +242,22 @@ def test_save_load_round_trip(saved) -> None:
     m2 = load_model(path, expect_schema=m.schema)
     a, b = m.sample(50, {"C": 1}, seed=5), m2.sample(50, {"C": 1}, seed=5)
     assert all(torch.equal(a[v], b[v]) for v in a)
-    assert m2.config == m.config
+    assert m2.config == dataclasses.replace(m.config, image_net="latent")   # "auto" resolved
     # no temp files left behind
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_load_reads_files_from_when_auto_meant_pixel_generators(tmp_path) -> None:
+    s = schema_of("C -> I", I=Variable("I", "image", shape=(1, 6, 6)))
+    torch.manual_seed(2)
+    m = DCM(s, dataclasses.replace(SMALL, image_net="mlp"))
+    path = save_model(m, tmp_path / "old")
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["image_net"] = "auto"             # as written before the latent default
+    (path / "model.json").write_text(json.dumps(meta))
+    old = load_model(path)
+    assert type(old.generators["I"]).__name__ == "MLPImageGenerator"
+    assert torch.equal(old.sample(4, seed=1)["I"], m.sample(4, seed=1)["I"])
 
 
 def test_load_refuses_other_graph(saved) -> None:

@@ -77,6 +77,7 @@ class ModelConfig:
     image_channels: int = 32      # base width of conv image mechanisms / critics
     image_net: str = "auto"       # "latent" | "mlp" | "conv" | "auto" (= "latent"), see below
     code_dim: int = 8             # image code seen by label mechanisms and label-stage losses
+    coder_mlp_max: int = 4096     # image coders: MLP for images of at most this many values
 
     def __post_init__(self) -> None:
         if self.image_net not in IMAGE_NETS:
@@ -124,7 +125,8 @@ class DCM(nn.Module):
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # tracks the device
         self._touching = {v: [i for i, e in enumerate(self.confounders) if v in e] for v in g.nodes}
         self.coders = nn.ModuleDict({v.name: ImageCoder(v.shape, config.code_dim,
-                                                        config.image_hidden)
+                                                        config.image_hidden,
+                                                        config.coder_mlp_max)
                                      for v in schema.variables if v.kind == "image"})
         self.generators = nn.ModuleDict({v: self._build(v) for v in g.nodes})
 
@@ -516,6 +518,8 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{folder}/model.json: bad schema or config ({exc})") from None
+    if "coder_mlp_max" not in meta["config"]:   # written when coders were MLPs up to 1024
+        config = replace(config, coder_mlp_max=1024)
     if config.image_net == "auto":
         # written before image_net was saved resolved, when "auto" meant pixel generators:
         # MLP for images of at most 1024 values, conv above

@@ -187,11 +187,14 @@ class ImageCoder(nn.Module):
     ``fitted`` is a buffer so a saved model remembers whether the coder was trained.
     """
 
-    def __init__(self, shape: Sequence[int], code_dim: int, hidden: int = 256) -> None:
+    def __init__(self, shape: Sequence[int], code_dim: int, hidden: int = 256,
+                 mlp_max: int = 4096) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         c, h, w = self.shape
-        self.conv = c * h * w > 1024
+        # MLP up to mlp_max values: on CPU a conv coder of 3x28x28 images fitted ~10x slower
+        # (273 s vs 28 s for 2000 steps) for a reconstruction MSE of 0.0098 vs 0.0134
+        self.conv = c * h * w > mlp_max
         if self.conv:
             layers: list[nn.Module] = []
             ch, size, in_ch = 16, max(h, w), c

@@ -254,6 +254,7 @@ def test_load_reads_files_from_when_auto_meant_pixel_generators(tmp_path) -> Non
     path = save_model(m, tmp_path / "old")
     meta = json.loads((path / "model.json").read_text())
     meta["config"]["image_net"] = "auto"             # as written before the latent default
+    del meta["config"]["coder_mlp_max"]
     (path / "model.json").write_text(json.dumps(meta))
     old = load_model(path)
     assert type(old.generators["I"]).__name__ == "MLPImageGenerator"

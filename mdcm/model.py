@@ -69,8 +69,9 @@ class ModelConfig:
 
     noise_dim: int = 8            # Z_V of label/continuous mechanisms
     image_noise_dim: int = 32     # Z_V of image mechanisms (Gaussian part)
-    image_modes: int = 32         # pixel mechanisms: + a uniform one-hot latent with this many
-                                  # values (0 = none); latent ones: mixture components
+    image_modes: int = 64         # latent mechanisms: mixture components (64 vs 32: colored
+                                  # digits feature error lower on 3 of 4 seeds, worst 0.042 vs
+                                  # 0.064); pixel ones: + a uniform one-hot latent (0 = none)
     confounder_dim: int = 4       # U per bidirected edge
     hidden: int = 64              # MLP width of label mechanisms and critics
     image_hidden: int = 256       # MLP width of latent/tiny-image mechanisms and coders

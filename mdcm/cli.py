@@ -234,13 +234,13 @@ def _train_config(values: Mapping[str, Any]) -> Any:
 
 
 def _model_config(model_cfg: Any) -> Any:
-    from .model import IMAGE_NETS, ModelConfig
+    from .model import ModelConfig
 
     image_net = model_cfg.get("image_net", "auto") if isinstance(model_cfg, dict) else None
-    if image_net not in IMAGE_NETS:
-        raise CliError(f"run config: image_net must be one of {', '.join(IMAGE_NETS)}, "
-                       f"not {image_net!r}")
-    return ModelConfig(image_net=image_net)
+    try:
+        return ModelConfig(image_net=image_net)
+    except ValueError as exc:
+        raise CliError(f"run config: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

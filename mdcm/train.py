@@ -258,12 +258,10 @@ class _Target:
         # Row layout: flat part (labels, continuous, codes of images not trained here) + pixels.
         # Trained images: pixels (WGAN: conv critic input; MMD: pooled pixels) plus their code;
         # other images (frozen or given): only their code.
-        self.pixel_vars = [v for v in self.rows if schema[v].kind == "image" and v in trains]
-        self.trained_images = list(self.pixel_vars)
+        self.trained_images = [v for v in self.rows if schema[v].kind == "image" and v in trains]
+        self.pixel_vars = self.trained_images if objective == "wgan" else []
+        self.pool_vars = self.trained_images if objective == "mmd" else []
         self.code_vars = [v for v in self.rows if schema[v].kind == "image"]
-        self.pool_vars = self.pixel_vars if objective == "mmd" else []
-        if objective != "wgan":
-            self.pixel_vars = []
         self.flat_vars = [v for v in self.rows if schema[v].kind != "image"]
         # Continuous standardisation from the real data (so kernels and critics see unit scale).
         self.scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

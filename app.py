@@ -7,8 +7,9 @@ and on-disk layout are documented in :mod:`mdcm_app.state`.
 
 import streamlit as st
 
-st.set_page_config(page_title="mdcm: causal questions with images", page_icon=":material/explore:",
-                   layout="wide")
+st.set_page_config(
+    page_title="mdcm: causal questions with images", page_icon=":material/explore:", layout="wide"
+)
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

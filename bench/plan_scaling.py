@@ -34,8 +34,10 @@ MORE_GRAPHS = 100  # a steadier mean of the largest stage (no oracle check: plan
 
 
 def scalability_table() -> None:
-    print("N   mean max|H|  mean max|A∪B|  joint  paper max|H|  valid  merged  plan ms"
-          f"  max|H| ({MORE_GRAPHS} more)")
+    print(
+        "N   mean max|H|  mean max|A∪B|  joint  paper max|H|  valid  merged  plan ms"
+        f"  max|H| ({MORE_GRAPHS} more)"
+    )
     for n in PAPER:
         pairs = n * (n - 1) // 2
         largest, widest, ms, merged = [], [], [], 0
@@ -46,16 +48,25 @@ def scalability_table() -> None:
             plan = make_plan(g)
             ms.append(1000 * (time.perf_counter() - t0))
             largest.append(max(len(s.trains) for s in plan.stages))
-            widest.append(max(len(t.matches) + len(t.given)
-                              for s in plan.stages for t in s.targets))
+            widest.append(
+                max(len(t.matches) + len(t.given) for s in plan.stages for t in s.targets)
+            )
             merged += any("merged" in r for s in plan.stages for r in s.reasons)
             valid += not check_plan(plan)
-        many = [max(len(s.trains) for s in make_plan(random_graph(
-            n, min(n * n // 5, pairs), n // 3, seed=7_000_000 + 1000 * n + k)).stages)
-            for k in range(MORE_GRAPHS)]
-        print(f"{n:<4}{statistics.mean(largest):>11.1f}{statistics.mean(widest):>15.1f}"
-              f"{n:>7}{PAPER[n]:>14.1f}{valid:>5}/{GRAPHS_PER_N}{merged:>6}/{GRAPHS_PER_N}"
-              f"{statistics.mean(ms):>9.1f}{statistics.mean(many):>12.1f}")
+        many = [
+            max(
+                len(s.trains)
+                for s in make_plan(
+                    random_graph(n, min(n * n // 5, pairs), n // 3, seed=7_000_000 + 1000 * n + k)
+                ).stages
+            )
+            for k in range(MORE_GRAPHS)
+        ]
+        print(
+            f"{n:<4}{statistics.mean(largest):>11.1f}{statistics.mean(widest):>15.1f}"
+            f"{n:>7}{PAPER[n]:>14.1f}{valid:>5}/{GRAPHS_PER_N}{merged:>6}/{GRAPHS_PER_N}"
+            f"{statistics.mean(ms):>9.1f}{statistics.mean(many):>12.1f}"
+        )
 
 
 def timing_table() -> None:
@@ -70,8 +81,10 @@ def timing_table() -> None:
             dt = time.perf_counter() - t0
             wide = max(len(t.matches) + len(t.given) for s in plan.stages for t in s.targets)
             big = max(len(s.trains) for s in plan.stages)
-            print(f"{n:<7}{len(plan.regimes):>7}{dt:>8.2f}{len(plan.stages):>8}{big:>8}"
-                  f"{wide:>10}{len(plan.levels()):>8}")
+            print(
+                f"{n:<7}{len(plan.regimes):>7}{dt:>8.2f}{len(plan.stages):>8}{big:>8}"
+                f"{wide:>10}{len(plan.levels()):>8}"
+            )
 
 
 if __name__ == "__main__":

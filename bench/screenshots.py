@@ -21,8 +21,13 @@ sys.path.insert(0, str(REPO))
 from mdcm_app.serve import launch_chromium, streamlit_server, wait_idle  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "screenshots"
-TITLES = {"colored_digits": "Colored digits", "xray": "Chest X-ray", "napkin": "Napkin",
-          "backdoor": "Back-door", "bow": "Bow"}
+TITLES = {
+    "colored_digits": "Colored digits",
+    "xray": "Chest X-ray",
+    "napkin": "Napkin",
+    "backdoor": "Back-door",
+    "bow": "Bow",
+}
 
 
 def shot(page, name: str) -> Path:
@@ -47,9 +52,13 @@ def main() -> None:
     t0 = time.time()
     if args.home:
         Path(args.home).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, \
-            streamlit_server(Path(args.home or tmp), log=Path(args.home or tmp) / "streamlit.log")\
-            as url, sync_playwright() as p:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        streamlit_server(
+            Path(args.home or tmp), log=Path(args.home or tmp) / "streamlit.log"
+        ) as url,
+        sync_playwright() as p,
+    ):
         home = args.home or tmp
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 2600})

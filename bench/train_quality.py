@@ -35,7 +35,7 @@ from mdcm.query import effect_table, fit_image_probe, tvd  # noqa: E402
 from mdcm.train import Event, TrainConfig, train  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-BAR = 0.05   # quality bar: max_x TVD(P(Y | do(X=x)), truth)
+BAR = 0.05  # quality bar: max_x TVD(P(Y | do(X=x)), truth)
 
 
 def do_error(model: DCM, ex, n: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -66,8 +66,9 @@ def image_error(model: DCM, ex, probe, n: int = 2000) -> float | None:
     return worst
 
 
-def run_plan(ex, plan, cfg: TrainConfig, mcfg: ModelConfig, eval_every_check: bool = True,
-             probe=None) -> dict:
+def run_plan(
+    ex, plan, cfg: TrainConfig, mcfg: ModelConfig, eval_every_check: bool = True, probe=None
+) -> dict:
     torch.manual_seed(cfg.seed)
     model = DCM(ex.study.schema, mcfg)
     curve: list[dict] = []
@@ -80,8 +81,16 @@ def run_plan(ex, plan, cfg: TrainConfig, mcfg: ModelConfig, eval_every_check: bo
             t = time.monotonic()
             err, _ = do_error(model, ex, n=2000)
             eval_time[0] += time.monotonic() - t
-            curve.append({"t": time.monotonic() - t0 - eval_time[0], "kind": e.kind,
-                          "stage": e.stage, "step": e.step, "fit": e.quality, "tvd": err})
+            curve.append(
+                {
+                    "t": time.monotonic() - t0 - eval_time[0],
+                    "kind": e.kind,
+                    "stage": e.stage,
+                    "step": e.step,
+                    "fit": e.quality,
+                    "tvd": err,
+                }
+            )
 
     res = train(model, plan, ex.study, cfg, on_event=on_event)
     wall = time.monotonic() - t0 - eval_time[0]
@@ -90,10 +99,16 @@ def run_plan(ex, plan, cfg: TrainConfig, mcfg: ModelConfig, eval_every_check: bo
     s = model.sample(4000, {ex.treatment: 0}, seed=1)
     sps = 4000 / (time.monotonic() - t)
     assert s
-    return {"wall_s": wall, "steps": sum(st.steps for st in res.stages), "tvd": err,
-            "naive_tvd": naive, "samples_per_s": sps, "curve": curve,
-            "stages": [st.to_json() for st in res.stages],
-            "image_err": image_error(model, ex, probe)}
+    return {
+        "wall_s": wall,
+        "steps": sum(st.steps for st in res.stages),
+        "tvd": err,
+        "naive_tvd": naive,
+        "samples_per_s": sps,
+        "curve": curve,
+        "stages": [st.to_json() for st in res.stages],
+        "image_err": image_error(model, ex, probe),
+    }
 
 
 def time_to_reach(curve: list[dict], level: float) -> float | None:
@@ -109,8 +124,12 @@ def bench_example(name: str, budget: float, seed: int, image_net: str = "auto") 
     img = [v.name for v in ex.schema.variables if v.kind == "image"]
     if img:
         cols, hid = ex.sample(5000, seed=seed + 11)
-        probe, acc = fit_image_probe(cols[img[0]], {f: hid[f] for f in ex.feature_names[img[0]]},
-                                     ex.feature_classes, seed=seed)
+        probe, acc = fit_image_probe(
+            cols[img[0]],
+            {f: hid[f] for f in ex.feature_names[img[0]]},
+            ex.feature_classes,
+            seed=seed,
+        )
         print(f"  probe accuracy on held-out real images: {acc}", flush=True)
     mcfg = ModelConfig(image_net=image_net)
     modular = make_plan(ex.study.graph, ex.study.interventions)
@@ -133,18 +152,22 @@ def bench_example(name: str, budget: float, seed: int, image_net: str = "auto") 
     return out
 
 
-def bench_study(path: Path, treatment: str | None, outcome: str | None, budget: float,
-                seed: int) -> dict:
+def bench_study(
+    path: Path, treatment: str | None, outcome: str | None, budget: float, seed: int
+) -> dict:
     from mdcm.data import load_study
 
     study = load_study(path)
     out: dict = {"study": str(path), "budget_s": budget}
-    for label, plan in (("modular", make_plan(study.graph, study.interventions)),
-                        ("joint", joint_plan(study.graph, study.interventions))):
+    for label, plan in (
+        ("modular", make_plan(study.graph, study.interventions)),
+        ("joint", joint_plan(study.graph, study.interventions)),
+    ):
         torch.manual_seed(seed)
         model = DCM(study.schema, ModelConfig())
-        cfg = TrainConfig(steps=100_000, time_limit_s=budget / len(plan.stages), seed=seed,
-                          check_every=100)
+        cfg = TrainConfig(
+            steps=100_000, time_limit_s=budget / len(plan.stages), seed=seed, check_every=100
+        )
         t0 = time.monotonic()
         res = train(model, plan, study, cfg)
         row = {"wall_s": time.monotonic() - t0, "stages": [s.to_json() for s in res.stages]}
@@ -158,15 +181,24 @@ def bench_study(path: Path, treatment: str | None, outcome: str | None, budget: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", nargs="*",
-                    default=["bow", "napkin", "backdoor", "xray", "colored_digits"])
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for the joint plan (modular stages share the same total); "
-                         "default 60 for label-only examples, 240 for image examples")
+    ap.add_argument(
+        "--examples", nargs="*", default=["bow", "napkin", "backdoor", "xray", "colored_digits"]
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the joint plan (modular stages share the same total); "
+        "default 60 for label-only examples, 240 for image examples",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--image-net", default="auto", choices=("auto", "latent", "mlp", "conv"),
-                    help="image mechanisms (ModelConfig.image_net): compare latent with pixel")
+    ap.add_argument(
+        "--image-net",
+        default="auto",
+        choices=("auto", "latent", "mlp", "conv"),
+        help="image mechanisms (ModelConfig.image_net): compare latent with pixel",
+    )
     ap.add_argument("--study", type=Path, default=None)
     ap.add_argument("--treatment")
     ap.add_argument("--outcome")
@@ -176,18 +208,20 @@ def main(argv: list[str] | None = None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.study is not None:
         res = bench_study(args.study, args.treatment, args.outcome, args.budget or 240, args.seed)
-        (OUT / f"train_quality_study_{stamp}.json").write_text(json.dumps(res, indent=1,
-                                                                          default=str))
+        (OUT / f"train_quality_study_{stamp}.json").write_text(
+            json.dumps(res, indent=1, default=str)
+        )
         return
     results = []
     for name in args.examples:
         has_image = name in ("xray", "colored_digits")
         budget = args.budget or (240.0 if has_image else 60.0)
         results.append(bench_example(name, budget, args.seed, args.image_net))
-        (OUT / f"train_quality_{stamp}.json").write_text(json.dumps(results, indent=1,
-                                                                    default=str))
-    hdr = (f"{'example':15} {'plan':8} {'wall s':>7} {'steps':>6} {'TVD':>6} {'naive':>6} "
-           f"{'img err':>7} {'t(TVD<=joint)':>13} {'t(TVD<=.05)':>11} {'samples/s':>10}")
+        (OUT / f"train_quality_{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
+    hdr = (
+        f"{'example':15} {'plan':8} {'wall s':>7} {'steps':>6} {'TVD':>6} {'naive':>6} "
+        f"{'img err':>7} {'t(TVD<=joint)':>13} {'t(TVD<=.05)':>11} {'samples/s':>10}"
+    )
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for r in results:
         for label in ("modular", "joint"):
@@ -195,14 +229,18 @@ def main(argv: list[str] | None = None) -> None:
             reach = r["modular_time_to_joint_final"] if label == "modular" else x["wall_s"]
             bar = time_to_reach(x["curve"], BAR)
             ie = "" if x["image_err"] is None else f"{x['image_err']:.3f}"
-            print(f"{r['example']:15} {label:8} {x['wall_s']:7.1f} {x['steps']:6d} "
-                  f"{x['tvd']:6.3f} {x['naive_tvd']:6.3f} {ie:>7} "
-                  f"{'' if reach is None else f'{reach:.1f}':>13} "
-                  f"{'' if bar is None else f'{bar:.1f}':>11} {x['samples_per_s']:10.0f}")
-    print("\nTVD: max over treatment values of TVD(model P(Y | do(X=x)), exact); naive: the same "
-          "for P(Y | X=x); img err: max TVD of probe-read image features vs exact; t(...): "
-          "seconds until the curve (raw weights, last stage) first reached that level. "
-          "One-stage examples (bow: not identifiable) train the same plan twice.")
+            print(
+                f"{r['example']:15} {label:8} {x['wall_s']:7.1f} {x['steps']:6d} "
+                f"{x['tvd']:6.3f} {x['naive_tvd']:6.3f} {ie:>7} "
+                f"{'' if reach is None else f'{reach:.1f}':>13} "
+                f"{'' if bar is None else f'{bar:.1f}':>11} {x['samples_per_s']:10.0f}"
+            )
+    print(
+        "\nTVD: max over treatment values of TVD(model P(Y | do(X=x)), exact); naive: the same "
+        "for P(Y | X=x); img err: max TVD of probe-read image features vs exact; t(...): "
+        "seconds until the curve (raw weights, last stage) first reached that level. "
+        "One-stage examples (bow: not identifiable) train the same plan twice."
+    )
     print(f"written {OUT / f'train_quality_{stamp}.json'}")
 
 

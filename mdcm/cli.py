@@ -66,8 +66,9 @@ def _names(values: Sequence[str] | None, what: str) -> list[str]:
 def _check_known(graph: Any, names: Sequence[str] | frozenset[str], what: str) -> None:
     for v in sorted(names):
         if v not in graph.nodes:
-            raise CliError(f"unknown variable {v!r} in {what}; the graph has "
-                           f"{', '.join(graph.nodes)}")
+            raise CliError(
+                f"unknown variable {v!r} in {what}; the graph has {', '.join(graph.nodes)}"
+            )
 
 
 def _graph_arg(text: str) -> Any:
@@ -77,8 +78,9 @@ def _graph_arg(text: str) -> Any:
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read graph file {text[1:]!r}: "
-                           f"{getattr(exc, 'strerror', None) or exc}") from None
+            raise CliError(
+                f"cannot read graph file {text[1:]!r}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     graph = parse_graph(text)
     if not graph.nodes:
         raise CliError("the graph is empty: give at least one variable")
@@ -134,8 +136,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
         out.update({k: v for k, v in payload.items() if k not in out})
         print(json.dumps(out, indent=2, sort_keys=True))
         return EXIT_OK
-    query = f"P({', '.join(outcome)} | do({', '.join(treatment)})" + \
-        (f", {', '.join(given)})" if given else ")")
+    query = f"P({', '.join(outcome)} | do({', '.join(treatment)})" + (
+        f", {', '.join(given)})" if given else ")"
+    )
     data = "P(V)" + "".join(f", P(V | do({', '.join(sorted(r))}))" for r in regimes)
     if payload.get("identifiable"):
         print(f"{query} is identifiable from {data}.")
@@ -143,8 +146,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
             print(f"  estimand: {payload['estimand']}")
     else:
         print(f"{query} is NOT identifiable from {data}.")
-        print("  A trained model will still answer it, but its answer is one of many that fit "
-              "the data.")
+        print(
+            "  A trained model will still answer it, but its answer is one of many that fit "
+            "the data."
+        )
     if payload.get("reason"):
         print(f"  reason: {payload['reason']}")
     return EXIT_OK
@@ -152,9 +157,15 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- train
 _TRAIN_FLAGS = {  # TrainConfig field -> argparse dest
-    "steps": "steps", "batch_size": "batch_size", "objective": "objective", "seed": "seed",
-    "device": "device", "time_limit_s": "time_limit", "check_every": "check_every",
-    "tolerance": "tolerance", "checkpoint_every": "checkpoint_every",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "objective": "objective",
+    "seed": "seed",
+    "device": "device",
+    "time_limit_s": "time_limit",
+    "check_every": "check_every",
+    "tolerance": "tolerance",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -176,8 +187,11 @@ class _Progress:
             self._open(stage)
         if self.bar is not None and kind in ("step", "check", "stage_end"):
             self.bar.n = step
-            post = {k: f"{v:.3g}" for k, v in (ev.get("losses") or {}).items()
-                    if isinstance(v, int | float)}
+            post = {
+                k: f"{v:.3g}"
+                for k, v in (ev.get("losses") or {}).items()
+                if isinstance(v, int | float)
+            }
             if ev.get("quality") is not None:
                 post["fit"] = f"{ev['quality']:.3f}"
             self.bar.set_postfix(post, refresh=False)
@@ -197,8 +211,9 @@ class _Progress:
             from tqdm import tqdm
         except ImportError:
             return
-        self.bar = tqdm(total=self.steps, desc=f"stage {stage}", file=sys.stderr,
-                        dynamic_ncols=True, leave=True)
+        self.bar = tqdm(
+            total=self.steps, desc=f"stage {stage}", file=sys.stderr, dynamic_ncols=True, leave=True
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -211,8 +226,9 @@ def _study_from_config(cfg: Mapping[str, Any]) -> Any:
         from .examples import load_example
 
         ex = cfg["example"]
-        return load_example(ex["name"], size=ex.get("size", "cpu"), n=ex.get("n"),
-                            seed=int(ex.get("seed", 0))).study
+        return load_example(
+            ex["name"], size=ex.get("size", "cpu"), n=ex.get("n"), seed=int(ex.get("seed", 0))
+        ).study
     from .data import load_study
 
     return load_study(Path(cfg["study_dir"]))
@@ -229,7 +245,7 @@ def _train_config(values: Mapping[str, Any]) -> Any:
         raise CliError(f"this trainer has no setting {', '.join(unknown)}")
     try:
         return TrainConfig(**{k: v for k, v in values.items() if v is not None})
-    except TypeError as exc:   # a wrongly typed --set value
+    except TypeError as exc:  # a wrongly typed --set value
         raise CliError(f"bad training setting: {exc}") from None
 
 
@@ -247,8 +263,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import runs
 
     recorder = runs.RunRecorder(args.run_dir) if args.run_dir else None
-    given = {k: getattr(args, dest) for k, dest in _TRAIN_FLAGS.items()
-             if getattr(args, dest) is not None}
+    given = {
+        k: getattr(args, dest)
+        for k, dest in _TRAIN_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
     for key, text in _assignments(args.set, "--set").items():
         if key in given:
             raise CliError(f"--set {key}: use the --{key.replace('_', '-')} option instead")
@@ -258,14 +277,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             given[key] = text
     if recorder is not None and not (args.study or args.example):
         if not (recorder.run_dir / runs.RUN_JSON).is_file():
-            raise CliError(f"--run-dir {args.run_dir}: no run.json; give --study or --example "
-                           "to start a new run there")
+            raise CliError(
+                f"--run-dir {args.run_dir}: no run.json; give --study or --example "
+                "to start a new run there"
+            )
         cfg = recorder.config()
         cfg["train"] = {**cfg.get("train", {}), **given}
         had = (cfg.get("model") or {}).get("image_net", "auto")
         if args.image_net and args.image_net != had:
-            raise CliError(f"--image-net {args.image_net}: this run's model was built with "
-                           f"image_net={had}; start a new run to change it")
+            raise CliError(
+                f"--image-net {args.image_net}: this run's model was built with "
+                f"image_net={had}; start a new run to change it"
+            )
     else:
         if bool(args.study) == bool(args.example):
             raise CliError("give exactly one of --study DIR and --example NAME")
@@ -273,20 +296,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.image_net:
             cfg["model"] = {"image_net": args.image_net}
         if args.example:
-            cfg["example"] = {"name": args.example, "size": args.size, "n": args.n,
-                              "seed": args.data_seed}
+            cfg["example"] = {
+                "name": args.example,
+                "size": args.size,
+                "n": args.n,
+                "seed": args.data_seed,
+            }
         else:
             cfg["study_dir"] = str(Path(args.study).resolve())
         if recorder is not None:
             rd = recorder.run_dir
             if (rd / runs.RUN_JSON).is_file():
                 if not args.resume:
-                    raise CliError(f"--run-dir {args.run_dir} already holds a run; "
-                                   "add --resume or pick a new folder")
+                    raise CliError(
+                        f"--run-dir {args.run_dir} already holds a run; "
+                        "add --resume or pick a new folder"
+                    )
             else:
                 rid = runs.validate_run_id(rd.name)
                 if rd.is_dir() and not any(rd.iterdir()):
-                    rd.rmdir()                      # an empty folder made by the user
+                    rd.rmdir()  # an empty folder made by the user
                 elif rd.exists():
                     raise CliError(f"--run-dir {args.run_dir} exists and is not a run folder")
                 runs.create_run(rd.parent, cfg, run_id=rid)
@@ -295,8 +324,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (recorder.model_dir if recorder else None)
     if out is None:
         raise CliError("give --out MODEL_DIR (where the trained model is saved)")
-    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else \
-        (recorder.checkpoint_dir if recorder else None)
+    ckpt = (
+        Path(args.checkpoint_dir)
+        if args.checkpoint_dir
+        else (recorder.checkpoint_dir if recorder else None)
+    )
     if args.resume and ckpt is None:
         raise CliError("--resume needs --run-dir or --checkpoint-dir")
 
@@ -314,8 +346,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 recorder.finish("stopped", "interrupted by the user")
             else:
                 msg = _one_line(exc)
-                recorder.on_event({"kind": "error", "stage": -1, "step": 0, "elapsed_s": 0.0,
-                                   "message": msg})
+                recorder.on_event(
+                    {"kind": "error", "stage": -1, "step": 0, "elapsed_s": 0.0, "message": msg}
+                )
                 recorder.finish("failed", msg)
         raise
 
@@ -352,9 +385,15 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
-           recorder: Any, signals: _StopSignals) -> int:
-    study = _study_from_config(cfg)     # bad data fails before torch is imported
+def _train(
+    args: argparse.Namespace,
+    cfg: dict,
+    out: Path,
+    ckpt: Path | None,
+    recorder: Any,
+    signals: _StopSignals,
+) -> int:
+    study = _study_from_config(cfg)  # bad data fails before torch is imported
 
     from .model import DCM, save_model
     from .plan import make_plan
@@ -365,7 +404,7 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
     tconf = _train_config(cfg.get("train", {}))
     import torch
 
-    torch.manual_seed(int(getattr(tconf, "seed", 0)))   # initial weights follow the seed too
+    torch.manual_seed(int(getattr(tconf, "seed", 0)))  # initial weights follow the seed too
     model = DCM(study.schema, _model_config(cfg.get("model", {})))
     show = args.progress == "on" or (args.progress == "auto" and recorder is None)
     progress = _Progress(show, getattr(tconf, "steps", None))
@@ -383,43 +422,65 @@ def _train(args: argparse.Namespace, cfg: dict, out: Path, ckpt: Path | None,
         ckpt.mkdir(parents=True, exist_ok=True)
     if not show and recorder is None:
         print(f"training {len(plan.stages)} stage(s) ...", file=sys.stderr)
-    result = train(model, plan, study, tconf, on_event=on_event, should_stop=should_stop,
-                   checkpoint_dir=ckpt, resume=bool(args.resume))
+    result = train(
+        model,
+        plan,
+        study,
+        tconf,
+        on_event=on_event,
+        should_stop=should_stop,
+        checkpoint_dir=ckpt,
+        resume=bool(args.resume),
+    )
     progress.close()
     stopped = bool(getattr(result, "stopped", should_stop()))
-    extra = {"train_config": cfg.get("train", {}), "source": {k: cfg[k] for k in
-             ("example", "study_dir") if k in cfg}, "complete": not stopped}
+    extra = {
+        "train_config": cfg.get("train", {}),
+        "source": {k: cfg[k] for k in ("example", "study_dir") if k in cfg},
+        "complete": not stopped,
+    }
     if stopped and recorder is not None:
         recorder.finish("stopped", "stopped on request; resume to continue")
-        print(f"stopped; resume with: mdcm runs resume {recorder.run_dir.name} "
-              f"--root {recorder.run_dir.parent}", file=sys.stderr)
+        print(
+            f"stopped; resume with: mdcm runs resume {recorder.run_dir.name} "
+            f"--root {recorder.run_dir.parent}",
+            file=sys.stderr,
+        )
         return EXIT_OK
     if stopped and ckpt is not None:
-        print(f"stopped; continue with the same command plus --resume --checkpoint-dir {ckpt}",
-              file=sys.stderr)
+        print(
+            f"stopped; continue with the same command plus --resume --checkpoint-dir {ckpt}",
+            file=sys.stderr,
+        )
         return EXIT_OK
     if stopped:
-        print("stopped early: the saved model is INCOMPLETE (use --checkpoint-dir to be able "
-              "to resume)", file=sys.stderr)
+        print(
+            "stopped early: the saved model is INCOMPLETE (use --checkpoint-dir to be able "
+            "to resume)",
+            file=sys.stderr,
+        )
     path = save_model(model, out, plan=plan, extra=extra)
     if recorder is not None:
-        recorder.on_event({"kind": "saved", "stage": -1, "step": 0, "elapsed_s": 0.0,
-                           "message": str(path)})
+        recorder.on_event(
+            {"kind": "saved", "stage": -1, "step": 0, "elapsed_s": 0.0, "message": str(path)}
+        )
         recorder.finish("done", "")
     for s in getattr(result, "stages", None) or []:
         d = s.to_json() if hasattr(s, "to_json") else dict(getattr(s, "__dict__", {}))
         q = d.get("quality")
-        print(f"stage {d.get('stage')} ({', '.join(d.get('trains', []))}): "
-              f"{d.get('steps')} steps, {d.get('seconds', 0):.1f} s, fit "
-              f"{'-' if q is None else format(q, '.3f')}, ended by {d.get('stopped_by')}",
-              file=sys.stderr)
+        print(
+            f"stage {d.get('stage')} ({', '.join(d.get('trains', []))}): "
+            f"{d.get('steps')} steps, {d.get('seconds', 0):.1f} s, fit "
+            f"{'-' if q is None else format(q, '.3f')}, ended by {d.get('stopped_by')}",
+            file=sys.stderr,
+        )
     print(f"model saved to {path}{' (stopped early)' if stopped else ''}")
     return EXIT_OK
 
 
 # ---------------------------------------------------------------------- sample
 def _image_value(path_text: str, var: Any) -> Any:
-    from .data import read_png
+    from .readers import read_png
 
     return read_png(Path(path_text), where=f"--do {var.name}", expect=tuple(var.shape))
 
@@ -431,21 +492,26 @@ def _value(var: Any, text: str, flag: str) -> Any:
         try:
             v = int(text)
         except ValueError:
-            raise CliError(f"bad {flag} {var.name}={text}: {var.name} is categorical, "
-                           f"give a class 0..{var.classes - 1}") from None
+            raise CliError(
+                f"bad {flag} {var.name}={text}: {var.name} is categorical, "
+                f"give a class 0..{var.classes - 1}"
+            ) from None
         if not 0 <= v < var.classes:
-            raise CliError(f"bad {flag} {var.name}={text}: class out of range "
-                           f"0..{var.classes - 1}")
+            raise CliError(f"bad {flag} {var.name}={text}: class out of range 0..{var.classes - 1}")
         return v
     if var.kind == "continuous":
         try:
             vals = [float(p) for p in text.split(",")]
         except ValueError:
-            raise CliError(f"bad {flag} {var.name}={text}: {var.name} is continuous, "
-                           f"give {var.shape[0]} number(s)") from None
+            raise CliError(
+                f"bad {flag} {var.name}={text}: {var.name} is continuous, "
+                f"give {var.shape[0]} number(s)"
+            ) from None
         if len(vals) != var.shape[0] or not all(abs(x) < float("inf") for x in vals):
-            raise CliError(f"bad {flag} {var.name}={text}: expected {var.shape[0]} finite "
-                           "number(s), comma-separated")
+            raise CliError(
+                f"bad {flag} {var.name}={text}: expected {var.shape[0]} finite "
+                "number(s), comma-separated"
+            )
         return vals[0] if len(vals) == 1 else vals
     if flag != "--do":
         raise CliError(f"{flag} {var.name}: conditioning on an image is not supported")
@@ -454,8 +520,9 @@ def _value(var: Any, text: str, flag: str) -> Any:
 
 def _schema_var(schema: Any, name: str, flag: str) -> Any:
     if name not in schema.names:
-        raise CliError(f"{flag}: unknown variable {name!r}; the model has "
-                       f"{', '.join(schema.names)}")
+        raise CliError(
+            f"{flag}: unknown variable {name!r}; the model has {', '.join(schema.names)}"
+        )
     return schema[name]
 
 
@@ -475,8 +542,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load_model(model_dir)
     schema = model.schema
     do = {k: _value(_schema_var(schema, k, "--do"), v, "--do") for k, v in do_text.items()}
-    given = {k: _value(_schema_var(schema, k, "--given"), v, "--given")
-             for k, v in given_text.items()}
+    given = {
+        k: _value(_schema_var(schema, k, "--given"), v, "--given") for k, v in given_text.items()
+    }
     for k in given:
         if schema[k].kind != "categorical":
             raise CliError(f"--given {k}: only categorical variables can be conditioned on")
@@ -487,16 +555,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _draw(model: Any, n: int, do: Mapping[str, Any], given: Mapping[str, int],
-          seed: int) -> dict[str, Any]:
+def _draw(
+    model: Any, n: int, do: Mapping[str, Any], given: Mapping[str, int], seed: int
+) -> dict[str, Any]:
     """``n`` samples of the model under ``do``; with ``given``, by rejection: keep the rows
     whose categorical values equal ``given`` (P(v | do(x), z) = P(v, z | do(x)) / P(z | do(x)))."""
     import numpy as np
     import torch
 
     def to_np(cols: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-                for k, v in cols.items()}
+        return {
+            k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            for k, v in cols.items()
+        }
 
     if not given:
         return to_np(model.sample(n, do=do or None, seed=seed))
@@ -515,13 +586,21 @@ def _draw(model: Any, n: int, do: Mapping[str, Any], given: Mapping[str, int],
         if have < n and drawn >= 200 * n + 100_000:
             rate = have / drawn
             cond = ", ".join(f"{k}={v}" for k, v in given.items())
-            raise CliError(f"--given {cond} is too rare under the model: {have} of {drawn} "
-                           f"samples matched (rate {rate:.2g}); ask for fewer samples")
+            raise CliError(
+                f"--given {cond} is too rare under the model: {have} of {drawn} "
+                f"samples matched (rate {rate:.2g}); ask for fewer samples"
+            )
     return {k: np.concatenate([b[k] for b in kept])[:n] for k in kept[0]}
 
 
-def _write_samples(schema: Any, columns: Mapping[str, Any], out: Path, do: Mapping[str, Any],
-                   given: Mapping[str, Any], do_text: Mapping[str, str]) -> Path:
+def _write_samples(
+    schema: Any,
+    columns: Mapping[str, Any],
+    out: Path,
+    do: Mapping[str, Any],
+    given: Mapping[str, Any],
+    do_text: Mapping[str, str],
+) -> Path:
     """Write the samples as a dataset folder with data.csv's conventions (one column per
     variable, ``V[i]`` columns for vectors, image columns holding PNG paths relative to the
     folder), named ``samples.csv``; ``sample.json`` records the query."""
@@ -532,7 +611,7 @@ def _write_samples(schema: Any, columns: Mapping[str, Any], out: Path, do: Mappi
     out.mkdir(parents=True, exist_ok=True)
     do_json: dict[str, Any] = {}
     for k, v in do.items():
-        if schema[k].kind == "image":              # keep a copy of the intervention image
+        if schema[k].kind == "image":  # keep a copy of the intervention image
             rel = f"do_{k}.png"
             shutil.copyfile(do_text[k], out / rel)
             do_json[k] = rel
@@ -571,18 +650,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "list":
         infos, skipped = runs.scan_runs(root)
         if args.json:
-            print(json.dumps({"runs": [r.to_json() for r in infos],
-                              "skipped": [{"folder": f, "reason": r} for f, r in skipped]},
-                             indent=2, default=str))
+            print(
+                json.dumps(
+                    {
+                        "runs": [r.to_json() for r in infos],
+                        "skipped": [{"folder": f, "reason": r} for f, r in skipped],
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
             return EXIT_OK
         if not infos:
             print(f"no runs in {root}")
         for r in infos:
-            src = r.config.get("example", {}).get("name") if r.config.get("example") else \
-                r.config.get("study_dir", "?")
+            src = (
+                r.config.get("example", {}).get("name")
+                if r.config.get("example")
+                else r.config.get("study_dir", "?")
+            )
             last = r.last_progress or {}
-            print(f"{r.run_id}  {r.status:<11}  {_fmt_time(r.created)}  {src}  "
-                  f"stage {last.get('stage', '-')} step {last.get('step', '-')}")
+            print(
+                f"{r.run_id}  {r.status:<11}  {_fmt_time(r.created)}  {src}  "
+                f"stage {last.get('stage', '-')} step {last.get('step', '-')}"
+            )
         for _folder, reason in skipped:
             print(f"skipped: {reason}", file=sys.stderr)
         return EXIT_OK
@@ -604,12 +695,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"  config:  {json.dumps(info.config, sort_keys=True)}")
         if info.message:
             print(f"  message: {info.message}")
-        for ev in runs.read_events(path)[-args.tail:]:
-            print(f"  [{ev.get('kind')}] stage {ev.get('stage')} step {ev.get('step')} "
-                  + " ".join(f"{k}={v:.4g}" for k, v in (ev.get("losses") or {}).items()
-                             if isinstance(v, int | float))
-                  + (f" fit={ev['quality']:.4g}" if isinstance(ev.get("quality"), int | float)
-                     else "") + (f" {ev['message']}" if ev.get("message") else ""))
+        for ev in runs.read_events(path)[-args.tail :]:
+            print(
+                f"  [{ev.get('kind')}] stage {ev.get('stage')} step {ev.get('step')} "
+                + " ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in (ev.get("losses") or {}).items()
+                    if isinstance(v, int | float)
+                )
+                + (
+                    f" fit={ev['quality']:.4g}"
+                    if isinstance(ev.get("quality"), int | float)
+                    else ""
+                )
+                + (f" {ev['message']}" if ev.get("message") else "")
+            )
         return EXIT_OK
     if args.action == "stop":
         info = runs.stop_run(path)
@@ -623,6 +723,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser and main
 def _int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
     """An argparse type: a whole number in [lo, hi] (hi None = unbounded)."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -631,6 +732,7 @@ def _int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
         if v < lo or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
         return v
+
     return parse
 
 
@@ -649,16 +751,22 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Modular deep causal generative models "
-                "(Rahman & Kocaoglu, ICML 2024).")
+    p = _Parser(
+        prog=PROG,
+        description="Modular deep causal generative models (Rahman & Kocaoglu, ICML 2024).",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     sp = sub.add_parser("plan", help="the modular training plan for a causal graph")
     sp.add_argument("--graph", required=True, help='e.g. "C -> X -> N; C <-> N" (or @file)')
-    sp.add_argument("--intervention", action="append", metavar="X[,W]",
-                    help="an interventional dataset's intervened set (repeatable)")
+    sp.add_argument(
+        "--intervention",
+        action="append",
+        metavar="X[,W]",
+        help="an interventional dataset's intervened set (repeatable)",
+    )
     sp.add_argument("--joint", action="store_true", help="the one-stage joint (NCM) baseline")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_plan)
@@ -668,8 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--treatment", action="append", required=True, metavar="X[,X2]")
     sp.add_argument("--outcome", action="append", required=True, metavar="Y[,Y2]")
     sp.add_argument("--given", action="append", metavar="Z[,Z2]")
-    sp.add_argument("--intervention", action="append", metavar="W[,W2]",
-                    help="an available interventional dataset's intervened set (repeatable)")
+    sp.add_argument(
+        "--intervention",
+        action="append",
+        metavar="W[,W2]",
+        help="an available interventional dataset's intervened set (repeatable)",
+    )
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_identify)
 
@@ -680,25 +792,36 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--size", choices=("cpu", "gpu"), default="cpu", help="example size")
     src.add_argument("--n", type=_positive_int, help="example rows")
     src.add_argument("--data-seed", type=_nonneg_int, default=0, help="example data seed")
-    sp.add_argument("--out", metavar="MODEL_DIR", help="where to save the model "
-                    "(default with --run-dir: RUN/model)")
+    sp.add_argument(
+        "--out",
+        metavar="MODEL_DIR",
+        help="where to save the model (default with --run-dir: RUN/model)",
+    )
     sp.add_argument("--plan", choices=("modular", "joint"), default="modular")
     sp.add_argument("--device", choices=("auto", "cpu", "cuda"))
     sp.add_argument("--steps", type=_positive_int, help="max steps per stage")
     sp.add_argument("--batch-size", type=_positive_int)
     sp.add_argument("--seed", type=_nonneg_int)
-    sp.add_argument("--time-limit", type=_positive_float, metavar="SEC",
-                    help="time limit per stage (seconds)")
+    sp.add_argument(
+        "--time-limit", type=_positive_float, metavar="SEC", help="time limit per stage (seconds)"
+    )
     sp.add_argument("--objective", choices=("auto", "wgan", "mmd"))
-    sp.add_argument("--image-net", choices=("auto", "latent", "mlp", "conv"),
-                    help="image mechanisms: latent (default: a mixture over the image "
-                         "autoencoder's code) or pixel generators trained with WGAN-GP (mlp, "
-                         "conv; sharper with a GPU and time)")
+    sp.add_argument(
+        "--image-net",
+        choices=("auto", "latent", "mlp", "conv"),
+        help="image mechanisms: latent (default: a mixture over the image "
+        "autoencoder's code) or pixel generators trained with WGAN-GP (mlp, "
+        "conv; sharper with a GPU and time)",
+    )
     sp.add_argument("--check-every", type=_positive_int)
     sp.add_argument("--checkpoint-every", type=_positive_int)
     sp.add_argument("--tolerance", type=_positive_float)
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="any other TrainConfig field, e.g. --set coder_steps=100 (repeatable)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other TrainConfig field, e.g. --set coder_steps=100 (repeatable)",
+    )
     sp.add_argument("--run-dir", metavar="RUN", help="record progress in this run folder")
     sp.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoints (default RUN/checkpoint)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -707,10 +830,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sample", help="sample a trained model, optionally under do(...)")
     sp.add_argument("--model", required=True, metavar="MODEL_DIR")
-    sp.add_argument("--do", action="append", metavar="X=VALUE",
-                    help="intervention (repeatable); an image takes a PNG path")
-    sp.add_argument("--given", action="append", metavar="Z=VALUE",
-                    help="condition on a categorical value (rejection sampling)")
+    sp.add_argument(
+        "--do",
+        action="append",
+        metavar="X=VALUE",
+        help="intervention (repeatable); an image takes a PNG path",
+    )
+    sp.add_argument(
+        "--given",
+        action="append",
+        metavar="Z=VALUE",
+        help="condition on a categorical value (rejection sampling)",
+    )
     sp.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--seed", type=_nonneg_int, default=0)
@@ -727,8 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("runs", help="list, show, stop or resume background training runs")
     sp.add_argument("action", choices=("list", "show", "stop", "resume"))
     sp.add_argument("run", nargs="?", metavar="RUN")
-    sp.add_argument("--root", metavar="DIR", help="runs folder (default $MDCM_HOME/runs or "
-                    "./.mdcm/runs)")
+    sp.add_argument(
+        "--root", metavar="DIR", help="runs folder (default $MDCM_HOME/runs or ./.mdcm/runs)"
+    )
     sp.add_argument("--tail", type=_positive_int, default=10, help="events shown by 'show'")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_runs)
@@ -749,10 +881,16 @@ def _one_line(exc: BaseException) -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The documented input-error types, from whichever modules are already imported (an error
     of a module can only be raised once it is imported, so nothing heavy is imported here)."""
-    names = {"mdcm.graph": "GraphError", "mdcm.variables": "SchemaError",
-             "mdcm.plan": "PlanError", "mdcm.identify": "IdentificationError",
-             "mdcm.data": "DataError", "mdcm.model": "ModelFileError",
-             "mdcm.train": "TrainingError", "mdcm.runs": "RunError"}
+    names = {
+        "mdcm.graph": "GraphError",
+        "mdcm.variables": "SchemaError",
+        "mdcm.plan": "PlanError",
+        "mdcm.identify": "IdentificationError",
+        "mdcm.data": "DataError",
+        "mdcm.model": "ModelFileError",
+        "mdcm.train": "TrainingError",
+        "mdcm.runs": "RunError",
+    }
     out: list[type[BaseException]] = [CliError, OSError, ValueError]
     for mod, name in names.items():
         cls = getattr(sys.modules.get(mod), name, None)
@@ -789,8 +927,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line, but say so
         if os.environ.get("MDCM_DEBUG"):
             raise
-        return _fail(f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
-                     "set MDCM_DEBUG=1 for a traceback", EXIT_INTERNAL)
+        return _fail(
+            f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+            "set MDCM_DEBUG=1 for a traceback",
+            EXIT_INTERNAL,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,8 +57,10 @@ class CausalGraph:
         index: dict[str, int] = {}
         for v in self.nodes:
             if not isinstance(v, str) or not NAME_RE.match(v) or len(v) > _MAX_NAME:
-                raise GraphError(f"bad variable name {v!r}: use letters, digits and '_', "
-                                 f"starting with a letter or '_' (at most {_MAX_NAME} characters)")
+                raise GraphError(
+                    f"bad variable name {v!r}: use letters, digits and '_', "
+                    f"starting with a letter or '_' (at most {_MAX_NAME} characters)"
+                )
             if v in index:
                 raise GraphError(f"variable {v!r} is declared twice")
             index[v] = len(index)
@@ -69,8 +71,9 @@ class CausalGraph:
                 if v not in index:
                     raise GraphError(f"edge {a} <-> {b} names unknown variable {v!r}")
             if a == b:
-                raise GraphError(f"self-loop {a} <-> {a}: a confounder needs two different "
-                                 "variables")
+                raise GraphError(
+                    f"self-loop {a} <-> {a}: a confounder needs two different variables"
+                )
             norm_bi.add(_pair(a, b))
         object.__setattr__(self, "bidirected", frozenset(norm_bi))
         for a, b in self.directed:
@@ -82,13 +85,20 @@ class CausalGraph:
         object.__setattr__(self, "directed", frozenset(self.directed))
         cycle = self._find_cycle()
         if cycle:
-            raise GraphError("directed cycle " + " -> ".join(cycle + [cycle[0]])
-                             + ": a causal graph must be acyclic")
+            raise GraphError(
+                "directed cycle "
+                + " -> ".join(cycle + [cycle[0]])
+                + ": a causal graph must be acyclic"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, nodes: Iterable[str], directed: Iterable[tuple[str, str]] = (),
-              bidirected: Iterable[tuple[str, str]] = ()) -> CausalGraph:
+    def build(
+        cls,
+        nodes: Iterable[str],
+        directed: Iterable[tuple[str, str]] = (),
+        bidirected: Iterable[tuple[str, str]] = (),
+    ) -> CausalGraph:
         """Build a graph from plain iterables (edges may name nodes not listed; they are added)."""
         order: list[str] = []
         seen: set[str] = set()
@@ -173,8 +183,9 @@ class CausalGraph:
     def spouses(self, v: str) -> list[str]:
         """Variables joined to ``v`` by a bidirected edge."""
         self._check([v])
-        return self.order([b for a, b in self.bidirected if a == v]
-                          + [a for a, b in self.bidirected if b == v])
+        return self.order(
+            [b for a, b in self.bidirected if a == v] + [a for a, b in self.bidirected if b == v]
+        )
 
     def parents_of(self, vs: Iterable[str]) -> set[str]:
         """pa(S) \\ S."""
@@ -283,8 +294,9 @@ class CausalGraph:
     def remove_outgoing(self, vs: Iterable[str]) -> CausalGraph:
         """G_{underline S}: remove directed edges out of S (used by do-calculus rule 2)."""
         s = set(self._check(vs))
-        return CausalGraph(self.nodes, frozenset(e for e in self.directed if e[0] not in s),
-                           self.bidirected)
+        return CausalGraph(
+            self.nodes, frozenset(e for e in self.directed if e[0] not in s), self.bidirected
+        )
 
     # ------------------------------------------------------------------ d-separation
     def latent_projection_dag(self) -> nx.DiGraph:
@@ -347,8 +359,10 @@ def parse_graph(text: str) -> CausalGraph:
 
     def add_node(v: str, where: str) -> None:
         if not NAME_RE.match(v) or len(v) > _MAX_NAME:
-            raise GraphError(f"bad variable name {v!r} {where}: use letters, digits and '_', "
-                             f"starting with a letter or '_' (at most {_MAX_NAME} characters)")
+            raise GraphError(
+                f"bad variable name {v!r} {where}: use letters, digits and '_', "
+                f"starting with a letter or '_' (at most {_MAX_NAME} characters)"
+            )
         if v not in seen:
             seen.add(v)
             nodes.append(v)
@@ -364,23 +378,36 @@ def parse_graph(text: str) -> CausalGraph:
                     raise GraphError(f"edge {' '.join(tokens[-2:])} has no target {where}")
                 # Report the first token out of the name/arrow alternation ('A B', '=>',
                 # '<--'); misplaced arrows ('A -> -> B') are reported by the loop below.
-                bad = next((t for i, t in enumerate(tokens)
-                            if not (_NAMEISH_RE.match(t) if i % 2 == 0
-                                    else t in _ARROWS or t == "--")), tokens[-1])
+                bad = next(
+                    (
+                        t
+                        for i, t in enumerate(tokens)
+                        if not (_NAMEISH_RE.match(t) if i % 2 == 0 else t in _ARROWS or t == "--")
+                    ),
+                    tokens[-1],
+                )
                 if _NAMEISH_RE.match(bad):
-                    raise GraphError(f"unexpected {bad!r} {where}: expected 'A -> B', "
-                                     "'A <- B', 'A <-> B' or a variable name")
+                    raise GraphError(
+                        f"unexpected {bad!r} {where}: expected 'A -> B', "
+                        "'A <- B', 'A <-> B' or a variable name"
+                    )
                 if bad not in _ARROWS and bad != "--":
-                    raise GraphError(f"unknown token {bad!r} {where}: expected '->', "
-                                     "'<-' or '<->' between variables")
+                    raise GraphError(
+                        f"unknown token {bad!r} {where}: expected '->', "
+                        "'<-' or '<->' between variables"
+                    )
             for i, tok in enumerate(tokens):
                 if i % 2 == 1:
                     if tok == "--":
-                        raise GraphError(f"undirected edge '--' {where}: use '->' for a cause "
-                                         "or '<->' for a latent confounder")
+                        raise GraphError(
+                            f"undirected edge '--' {where}: use '->' for a cause "
+                            "or '<->' for a latent confounder"
+                        )
                     if tok not in _ARROWS:
-                        raise GraphError(f"unknown token {tok!r} {where}: expected '->', "
-                                         "'<-' or '<->' between variables")
+                        raise GraphError(
+                            f"unknown token {tok!r} {where}: expected '->', "
+                            "'<-' or '<->' between variables"
+                        )
                 else:
                     if tok in _ARROWS or tok == "--":
                         raise GraphError(f"edge {tok!r} is missing a variable {where}")

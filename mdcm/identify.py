@@ -118,9 +118,14 @@ def _product(factors: Iterable[Expr]) -> Expr:
         merged = False
         for i, f1 in enumerate(flat):
             for j, f2 in enumerate(flat):
-                if (i != j and isinstance(f1, Prob) and isinstance(f2, Prob)
-                        and f1.regime == f2.regime and f2.given == f1.given | f1.target
-                        and not f1.target & f2.target):
+                if (
+                    i != j
+                    and isinstance(f1, Prob)
+                    and isinstance(f2, Prob)
+                    and f1.regime == f2.regime
+                    and f2.given == f1.given | f1.target
+                    and not f1.target & f2.target
+                ):
                     flat[i] = Prob(f1.target | f2.target, f1.given, f1.regime)
                     del flat[j]
                     merged = True
@@ -179,8 +184,13 @@ def _fraction(num: Expr, den: Expr) -> Expr:
         rest = list(num.factors)
         rest.remove(den)
         return _product(rest)
-    if (isinstance(num, Prob) and isinstance(den, Prob) and num.given == den.given
-            and num.regime == den.regime and den.target < num.target):
+    if (
+        isinstance(num, Prob)
+        and isinstance(den, Prob)
+        and num.given == den.given
+        and num.regime == den.regime
+        and den.target < num.target
+    ):
         return Prob(num.target - den.target, num.given | den.target, num.regime)
     return Fraction(num, den)
 
@@ -209,8 +219,9 @@ def _names(vs: Iterable[str], env: Mapping[str, str], key: Callable[[str], objec
     return ", ".join(env.get(v, v) for v in sorted(vs, key=key))
 
 
-def _render(e: Expr, env: dict[str, str], taken: frozenset[str],
-            key: Callable[[str], object]) -> str:
+def _render(
+    e: Expr, env: dict[str, str], taken: frozenset[str], key: Callable[[str], object]
+) -> str:
     """``env`` maps variables to their shown names; ``taken`` holds every name shown by an
     enclosing scope (a shadowed name is never reused, so ``X`` always means the free X)."""
     if isinstance(e, Prob):
@@ -243,15 +254,17 @@ def _render(e: Expr, env: dict[str, str], taken: frozenset[str],
     return f"{_render_atom(e.num, env, taken, key)} / {_render_atom(e.den, env, taken, key)}"
 
 
-def _render_atom(e: Expr, env: dict[str, str], taken: frozenset[str],
-                 key: Callable[[str], object]) -> str:
+def _render_atom(
+    e: Expr, env: dict[str, str], taken: frozenset[str], key: Callable[[str], object]
+) -> str:
     text = _render(e, env, taken, key)
     return text if isinstance(e, Prob) or e == ONE else f"[{text}]"
 
 
 # ============================================================================ evaluation
-def evaluate_estimand(e: Expr, tables: np.ndarray | Mapping[Iterable[str], np.ndarray],
-                      names: Sequence[str]) -> np.ndarray:
+def evaluate_estimand(
+    e: Expr, tables: np.ndarray | Mapping[Iterable[str], np.ndarray], names: Sequence[str]
+) -> np.ndarray:
     """Evaluate an estimand exactly on discrete distributions.
 
     ``tables`` is the observational joint (an array with one axis per name in ``names``), or a
@@ -331,8 +344,7 @@ class Identification:
     witness: tuple[frozenset[str], ...] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
-        return {"identifiable": self.identifiable, "estimand": self.estimand,
-                "reason": self.reason}
+        return {"identifiable": self.identifiable, "estimand": self.estimand, "reason": self.reason}
 
     @property
     def regimes_used(self) -> tuple[frozenset[str], ...]:
@@ -362,14 +374,14 @@ class Identification:
 class _Hedge(Exception):
     """Line 5 of ID: FAIL(F, F') with F = the current graph's variables and F' = F ∩ S."""
 
-    def __init__(self, f: frozenset[str], f_prime: frozenset[str], x: frozenset[str],
-                 y: frozenset[str]) -> None:
+    def __init__(
+        self, f: frozenset[str], f_prime: frozenset[str], x: frozenset[str], y: frozenset[str]
+    ) -> None:
         super().__init__(f, f_prime)
         self.f, self.f_prime, self.x, self.y = f, f_prime, x, y
 
 
-def _id(y: frozenset[str], x: frozenset[str], p: Expr, g: CausalGraph,
-        topo: Sequence[str]) -> Expr:
+def _id(y: frozenset[str], x: frozenset[str], p: Expr, g: CausalGraph, topo: Sequence[str]) -> Expr:
     """ID(y, x, P, G) of Shpitser & Pearl (2006), Fig. 3. ``p`` is an expression for the
     distribution over the variables of ``g``; ``topo`` is a topological order of the full
     graph (its restriction is the order π of every sub-graph)."""
@@ -402,8 +414,7 @@ def _id(y: frozenset[str], x: frozenset[str], p: Expr, g: CausalGraph,
         raise _Hedge(v, s, x, y)
     # Line 6: if S ∈ C(G), return Σ_{s \ y} Π_{V_i ∈ S} P(v_i | v_π^(i-1)).
     if s in g_comps:
-        return _sum(s - y, _product(_conditional(p, v, vi, before(vi))
-                                    for vi in order if vi in s))
+        return _sum(s - y, _product(_conditional(p, v, vi, before(vi)) for vi in order if vi in s))
     # Line 7: if S ⊂ S' ∈ C(G), return ID(y, x ∩ S', Π_{V_i ∈ S'} P(V_i | V_π^(i-1) ∩ S',
     #         v_π^(i-1) \ S'), G_{S'}). The variables of v_π^(i-1) \ S' lie in X: they stay free.
     s2 = next(c for c in g_comps if s < c)
@@ -424,8 +435,9 @@ class _TianFail(Exception):
         self.t = t
 
 
-def _tian_identify(c: frozenset[str], t: frozenset[str], q: Expr, g: CausalGraph,
-                   topo: Sequence[str]) -> Expr:
+def _tian_identify(
+    c: frozenset[str], t: frozenset[str], q: Expr, g: CausalGraph, topo: Sequence[str]
+) -> Expr:
     """Identify(C, T, Q[T]) of Tian & Pearl (2002): Q[C] from Q[T] for C ⊆ T, T a c-component
     of its own subgraph. Raises :class:`_TianFail` when An(C) in G[T] is all of T."""
     a = frozenset(g.subgraph(t).ancestors(c))
@@ -440,13 +452,17 @@ def _tian_identify(c: frozenset[str], t: frozenset[str], q: Expr, g: CausalGraph
     q_a = _marginal(q, t, a)
     t2 = g.subgraph(a).c_component_of(next(iter(c)))
     order = [u for u in topo if u in a]
-    q_t2 = _product(_conditional(q_a, a, vi, order[: order.index(vi)])
-                    for vi in order if vi in t2)
+    q_t2 = _product(_conditional(q_a, a, vi, order[: order.index(vi)]) for vi in order if vi in t2)
     return _tian_identify(c, t2, q_t2, g, topo)
 
 
-def _gid(y: frozenset[str], x: frozenset[str], regimes: Sequence[frozenset[str]],
-         g: CausalGraph, topo: Sequence[str]) -> tuple[Expr, list[tuple[frozenset, frozenset]]]:
+def _gid(
+    y: frozenset[str],
+    x: frozenset[str],
+    regimes: Sequence[frozenset[str]],
+    g: CausalGraph,
+    topo: Sequence[str],
+) -> tuple[Expr, list[tuple[frozenset, frozenset]]]:
     """P(y | do(x)) from {P_{do(I)} : I in regimes} (∅ = observational), via the c-factor
     criterion of Lee, Correa & Bareinboim (2019). Returns the estimand and, per c-factor D_i,
     the regime used."""
@@ -465,13 +481,18 @@ def _gid(y: frozenset[str], x: frozenset[str], regimes: Sequence[frozenset[str]]
             t = g_z.c_component_of(next(iter(d_i)))
             # Q[T] for a c-component T of G[V \ I]: Π_{V_i ∈ T} P_{do(I)}(v_i | v_π^(i-1)).
             order = [u for u in topo if u in rest]
-            q_t = _product(Prob(frozenset({vi}), frozenset(order[: order.index(vi)]), z)
-                           for vi in order if vi in t)
+            q_t = _product(
+                Prob(frozenset({vi}), frozenset(order[: order.index(vi)]), z)
+                for vi in order
+                if vi in t
+            )
             try:
                 factors.append(_tian_identify(d_i, t, q_t, g_z, topo))
             except _TianFail as fail:
-                attempts.append(f"{_regime_text(z, g)}: an({_set(d_i, g)}) covers "
-                                f"its c-component {_set(fail.t, g)}")
+                attempts.append(
+                    f"{_regime_text(z, g)}: an({_set(d_i, g)}) covers "
+                    f"its c-component {_set(fail.t, g)}"
+                )
                 continue
             used.append((d_i, z))
             break
@@ -504,14 +525,21 @@ def _names_arg(vs: Iterable[str] | str, what: str, g: CausalGraph) -> frozenset[
     out = frozenset(vs)
     for v in out:
         if v not in g.nodes:
-            raise IdentificationError(f"{what} names unknown variable {v!r}; the graph has "
-                                      f"{', '.join(g.nodes)}")
+            raise IdentificationError(
+                f"{what} names unknown variable {v!r}; the graph has {', '.join(g.nodes)}"
+            )
     return out
 
 
-def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str],
-             given: Iterable[str] = (), interventions: Iterable[Iterable[str]] = (), *,
-             algorithm: str = "auto") -> Identification:
+def identify(
+    graph: CausalGraph,
+    treatment: Iterable[str],
+    outcome: Iterable[str],
+    given: Iterable[str] = (),
+    interventions: Iterable[Iterable[str]] = (),
+    *,
+    algorithm: str = "auto",
+) -> Identification:
     """Decide whether ``P(outcome | do(treatment), given)`` is identifiable from the
     observational distribution plus one interventional distribution per set in
     ``interventions`` (the variables intervened on in that dataset).
@@ -542,8 +570,11 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
         raise IdentificationError("treatment is empty: name at least one intervened variable")
     if not y:
         raise IdentificationError("outcome is empty: name at least one outcome variable")
-    for a, b, na, nb in ((x, y, "treatment", "outcome"), (x, z, "treatment", "given"),
-                         (y, z, "outcome", "given")):
+    for a, b, na, nb in (
+        (x, y, "treatment", "outcome"),
+        (x, z, "treatment", "given"),
+        (y, z, "outcome", "given"),
+    ):
         if a & b:
             raise IdentificationError(f"{_list(a & b, graph)} is both {na} and {nb}")
     if algorithm not in ("auto", "id", "gid"):
@@ -566,17 +597,23 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
     x_z = x - graph.ancestors(z) if z else x
     if algorithm == "auto" and graph.mutilate(x_z).d_separated(y, x, z):
         expr = Prob(y, z)
-        return done(expr, f"no causal effect: {_list(y, graph)} is d-separated from "
-                          f"{_list(x, graph)}{' given ' + _list(z, graph) if z else ''} once "
-                          f"the edges into {_list(x_z, graph)} are removed (do-calculus rule 3), "
-                          f"so {query} = {render(expr, key)}")
+        return done(
+            expr,
+            f"no causal effect: {_list(y, graph)} is d-separated from "
+            f"{_list(x, graph)}{' given ' + _list(z, graph) if z else ''} once "
+            f"the edges into {_list(x_z, graph)} are removed (do-calculus rule 3), "
+            f"so {query} = {render(expr, key)}",
+        )
     # Shortcut (rule 2): (Y ⊥ X | Z) in G with X's outgoing edges removed ⇒ condition on X.
     if algorithm == "auto" and graph.remove_outgoing(x).d_separated(y, x, z):
         expr = Prob(y, x | z)
-        return done(expr, f"no confounding path: {_list(y, graph)} is d-separated from "
-                          f"{_list(x, graph)}{' given ' + _list(z, graph) if z else ''} once "
-                          f"the edges out of {_list(x, graph)} are removed (do-calculus rule 2), "
-                          f"so {query} = {render(expr, key)}")
+        return done(
+            expr,
+            f"no confounding path: {_list(y, graph)} is d-separated from "
+            f"{_list(x, graph)}{' given ' + _list(z, graph) if z else ''} once "
+            f"the edges out of {_list(x, graph)} are removed (do-calculus rule 2), "
+            f"so {query} = {render(expr, key)}",
+        )
 
     # IDC line 1: while some z ∈ Z has (Y ⊥ z | X, Z \ {z}) in G_{\bar X, \underline z},
     # replace P(y | do(x), z) by P(y | do(x, z), Z \ {z}) (rule 2).
@@ -604,27 +641,30 @@ def identify(graph: CausalGraph, treatment: Iterable[str], outcome: Iterable[str
         try:
             p = _id(y | z2, x2, Prob(frozenset(graph.nodes)), graph, topo)
         except _Hedge as h:
-            roots = frozenset(u for u in h.f_prime
-                              if not set(graph.children(u)) & h.f_prime)
+            roots = frozenset(u for u in h.f_prime if not set(graph.children(u)) & h.f_prime)
             treated = (x2 & h.f) or (h.x & h.f)
-            reason = (f"not identifiable: ID fails on a hedge for {query} (Shpitser & Pearl "
-                      f"2006) within the c-forests F = {_set(h.f, graph)} and F' = "
-                      f"{_set(h.f_prime, graph)} (root set {_set(roots, graph)}): F meets the "
-                      f"treatment {_list(treated, graph)}, F' does not")
+            reason = (
+                f"not identifiable: ID fails on a hedge for {query} (Shpitser & Pearl "
+                f"2006) within the c-forests F = {_set(h.f, graph)} and F' = "
+                f"{_set(h.f_prime, graph)} (root set {_set(roots, graph)}): F meets the "
+                f"treatment {_list(treated, graph)}, F' does not"
+            )
             if z - z2:
                 reason += f" (after IDC moved {_list(z - z2, graph)} into the interventions)"
             return Identification(False, None, reason, witness=(h.f, h.f_prime))
-        return done(normalise(p), f"identified by the ID algorithm (Shpitser & Pearl 2006)"
-                                  f"{idc_note}")
+        return done(
+            normalise(p), f"identified by the ID algorithm (Shpitser & Pearl 2006){idc_note}"
+        )
 
     try:
         p, used = _gid(y | z2, x2, regimes, graph, topo)
     except _NotGIdentifiable as fail:
         avail = ", ".join(_regime_text(r, graph) for r in regimes)
-        reason = (f"not identifiable from {avail}: no regime identifies the c-factor "
-                  f"Q[{_list(fail.d_i, graph)}] of {query} (gID, Lee, Correa & Bareinboim 2019): "
-                  + "; ".join(fail.attempts))
+        reason = (
+            f"not identifiable from {avail}: no regime identifies the c-factor "
+            f"Q[{_list(fail.d_i, graph)}] of {query} (gID, Lee, Correa & Bareinboim 2019): "
+            + "; ".join(fail.attempts)
+        )
         return Identification(False, None, reason, witness=(fail.d_i,))
     via = ", ".join(f"Q[{_list(d_i, graph)}] from {_regime_text(r, graph)}" for d_i, r in used)
-    return done(normalise(p), f"identified by gID (Lee, Correa & Bareinboim 2019): {via}"
-                              f"{idc_note}")
+    return done(normalise(p), f"identified by gID (Lee, Correa & Bareinboim 2019): {via}{idc_note}")

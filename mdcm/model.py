@@ -12,37 +12,47 @@ atomically, in an order that never leaves a replaced model unloadable.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .graph import CausalGraph
-from .nets import (
-    ConvImageGenerator,
-    ImageCoder,
-    LatentMixture,
-    MLPGenerator,
-    MLPImageGenerator,
-    gumbel_one_hot,
+from .coders import ImageCoder
+from .files import (
+    MAX_JSON_BYTES,
+    JsonFileError,
+    atomic_write,
+    plain_file_name,
+    read_json_file,
+    replace_with_versioned,
 )
+from .nets import ConvImageGenerator, LatentMixture, MLPGenerator, MLPImageGenerator
 from .variables import Schema, SchemaError, Variable
 
-__all__ = ["ModelConfig", "DCM", "ModelFileError", "StaleModelError", "save_model", "load_model",
-           "MODEL_FORMAT"]
+if TYPE_CHECKING:
+    from .plan import Plan
 
-MODEL_FORMAT = "mdcm-model/1"
+__all__ = [
+    "ModelConfig",
+    "DCM",
+    "ModelFileError",
+    "StaleModelError",
+    "save_model",
+    "load_model",
+    "MODEL_FORMAT",
+    "NoiseStreams",
+]
+
+MODEL_FORMAT = "mdcm-model/2"
+#: formats read and migrated by :func:`_migrate` (1: before image_net and coder_mlp_max were saved)
+OLD_FORMATS = ("mdcm-model/1",)
 IMAGE_NETS = ("auto", "latent", "mlp", "conv")
-_MAX_JSON = 10_000_000
 
 
 class ModelFileError(ValueError):
@@ -67,23 +77,24 @@ class ModelConfig:
     design.md §7). ``"mlp"`` and ``"conv"`` emit pixels and train with WGAN-GP as in the
     paper; they can give sharper images with a GPU and time."""
 
-    noise_dim: int = 8            # Z_V of label/continuous mechanisms
-    image_noise_dim: int = 32     # Z_V of image mechanisms (Gaussian part)
-    image_modes: int = 64         # latent mechanisms: mixture components (64 vs 32: colored
-                                  # digits feature error lower on 3 of 4 seeds, worst 0.042 vs
-                                  # 0.064); pixel ones: + a uniform one-hot latent (0 = none)
-    confounder_dim: int = 4       # U per bidirected edge
-    hidden: int = 64              # MLP width of label mechanisms and critics
-    image_hidden: int = 256       # MLP width of latent/tiny-image mechanisms and coders
-    image_channels: int = 32      # base width of conv image mechanisms / critics
-    image_net: str = "auto"       # "latent" | "mlp" | "conv" | "auto" (= "latent"), see below
-    code_dim: int = 8             # image code seen by label mechanisms and label-stage losses
-    coder_mlp_max: int = 4096     # image coders: MLP for images of at most this many values
+    noise_dim: int = 8  # Z_V of label/continuous mechanisms
+    image_noise_dim: int = 32  # Z_V of image mechanisms (Gaussian part)
+    image_modes: int = 64  # latent mechanisms: mixture components (64 vs 32: colored
+    # digits feature error lower on 3 of 4 seeds, worst 0.042 vs
+    # 0.064); pixel ones: + a uniform one-hot latent (0 = none)
+    confounder_dim: int = 4  # U per bidirected edge
+    hidden: int = 64  # MLP width of label mechanisms and critics
+    image_hidden: int = 256  # MLP width of latent/tiny-image mechanisms and coders
+    image_channels: int = 32  # base width of conv image mechanisms / critics
+    image_net: str = "auto"  # "latent" | "mlp" | "conv" | "auto" (= "latent"), see below
+    code_dim: int = 8  # image code seen by label mechanisms and label-stage losses
+    coder_mlp_max: int = 4096  # image coders: MLP for images of at most this many values
 
     def __post_init__(self) -> None:
         if self.image_net not in IMAGE_NETS:
-            raise ValueError(f"image_net must be one of {', '.join(IMAGE_NETS)}, "
-                             f"not {self.image_net!r}")
+            raise ValueError(
+                f"image_net must be one of {', '.join(IMAGE_NETS)}, not {self.image_net!r}"
+            )
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, int) and v < (0 if f.name == "image_modes" else 1):
@@ -100,6 +111,43 @@ class ModelConfig:
     def image_kind(self) -> str:
         """The image mechanism kind: ``image_net`` with "auto" resolved ("latent")."""
         return "latent" if self.image_net == "auto" else self.image_net
+
+
+class NoiseStreams:
+    """Per-variable and per-confounder random streams of one forward pass (see
+    :meth:`DCM.forward_values`): stream ``i`` is a generator seeded with ``base + i``."""
+
+    def __init__(self, model: DCM, gen: torch.Generator | None, base: int | None) -> None:
+        self.model = model
+        self.dev = model.device
+        if base is None:
+            base = int(
+                torch.randint(
+                    0, 2**62, (1,), generator=gen, device=gen.device if gen is not None else "cpu"
+                )
+            )
+        self.base = int(base)
+        self._u: dict[int, torch.Tensor] = {}
+
+    def _gen(self, index: int) -> torch.Generator:
+        g = torch.Generator(device=self.dev)
+        g.manual_seed((self.base + 7919 * (index + 1)) % 2**63)
+        return g
+
+    def own(self, v: str) -> torch.Generator:
+        """The generator ``Z_V`` of variable ``v`` is drawn from."""
+        return self._gen(self.model.order.index(v))
+
+    def u(self, v: str, n: int) -> torch.Tensor:
+        """The noise of the bidirected edges touching ``v``, ``(n, k * confounder_dim)``."""
+        k = self.model.config.confounder_dim
+        parts = []
+        for i in self.model._touching[v]:
+            if i not in self._u:
+                g = self._gen(len(self.model.order) + i)
+                self._u[i] = torch.randn(n, k, generator=g, device=self.dev)
+            parts.append(self._u[i])
+        return torch.cat(parts, dim=1) if parts else torch.zeros(n, 0, device=self.dev)
 
 
 def _spec(v: Variable) -> tuple:
@@ -120,15 +168,21 @@ class DCM(nn.Module):
         g = schema.graph
         self.parents: dict[str, tuple[str, ...]] = {v: tuple(g.parents(v)) for v in g.nodes}
         self.confounders: tuple[tuple[str, str], ...] = tuple(
-            sorted(g.bidirected, key=lambda e: (g.nodes.index(e[0]), g.nodes.index(e[1]))))
+            sorted(g.bidirected, key=lambda e: (g.nodes.index(e[0]), g.nodes.index(e[1])))
+        )
         self.specs: dict[str, tuple] = {v.name: _spec(v) for v in schema.variables}
         self.order: tuple[str, ...] = tuple(g.topological_order())
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # tracks the device
         self._touching = {v: [i for i, e in enumerate(self.confounders) if v in e] for v in g.nodes}
-        self.coders = nn.ModuleDict({v.name: ImageCoder(v.shape, config.code_dim,
-                                                        config.image_hidden,
-                                                        config.coder_mlp_max)
-                                     for v in schema.variables if v.kind == "image"})
+        self.coders = nn.ModuleDict(
+            {
+                v.name: ImageCoder(
+                    v.shape, config.code_dim, config.image_hidden, config.coder_mlp_max
+                )
+                for v in schema.variables
+                if v.kind == "image"
+            }
+        )
         self.generators = nn.ModuleDict({v: self._build(v) for v in g.nodes})
 
     # ------------------------------------------------------------------ construction
@@ -137,25 +191,29 @@ class DCM(nn.Module):
         var = self.schema[name]
         return self.config.code_dim if var.kind == "image" else var.width
 
-    def noise_width(self, name: str) -> int:
-        own = self.config.image_noise_dim + self.config.image_modes \
-            if self.schema[name].kind == "image" else self.config.noise_dim
-        return own + self.config.confounder_dim * len(self._touching[name])
-
     def _build(self, name: str) -> nn.Module:
+        """The mechanism of ``name`` (see :class:`mdcm.nets.Mechanism`)."""
         var = self.schema[name]
         cfg = self.config
         cond = sum(self.input_width(p) for p in self.parents[name])
-        noise = self.noise_width(name)
-        if var.kind == "image":
-            kind = cfg.image_kind()
-            if kind == "latent":   # emits a standardised code; forward_values decodes it
-                return LatentMixture(cond, cfg.confounder_dim * len(self._touching[name]),
-                                     cfg.code_dim, max(1, cfg.image_modes), cfg.image_hidden)
-            if kind == "mlp":
-                return MLPImageGenerator(cond, noise, var.shape, cfg.image_hidden)
-            return ConvImageGenerator(cond, noise, var.shape, cfg.image_channels)
-        return MLPGenerator(cond, noise, var.width, cfg.hidden)
+        conf = cfg.confounder_dim * len(self._touching[name])
+        if var.kind != "image":
+            categorical = var.kind == "categorical"
+            return MLPGenerator(cond, cfg.noise_dim, conf, var.width, cfg.hidden, categorical)
+        kind = cfg.image_kind()
+        if kind == "latent":
+            modes = max(1, cfg.image_modes)
+            return LatentMixture(
+                cond, conf, cfg.code_dim, modes, cfg.image_hidden, self.coders[name]
+            )
+        z, modes = cfg.image_noise_dim, cfg.image_modes
+        if kind == "mlp":
+            return MLPImageGenerator(
+                cond, z + modes + conf, var.shape, cfg.image_hidden, z_dim=z, modes=modes
+            )
+        return ConvImageGenerator(
+            cond, z + modes + conf, var.shape, cfg.image_channels, z_dim=z, modes=modes
+        )
 
     def latent_image(self, name: str) -> bool:
         """Whether ``name`` is an image whose mechanism emits a code of ``coders[name]``."""
@@ -177,8 +235,10 @@ class DCM(nn.Module):
         else:
             for v in g.nodes:
                 if tuple(g.parents(v)) != self.parents[v]:
-                    problems.append(f"{v}: built with parents {list(self.parents[v])}, "
-                                    f"the graph now says {g.parents(v)}")
+                    problems.append(
+                        f"{v}: built with parents {list(self.parents[v])}, "
+                        f"the graph now says {g.parents(v)}"
+                    )
                 try:
                     spec = _spec(schema[v])
                 except SchemaError:
@@ -186,8 +246,9 @@ class DCM(nn.Module):
                 if spec != self.specs[v]:
                     problems.append(f"{v}: built as {self.specs[v]}, the schema now says {spec}")
             if set(g.bidirected) != set(self.confounders):
-                problems.append(f"confounders {sorted(self.confounders)} vs now "
-                                f"{sorted(g.bidirected)}")
+                problems.append(
+                    f"confounders {sorted(self.confounders)} vs now {sorted(g.bidirected)}"
+                )
         if problems:
             raise StaleModelError("the model is stale (retrain it): " + "; ".join(problems))
 
@@ -214,16 +275,23 @@ class DCM(nn.Module):
             if bool(((t < 0) | (t >= var.classes)).any()):
                 raise ValueError(f"do({name}=…): class must be in 0..{var.classes - 1}")
             return torch.nn.functional.one_hot(t, var.classes).float()
-        t = torch.as_tensor(np.asarray(value, dtype=np.float32) if not torch.is_tensor(value)
-                            else value).float().to(dev)
+        t = (
+            torch.as_tensor(
+                np.asarray(value, dtype=np.float32) if not torch.is_tensor(value) else value
+            )
+            .float()
+            .to(dev)
+        )
         shape = tuple(var.shape)
         if tuple(t.shape) == shape or (var.kind == "continuous" and t.ndim == 0):
             t = t.reshape(1, *shape).expand(n if n is not None else 1, *shape)
         elif var.kind == "continuous" and t.ndim == 1 and shape == (1,):
             t = t.reshape(-1, 1)
         if tuple(t.shape[1:]) != shape:
-            raise ValueError(f"do({name}=…): expected shape {list(shape)} or [n, {list(shape)}], "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"do({name}=…): expected shape {list(shape)} or [n, {list(shape)}], "
+                f"got {list(t.shape)}"
+            )
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"do({name}=…): value contains NaN or inf")
         if var.kind == "image" and bool((t.abs() > 1.0 + 1e-4).any()):
@@ -251,57 +319,61 @@ class DCM(nn.Module):
         return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ the sampler
-    def forward_values(self, n: int, fixed: Mapping[str, torch.Tensor],
-                       needed: Iterable[str] | None = None, *, gen: torch.Generator | None = None,
-                       tau: float = 1.0, straight_through: bool = False
-                       ) -> dict[str, torch.Tensor]:
+    def forward_values(
+        self,
+        n: int,
+        fixed: Mapping[str, torch.Tensor],
+        needed: Iterable[str] | None = None,
+        *,
+        gen: torch.Generator | None = None,
+        tau: float = 1.0,
+        straight_through: bool = False,
+        noise_seed: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """ONE topological sampling loop over encoded values.
 
         ``fixed`` holds encoded values (n rows) that override mechanisms (do-values, or the real
         do-parents B of a training stage). ``needed`` limits which mechanisms run (default: all);
-        their parents must be in ``fixed`` or ``needed``. Categorical outputs are exact one-hot
-        samples (straight-through Gumbel-softmax gradients when ``straight_through``); image
-        outputs stay linear (the prototype's tanh saturated) and are clamped by :meth:`decode`.
+        their parents must be in ``fixed`` or ``needed``. Each mechanism draws its own noise and
+        applies its own head (:class:`mdcm.nets.Mechanism`); image outputs stay linear (the
+        prototype's tanh saturated) and are clamped by :meth:`decode`.
+
+        Every variable's noise ``Z_V`` and every confounder's ``U`` come from their own stream,
+        seeded from ``noise_seed`` (default: one draw from ``gen``): two calls with the same
+        ``noise_seed`` share all exogenous noise, whichever mechanisms are overridden, which is
+        what a twin network needs (design.md §5a).
         """
         need = set(self.order if needed is None else needed) - set(fixed)
         values: dict[str, torch.Tensor] = dict(fixed)
-        dev = self.device
-        touching = {i for v in need for i in self._touching[v]}
-        us = {i: torch.randn(n, self.config.confounder_dim, generator=gen, device=dev)
-              for i in sorted(touching)}
+        streams = NoiseStreams(self, gen, noise_seed)
         for v in self.order:
             if v not in need:
                 continue
             missing = [p for p in self.parents[v] if p not in values]
             if missing:
-                raise ValueError(f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
-                                 "generated nor given")
-            var = self.schema[v]
-            cond = self.condition(v, values, n)
-            if self.latent_image(v):
-                eps = torch.randn(n, self.config.code_dim, generator=gen, device=dev)
-                conf = torch.cat([cond[:, :0]] + [us[i] for i in self._touching[v]], dim=1)
-                code = self.generators[v].sample(cond, conf, eps, tau, gen, straight_through)
-                values[v] = self.coders[v].decode(code)
-                continue
-            own = self.config.image_noise_dim if var.kind == "image" else self.config.noise_dim
-            noise = [torch.randn(n, own, generator=gen, device=dev)]
-            if var.kind == "image" and self.config.image_modes:
-                # A discrete latent makes multi-modal images (a color, a digit) easy to emit;
-                # with Gaussian noise alone the prototype's generators blended modes.
-                k = self.config.image_modes
-                mode = torch.randint(0, k, (n,), generator=gen, device=dev)
-                noise.append(torch.nn.functional.one_hot(mode, k).float())
-            noise += [us[i] for i in self._touching[v]]
-            out = self.generators[v](cond, torch.cat(noise, dim=1))
-            if var.kind == "categorical":
-                out = gumbel_one_hot(out, tau, gen, straight_through)
-            values[v] = out
+                raise ValueError(
+                    f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
+                    "generated nor given"
+                )
+            values[v] = self.generators[v].sample(
+                self.condition(v, values, n),
+                streams.u(v, n),
+                streams.own(v),
+                tau=tau,
+                straight_through=straight_through,
+            )
         return values
 
     @torch.no_grad()
-    def sample(self, n: int, do: Mapping[str, Any] | None = None, *, seed: int | None = None,
-               hard: bool = True, chunk: int = 8192) -> dict[str, torch.Tensor]:
+    def sample(
+        self,
+        n: int,
+        do: Mapping[str, Any] | None = None,
+        *,
+        seed: int | None = None,
+        hard: bool = True,
+        chunk: int = 8192,
+    ) -> dict[str, torch.Tensor]:
         """``n`` samples of every variable from P(V) or P(V | do(...)).
 
         ``do`` values: int (categorical), float or sequence (continuous), image (C,H,W) in
@@ -313,12 +385,13 @@ class DCM(nn.Module):
         do = dict(do or {})
         for k in do:
             if k not in self.specs:
-                raise ValueError(f"do({k}=…): unknown variable; the model has "
-                                 f"{', '.join(self.order)}")
+                raise ValueError(
+                    f"do({k}=…): unknown variable; the model has {', '.join(self.order)}"
+                )
         if n < 1:
             raise ValueError("n must be at least 1")
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2 ** 63)))
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
         enc_do = {k: self.encode(k, v, n) for k, v in do.items()}
         for k, t in enc_do.items():
             if t.shape[0] != n:
@@ -329,8 +402,7 @@ class DCM(nn.Module):
         try:
             for s in range(0, n, chunk):
                 m = min(chunk, n - s)
-                vals = self.forward_values(m, {k: t[s:s + m] for k, t in enc_do.items()},
-                                           gen=gen)
+                vals = self.forward_values(m, {k: t[s : s + m] for k, t in enc_do.items()}, gen=gen)
                 for v in self.order:
                     out[v].append(self.decode(v, vals[v], hard))
         finally:
@@ -343,32 +415,24 @@ def _versions() -> dict:
     import safetensors
 
     from . import __version__
-    return {"mdcm": __version__, "torch": torch.__version__,
-            "safetensors": getattr(safetensors, "__version__", "?")}
+
+    return {
+        "mdcm": __version__,
+        "torch": torch.__version__,
+        "safetensors": getattr(safetensors, "__version__", "?"),
+    }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def state_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-                ) -> bytes:
+def state_bytes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
     """Serialise tensors with safetensors (contiguous CPU copies; no pickle)."""
     from safetensors.torch import save
 
-    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
-                metadata=dict(metadata or {}))
+    return save(
+        {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+        metadata=dict(metadata or {}),
+    )
 
 
 def read_safetensors(path: Path, what: str = "model") -> dict[str, torch.Tensor]:
@@ -382,76 +446,25 @@ def read_safetensors(path: Path, what: str = "model") -> dict[str, torch.Tensor]
     header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     looks_ok = header_len > 0 and 8 + header_len <= len(data) and data[8:9] == b"{"
     if not looks_ok and (data[:1] == b"\x80" or data[:2] == b"PK"):
-        raise ModelFileError(f"{what} file {path} is a pickle/torch.save payload, not safetensors; "
-                             "refusing to load it (pickles can run code)")
+        raise ModelFileError(
+            f"{what} file {path} is a pickle/torch.save payload, not safetensors; "
+            "refusing to load it (pickles can run code)"
+        )
     if len(data) < 8:
         raise ModelFileError(f"{what} file {path} is truncated ({len(data)} bytes)")
     if not looks_ok:
-        raise ModelFileError(f"{what} file {path} is not a valid safetensors file "
-                             "(bad or truncated header)")
+        raise ModelFileError(
+            f"{what} file {path} is not a valid safetensors file (bad or truncated header)"
+        )
     try:
         return load(data)
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{what} file {path} is not a valid safetensors file: {exc}") from None
 
 
-def _plan_json(plan: Any) -> Any:
-    if plan is None:
-        return None
-    for attr in ("to_json", "as_json"):
-        if hasattr(plan, attr):
-            return getattr(plan, attr)()
-    return {"repr": repr(plan)}
-
-
-def plain_file_name(name: Any, folder: Path) -> str | None:
-    """``name`` if it is a plain file name (no path separators, not hidden/dot-dot) naming a
-    file inside ``folder``; else None. Pointer names in model/checkpoint json go through this so
-    a tampered json cannot redirect the loader outside its folder."""
-    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith("."):
-        return None
-    if "/" in name or "\\" in name or os.sep in name or "\x00" in name:
-        return None
-    if Path(name).name != name or not (folder / name).is_file():
-        return None
-    return name
-
-
-def replace_with_versioned(folder: Path, files: Mapping[str, bytes],
-                           write_pointer: Any) -> None:
-    """Crash-safe replacement of fixed-name files that a json pointer file describes.
-
-    Order (each write atomic): 1. every new file under a versioned name (``stem-<sha8>.ext``);
-    2. ``write_pointer(names)`` with the versioned names; 3. versioned -> fixed names;
-    4. ``write_pointer(fixed names)``; 5. remove versioned leftovers. A failure in 1-2 leaves
-    the old pointer and old files untouched (the new versioned files are removed); after 2 every
-    state is loadable, because loaders read the file the pointer names and fall back to the
-    fixed name.
-    """
-    made: dict[str, str] = {}
-    try:
-        for fixed, data in files.items():
-            stem, dot, ext = fixed.partition(".")
-            vname = f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}{dot}{ext}"
-            _atomic_write(folder / vname, data)
-            made[fixed] = vname
-        write_pointer(dict(made))
-    except BaseException:
-        for vname in made.values():
-            with contextlib.suppress(OSError):
-                (folder / vname).unlink()
-        raise
-    for fixed, vname in made.items():
-        os.replace(folder / vname, folder / fixed)
-    write_pointer({fixed: fixed for fixed in files})
-    for fixed in files:  # versioned leftovers of an earlier save that stopped after step 2
-        stem, dot, ext = fixed.partition(".")
-        for old in folder.glob(f"{stem}-{'[0-9a-f]' * 8}{dot}{ext}"):
-            with contextlib.suppress(OSError):
-                old.unlink()
-
-
-def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None = None) -> Path:
+def save_model(
+    model: DCM, path: Path, *, plan: Plan | None = None, extra: dict | None = None
+) -> Path:
     """Write ``path/model.safetensors`` and ``path/model.json`` so that replacing a model can
     never leave the folder unloadable: the new weights go under a versioned name recorded in a
     new model.json first, and are only then renamed over ``model.safetensors``
@@ -467,7 +480,7 @@ def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None =
         # "auto" written resolved: a later default cannot change what the weights mean
         "config": dict(model.config.to_json(), image_net=model.config.image_kind()),
         "parents": {v: list(p) for v, p in model.parents.items()},
-        "plan": _plan_json(plan),
+        "plan": plan.to_json() if plan is not None else None,
         "versions": _versions(),
         "weights": "model.safetensors",
         "sha256": hashlib.sha256(blob).hexdigest(),
@@ -475,37 +488,64 @@ def save_model(model: DCM, path: Path, *, plan: Any = None, extra: dict | None =
     }
 
     def write_json(names: Mapping[str, str]) -> None:
-        _atomic_write(path / "model.json", json.dumps(
-            dict(meta, weights=names["model.safetensors"]), indent=1, default=str).encode())
+        atomic_write(
+            path / "model.json",
+            json.dumps(
+                dict(meta, weights=names["model.safetensors"]), indent=1, default=str
+            ).encode(),
+        )
 
     replace_with_versioned(path, {"model.safetensors": blob}, write_json)
     return path
 
 
 def read_model_json(path: Path) -> dict:
-    """The model.json of a model folder, checked for format."""
+    """The model.json of a model folder, checked for format and migrated to the current one."""
     path = Path(path)
     jpath = path / "model.json" if path.is_dir() else path
     if not jpath.exists():
         raise ModelFileError(f"no model.json in {path}: not a saved mdcm model")
-    if jpath.stat().st_size > _MAX_JSON:
+    if jpath.stat().st_size > MAX_JSON_BYTES:
         raise ModelFileError(f"{jpath} is too large to be a model description")
     try:
-        meta = json.loads(jpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{jpath} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ModelFileError(f"{jpath} is nested too deeply to be a model description") from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else None
+        meta = read_json_file(jpath)
+    except JsonFileError as exc:
+        raise ModelFileError(f"{jpath} {exc}") from None
+    fmt = meta.get("format")
+    if fmt in OLD_FORMATS:
+        meta = _migrate(meta)
+    elif fmt != MODEL_FORMAT:
         raise ModelFileError(f"{jpath}: unknown model format {fmt!r} (expected {MODEL_FORMAT})")
     return meta
 
 
+def _migrate(meta: dict) -> dict:
+    """A ``mdcm-model/1`` description in today's terms. Format 1 did not record
+    ``coder_mlp_max`` (coders were MLPs up to 1024 values then), and wrote ``image_net="auto"``
+    when "auto" meant pixel generators: MLP for images of at most 1024 values, conv above."""
+    config = dict(meta.get("config") or {})
+    config.setdefault("coder_mlp_max", 1024)
+    if config.get("image_net", "auto") == "auto":
+        try:
+            schema = Schema.from_json(meta["schema"])
+        except (KeyError, TypeError, ValueError):
+            schema = None
+        sizes = {
+            "mlp" if int(np.prod(v.shape)) <= 1024 else "conv"
+            for v in (schema.variables if schema else ())
+            if v.kind == "image"
+        }
+        config["image_net"] = sizes.pop() if len(sizes) == 1 else "mlp"
+    return dict(meta, format=MODEL_FORMAT, config=config)
+
+
 def _same_schema(a: Schema, b: Schema) -> bool:
-    return (a.graph.nodes == b.graph.nodes or set(a.graph.nodes) == set(b.graph.nodes)) and \
-        a.graph.directed == b.graph.directed and a.graph.bidirected == b.graph.bidirected and \
-        {v.name: _spec(v) for v in a.variables} == {v.name: _spec(v) for v in b.variables}
+    return (
+        (a.graph.nodes == b.graph.nodes or set(a.graph.nodes) == set(b.graph.nodes))
+        and a.graph.directed == b.graph.directed
+        and a.graph.bidirected == b.graph.bidirected
+        and {v.name: _spec(v) for v in a.variables} == {v.name: _spec(v) for v in b.variables}
+    )
 
 
 def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
@@ -519,21 +559,13 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{folder}/model.json: bad schema or config ({exc})") from None
-    if "coder_mlp_max" not in meta["config"]:   # written when coders were MLPs up to 1024
-        config = replace(config, coder_mlp_max=1024)
-    if config.image_net == "auto":
-        # written before image_net was saved resolved, when "auto" meant pixel generators:
-        # MLP for images of at most 1024 values, conv above
-        legacy = {"mlp" if int(np.prod(v.shape)) <= 1024 else "conv"
-                  for v in schema.variables if v.kind == "image"}
-        if len(legacy) == 1:
-            config = replace(config, image_net=legacy.pop())
     if expect_schema is not None and not _same_schema(schema, expect_schema):
         raise ModelFileError(
             f"model in {folder} was trained for graph '{schema.graph}' with variables "
             f"{ {v.name: v.to_json() for v in schema.variables} }, but the study has graph "
             f"'{expect_schema.graph}' with variables "
-            f"{ {v.name: v.to_json() for v in expect_schema.variables} }; retrain for this study")
+            f"{ {v.name: v.to_json() for v in expect_schema.variables} }; retrain for this study"
+        )
     # the weights file model.json names (a versioned name while a save is in progress), else the
     # fixed name; the name must be a plain file inside the folder
     wpath = folder / (plain_file_name(meta.get("weights"), folder) or "model.safetensors")
@@ -542,15 +574,19 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
     digest = hashlib.sha256(wpath.read_bytes()).hexdigest()
     tensors = read_safetensors(wpath)
     if digest != meta.get("sha256"):
-        raise ModelFileError(f"{wpath} does not match the sha256 recorded in model.json "
-                             "(the file was modified, truncated or replaced)")
+        raise ModelFileError(
+            f"{wpath} does not match the sha256 recorded in model.json "
+            "(the file was modified, truncated or replaced)"
+        )
     model = DCM(schema, config)
     missing = set(model.state_dict()) - set(tensors)
     unexpected = set(tensors) - set(model.state_dict())
     if missing or unexpected:
-        raise ModelFileError(f"{wpath}: weights do not fit the recorded schema "
-                             f"(missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]})")
+        raise ModelFileError(
+            f"{wpath}: weights do not fit the recorded schema "
+            f"(missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -560,7 +596,3 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
             p.requires_grad_(False)
     model.eval()
     return model
-
-
-def graph_of(model: DCM) -> CausalGraph:
-    return model.schema.graph

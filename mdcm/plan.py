@@ -74,8 +74,10 @@ class Regime:
         do = [do] if isinstance(do, str) else list(do)
         for v in do:
             if not isinstance(v, str) or v not in graph.nodes:
-                raise PlanError(f"intervention on unknown variable {v!r}; the graph has "
-                                f"{', '.join(graph.nodes)}")
+                raise PlanError(
+                    f"intervention on unknown variable {v!r}; the graph has "
+                    f"{', '.join(graph.nodes)}"
+                )
         return cls(frozenset(do), tuple(graph.order(do)))
 
     @property
@@ -95,8 +97,11 @@ class Regime:
             return cls()
         if not isinstance(data, dict) or not isinstance(data.get("do"), list):
             raise PlanError(f"regime must be 'observational' or {{'do': [...]}}, not {data!r}")
-        return cls.of(graph, data["do"]) if graph is not None else cls(frozenset(data["do"]),
-                                                                        tuple(data["do"]))
+        return (
+            cls.of(graph, data["do"])
+            if graph is not None
+            else cls(frozenset(data["do"]), tuple(data["do"]))
+        )
 
 
 @dataclass(frozen=True)
@@ -118,13 +123,21 @@ class Target:
         return len(self.matches) == 1 and not self.frozen
 
     def to_json(self) -> dict:
-        return {"regime": self.regime.to_json(), "matches": list(self.matches),
-                "given": list(self.given), "frozen": list(self.frozen)}
+        return {
+            "regime": self.regime.to_json(),
+            "matches": list(self.matches),
+            "given": list(self.given),
+            "frozen": list(self.frozen),
+        }
 
     @classmethod
     def from_json(cls, data: dict, graph: CausalGraph | None = None) -> Target:
-        return cls(Regime.from_json(data["regime"], graph), tuple(data["matches"]),
-                   tuple(data["given"]), tuple(data.get("frozen", ())))
+        return cls(
+            Regime.from_json(data["regime"], graph),
+            tuple(data["matches"]),
+            tuple(data["given"]),
+            tuple(data.get("frozen", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,12 +152,19 @@ class Stage:
     reasons: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        after = (f"after stage{'s' if len(self.depends_on) > 1 else ''} "
-                 + ", ".join(map(str, self.depends_on))) if self.depends_on else "no dependencies"
+        after = (
+            (
+                f"after stage{'s' if len(self.depends_on) > 1 else ''} "
+                + ", ".join(map(str, self.depends_on))
+            )
+            if self.depends_on
+            else "no dependencies"
+        )
         lines = [f"Stage {self.id} (level {self.level}, {after}): trains {_names(self.trains)}"]
         if not self.targets:
-            lines.append("  no dataset can train this stage (every regime intervenes on it "
-                         "or breaks R2)")
+            lines.append(
+                "  no dataset can train this stage (every regime intervenes on it or breaks R2)"
+            )
         for t in self.targets:
             given = _names(t.given) if t.given else "nothing"
             line = f"  {t.regime.label}: matches {_names(t.matches)}; conditions on {given}"
@@ -152,8 +172,10 @@ class Stage:
                 line += f"; runs {_names(t.frozen)} frozen"
             if t.is_conditional:
                 cond = f"P({t.matches[0]} | {_names(t.given)})" if t.given else f"P({t.matches[0]})"
-                line += (f" (a plain conditional {cond}: a pre-trained conditional generator can "
-                         "stand in)")
+                line += (
+                    f" (a plain conditional {cond}: a pre-trained conditional generator can "
+                    "stand in)"
+                )
             lines.append(line)
         if self.reasons:
             lines.append("  why:")
@@ -161,9 +183,14 @@ class Stage:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "trains": list(self.trains), "depends_on": list(self.depends_on),
-                "level": self.level, "targets": [t.to_json() for t in self.targets],
-                "reasons": list(self.reasons)}
+        return {
+            "id": self.id,
+            "trains": list(self.trains),
+            "depends_on": list(self.depends_on),
+            "level": self.level,
+            "targets": [t.to_json() for t in self.targets],
+            "reasons": list(self.reasons),
+        }
 
 
 @dataclass(frozen=True)
@@ -192,18 +219,27 @@ class Plan:
         return out
 
     def to_json(self) -> dict:
-        return {"joint": self.joint, "regimes": [r.to_json() for r in self.regimes],
-                "stages": [s.to_json() for s in self.stages]}
+        return {
+            "joint": self.joint,
+            "regimes": [r.to_json() for r in self.regimes],
+            "stages": [s.to_json() for s in self.stages],
+        }
 
     @classmethod
     def from_json(cls, data: dict, graph: CausalGraph) -> Plan:
         """Read back :meth:`to_json` (e.g. a plan saved with a training run)."""
         try:
             stages = tuple(
-                Stage(int(s["id"]), tuple(s["trains"]), tuple(s["depends_on"]), int(s["level"]),
-                      tuple(Target.from_json(t, graph) for t in s["targets"]),
-                      tuple(s.get("reasons", ())))
-                for s in data["stages"])
+                Stage(
+                    int(s["id"]),
+                    tuple(s["trains"]),
+                    tuple(s["depends_on"]),
+                    int(s["level"]),
+                    tuple(Target.from_json(t, graph) for t in s["targets"]),
+                    tuple(s.get("reasons", ())),
+                )
+                for s in data["stages"]
+            )
             regimes = tuple(Regime.from_json(r, graph) for r in data.get("regimes", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan JSON is malformed: {exc!r}") from None
@@ -214,9 +250,11 @@ class Plan:
     def describe(self) -> str:
         kind = "Joint (NCM-style) plan" if self.joint else "Modular plan"
         regimes = ", ".join(r.label for r in self.regimes)
-        lines = [f"{kind}: {len(self.stages)} stage"
-                 f"{'s' if len(self.stages) != 1 else ''} in {len(self.levels())} level"
-                 f"{'s' if len(self.levels()) != 1 else ''}; data regimes: {regimes}"]
+        lines = [
+            f"{kind}: {len(self.stages)} stage"
+            f"{'s' if len(self.stages) != 1 else ''} in {len(self.levels())} level"
+            f"{'s' if len(self.levels()) != 1 else ''}; data regimes: {regimes}"
+        ]
         for s in self.stages:
             lines.append(s.describe())
         return "\n".join(lines)
@@ -344,8 +382,8 @@ class _Planner:
             seen_s |= s_new
             for i in _bits(s_new):
                 de_u |= rm.de[i]
-            r1 = b & de_u          # do-parents downstream of A ∪ sp(A): R1 fails (see module doc)
-            r2 = anc_u & ~a        # missing in-component ancestors of frozen variables
+            r1 = b & de_u  # do-parents downstream of A ∪ sp(A): R1 fails (see module doc)
+            r2 = anc_u & ~a  # missing in-component ancestors of frozen variables
             add = r1 | r2
             if log is not None:
                 self._explain(h, a, b, sp_u, r1, r2, rm, log)
@@ -359,8 +397,17 @@ class _Planner:
                 return a
             a |= add
 
-    def _explain(self, h: int, a: int, b: int, sp_u: int, r1: int, r2: int,
-                 rm: _RegimeMasks, log: list[tuple[int, str]]) -> None:
+    def _explain(
+        self,
+        h: int,
+        a: int,
+        b: int,
+        sp_u: int,
+        r1: int,
+        r2: int,
+        rm: _RegimeMasks,
+        log: list[tuple[int, str]],
+    ) -> None:
         nm = self.nodes
         for j in _bits(r1):
             who = next((i for i in _bits(a) if rm.de[i] >> j & 1 and i != j), None)
@@ -372,20 +419,32 @@ class _Planner:
             else:
                 y = next(i for i in _bits(sp_u & ~a) if rm.de[i] >> j & 1)
                 who = next(i for i in _bits(a) if rm.sp[i] >> y & 1)
-                why = (f"do-parent {nm[j]} has an ancestor {nm[y]} that shares a latent "
-                       f"confounder with {nm[who]}")
+                why = (
+                    f"do-parent {nm[j]} has an ancestor {nm[y]} that shares a latent "
+                    f"confounder with {nm[who]}"
+                )
             log.append((j, f"{nm[j]} joins A: {why} ({_R1})"))
         for j in _bits(r2):
             v = next(i for i in _bits(a & ~h) if self.anc_c[i] >> j & 1)
             comp = _set(self.names(self.components[self.comp_of[v]]))
             if rm.do >> j & 1:
-                log.append((j, f"regime {rm.regime.label} not used: frozen {nm[v]} needs its "
-                               f"ancestor {nm[j]} within c-component {comp}, which is intervened "
-                               "on there (R2 cannot hold)"))
+                log.append(
+                    (
+                        j,
+                        f"regime {rm.regime.label} not used: frozen {nm[v]} needs its "
+                        f"ancestor {nm[j]} within c-component {comp}, which is intervened "
+                        "on there (R2 cannot hold)",
+                    )
+                )
             else:
-                log.append((j, f"{nm[j]} joins A: ancestor of frozen {nm[v]} within its "
-                               f"c-component {comp} (R2, a frozen part must be pinned down by "
-                               "its earlier stage)"))
+                log.append(
+                    (
+                        j,
+                        f"{nm[j]} joins A: ancestor of frozen {nm[v]} within its "
+                        f"c-component {comp} (R2, a frozen part must be pinned down by "
+                        "its earlier stage)",
+                    )
+                )
 
     # ------------------------------------------------------------------ steps 3-4
     def plan(self) -> tuple[list[int], dict[int, list[str]], nx.DiGraph]:
@@ -432,8 +491,10 @@ class _Planner:
                         a = None if p & self.regimes[r].do else self.grow(p, r)
                         uses |= (a or 0) & ~p & m_scc
                     needs.append(f"{_set(self.names(p))} runs {_names(self.names(uses))} frozen")
-                reasons.append(f"{_and(labels)} merged: {each} trained first (dependency cycle: "
-                               f"{'; '.join(needs)})")
+                reasons.append(
+                    f"{_and(labels)} merged: {each} trained first (dependency cycle: "
+                    f"{'; '.join(needs)})"
+                )
                 merge_reasons[m] = reasons
                 merged |= set(scc)
                 new_nodes.append(m)
@@ -445,11 +506,14 @@ class _Planner:
 
 
 # ---------------------------------------------------------------------- public functions
-def _regimes(graph: CausalGraph, interventions: Iterable[Iterable[str]] | None,
-             observational: bool) -> tuple[Regime, ...]:
+def _regimes(
+    graph: CausalGraph, interventions: Iterable[Iterable[str]] | None, observational: bool
+) -> tuple[Regime, ...]:
     if isinstance(interventions, str):
-        raise PlanError(f"interventions must be a list of intervened sets such as "
-                        f"[[{interventions!r}]], not the string {interventions!r}")
+        raise PlanError(
+            f"interventions must be a list of intervened sets such as "
+            f"[[{interventions!r}]], not the string {interventions!r}"
+        )
     out: list[Regime] = [Regime()] if observational else []
     for item in interventions or ():
         if isinstance(item, Regime):
@@ -462,8 +526,13 @@ def _regimes(graph: CausalGraph, interventions: Iterable[Iterable[str]] | None,
     return tuple(out)
 
 
-def make_plan(graph: CausalGraph, interventions: Iterable[Iterable[str]] = (), *,
-              joint: bool = False, observational: bool = True) -> Plan:
+def make_plan(
+    graph: CausalGraph,
+    interventions: Iterable[Iterable[str]] = (),
+    *,
+    joint: bool = False,
+    observational: bool = True,
+) -> Plan:
     """The modular training plan for ``graph`` (design.md §2).
 
     ``interventions`` lists the intervened sets of the interventional datasets (a plain string in
@@ -492,8 +561,9 @@ def make_plan(graph: CausalGraph, interventions: Iterable[Iterable[str]] = (), *
             if c & h == c and c & (c - 1):  # a c-component inside H with two or more members
                 names = list(pl.names(c))
                 latent = "a latent" if len(names) == 2 else "latents"
-                reasons.append(f"{_and(names)} train jointly: confounded by {latent} "
-                               "(same c-component)")
+                reasons.append(
+                    f"{_and(names)} train jointly: confounded by {latent} (same c-component)"
+                )
         reasons += merge_reasons.get(h, [])
         targets = []
         why: dict[str, list[str]] = {}
@@ -518,8 +588,14 @@ def make_plan(graph: CausalGraph, interventions: Iterable[Iterable[str]] = (), *
             for i in _bits(a):
                 b |= rm.pa[i]
             b &= ~a
-            targets.append(Target(rm.regime, pl.names(a & ~rm.do), pl.names(b | (a & rm.do)),
-                                  pl.names(a & ~h & ~rm.do)))
+            targets.append(
+                Target(
+                    rm.regime,
+                    pl.names(a & ~rm.do),
+                    pl.names(b | (a & rm.do)),
+                    pl.names(a & ~h & ~rm.do),
+                )
+            )
         all_labels = [t.regime.label for t in targets]
         for msg, labels in why.items():
             if labels == all_labels or msg.startswith("regime "):
@@ -537,17 +613,19 @@ def _joint(graph: CausalGraph, regimes: tuple[Regime, ...]) -> Plan:
         g = graph.mutilate(r.do)
         a = [v for v in graph.nodes if v not in r.do]
         targets.append(Target(r, tuple(a), tuple(graph.order(g.parents_of(a))), ()))
-    reasons = ("joint (NCM-style) baseline: every mechanism trains in one stage against the "
-               "whole joint distribution",)
+    reasons = (
+        "joint (NCM-style) baseline: every mechanism trains in one stage against the "
+        "whole joint distribution",
+    )
     stage = Stage(0, graph.nodes, (), 0, tuple(targets), reasons)
     return Plan(graph, regimes, (stage,), joint=True)
 
 
-def joint_plan(graph: CausalGraph, interventions: Iterable[Iterable[str]] = (), *,
-               observational: bool = True) -> Plan:
+def joint_plan(
+    graph: CausalGraph, interventions: Iterable[Iterable[str]] = (), *, observational: bool = True
+) -> Plan:
     """The trivial baseline plan: one stage, H = A = V, B = ∅ (in regime do(I): A = V \\ I,
     given the intervened parents)."""
     if not isinstance(graph, CausalGraph):
         raise PlanError(f"joint_plan needs a CausalGraph, not {type(graph).__name__}")
     return _joint(graph, _regimes(graph, interventions, observational))
-

@@ -25,12 +25,26 @@ import torch
 
 from .model import DCM
 
-__all__ = ["QueryError", "QueryResult", "EffectRow", "EffectResult", "interventional_distribution",
-           "sample_interventional", "effect_table", "overlap_warning", "identification", "tvd",
-           "ImageProbe", "fit_image_probe", "predictability"]
+__all__ = [
+    "QueryError",
+    "QueryResult",
+    "EffectRow",
+    "EffectResult",
+    "interventional_distribution",
+    "sample_interventional",
+    "effect_table",
+    "overlap_warning",
+    "identification",
+    "tvd",
+    "ImageProbe",
+    "fit_image_probe",
+    "predictability",
+]
 
-NOT_IDENTIFIABLE = ("not identifiable from the available data: the model's answer is one of many "
-                    "that fit the data equally well; do not read it as the causal effect")
+NOT_IDENTIFIABLE = (
+    "not identifiable from the available data: the model's answer is one of many "
+    "that fit the data equally well; do not read it as the causal effect"
+)
 
 
 class QueryError(ValueError):
@@ -43,9 +57,13 @@ def tvd(p: np.ndarray, q: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------- identification
-def identification(graph: Any, treatment: Iterable[str], outcome: Iterable[str],
-                   given: Iterable[str] = (), interventions: Iterable[Iterable[str]] = ()
-                   ) -> Any | None:
+def identification(
+    graph: Any,
+    treatment: Iterable[str],
+    outcome: Iterable[str],
+    given: Iterable[str] = (),
+    interventions: Iterable[Iterable[str]] = (),
+) -> Any | None:
     """The identifiability verdict from :mod:`mdcm.identify` (None if unavailable or trivial)."""
     treatment, outcome, given = list(treatment), list(outcome), list(given)
     if not treatment:
@@ -69,13 +87,13 @@ class QueryResult:
     outcome: str
     do: Mapping[str, Any]
     given: Mapping[str, int]
-    kind: str                            # outcome kind: categorical | continuous | image
-    probs: np.ndarray | None             # categorical: P(outcome = k | ...)
-    ci: np.ndarray | None                # (k, 2) or (d, 2): 95% normal-approximation interval
-    mean: np.ndarray | None              # continuous: E[outcome | ...]
-    n: int                               # accepted samples behind the estimate
-    acceptance_rate: float               # 1.0 without evidence
-    identification: Any | None = None    # mdcm.identify.Identification
+    kind: str  # outcome kind: categorical | continuous | image
+    probs: np.ndarray | None  # categorical: P(outcome = k | ...)
+    ci: np.ndarray | None  # (k, 2) or (d, 2): 95% normal-approximation interval
+    mean: np.ndarray | None  # continuous: E[outcome | ...]
+    n: int  # accepted samples behind the estimate
+    acceptance_rate: float  # 1.0 without evidence
+    identification: Any | None = None  # mdcm.identify.Identification
     warning: str | None = None
     seconds: float = 0.0
     samples: np.ndarray | None = field(default=None, repr=False)
@@ -85,15 +103,22 @@ class QueryResult:
         return None if self.identification is None else bool(self.identification.identifiable)
 
     def to_json(self) -> dict:
-        return {"outcome": self.outcome, "do": {k: _jsonable(v) for k, v in self.do.items()},
-                "given": dict(self.given), "kind": self.kind,
-                "probs": None if self.probs is None else self.probs.tolist(),
-                "ci": None if self.ci is None else self.ci.tolist(),
-                "mean": None if self.mean is None else self.mean.tolist(),
-                "n": self.n, "acceptance_rate": self.acceptance_rate,
-                "identification": None if self.identification is None
-                else self.identification.to_json(),
-                "warning": self.warning, "seconds": self.seconds}
+        return {
+            "outcome": self.outcome,
+            "do": {k: _jsonable(v) for k, v in self.do.items()},
+            "given": dict(self.given),
+            "kind": self.kind,
+            "probs": None if self.probs is None else self.probs.tolist(),
+            "ci": None if self.ci is None else self.ci.tolist(),
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "n": self.n,
+            "acceptance_rate": self.acceptance_rate,
+            "identification": None
+            if self.identification is None
+            else self.identification.to_json(),
+            "warning": self.warning,
+            "seconds": self.seconds,
+        }
 
 
 def _jsonable(v: Any) -> Any:
@@ -106,14 +131,21 @@ def _jsonable(v: Any) -> Any:
 def _check_names(model: DCM, names: Iterable[str], what: str) -> None:
     for v in names:
         if v not in model.specs:
-            raise QueryError(f"{what} names unknown variable {v!r}; the model has "
-                             f"{', '.join(model.order)}")
+            raise QueryError(
+                f"{what} names unknown variable {v!r}; the model has {', '.join(model.order)}"
+            )
 
 
-def sample_interventional(model: DCM, n: int, do: Mapping[str, Any] | None = None, *,
-                          given: Mapping[str, int] | None = None, seed: int = 0,
-                          max_draws: int | None = None, min_accepted: int = 100
-                          ) -> tuple[dict[str, torch.Tensor], float]:
+def sample_interventional(
+    model: DCM,
+    n: int,
+    do: Mapping[str, Any] | None = None,
+    *,
+    given: Mapping[str, int] | None = None,
+    seed: int = 0,
+    max_draws: int | None = None,
+    min_accepted: int = 100,
+) -> tuple[dict[str, torch.Tensor], float]:
     """Up to ``n`` samples of P(V | do(...), given) by rejection on discrete evidence.
 
     Returns (samples, acceptance rate). Raises :class:`QueryError` when fewer than
@@ -125,8 +157,9 @@ def sample_interventional(model: DCM, n: int, do: Mapping[str, Any] | None = Non
     for v, x in given.items():
         var = model.schema[v]
         if var.kind != "categorical":
-            raise QueryError(f"evidence on {v!r}: only categorical evidence is supported "
-                             f"({v} is {var.kind})")
+            raise QueryError(
+                f"evidence on {v!r}: only categorical evidence is supported ({v} is {var.kind})"
+            )
         if not isinstance(x, int | np.integer) or not 0 <= int(x) < var.classes:
             raise QueryError(f"evidence {v}={x!r}: must be a class 0 … {var.classes - 1}")
         if v in do:
@@ -153,18 +186,26 @@ def sample_interventional(model: DCM, n: int, do: Mapping[str, Any] | None = Non
     rate = accepted / max(drawn, 1)
     if accepted < min_accepted:
         ev = ", ".join(f"{k}={v}" for k, v in given.items())
-        raise QueryError(f"evidence {ev} is too rare under the model ({accepted} of {drawn} "
-                         f"samples, acceptance rate {rate:.2%}); the estimate would be noise. "
-                         "Use fewer evidence variables or a more common value")
+        raise QueryError(
+            f"evidence {ev} is too rare under the model ({accepted} of {drawn} "
+            f"samples, acceptance rate {rate:.2%}); the estimate would be noise. "
+            "Use fewer evidence variables or a more common value"
+        )
     out = {v: torch.cat(kept[v])[:n] for v in model.order}
     return out, rate
 
 
-def interventional_distribution(model: DCM, outcome: str, do: Mapping[str, Any] | None = None,
-                                n: int = 4000, seed: int = 0,
-                                given: Mapping[str, int] | None = None, *,
-                                interventions: Iterable[Iterable[str]] = (),
-                                keep_samples: bool = False) -> QueryResult:
+def interventional_distribution(
+    model: DCM,
+    outcome: str,
+    do: Mapping[str, Any] | None = None,
+    n: int = 4000,
+    seed: int = 0,
+    given: Mapping[str, int] | None = None,
+    *,
+    interventions: Iterable[Iterable[str]] = (),
+    keep_samples: bool = False,
+) -> QueryResult:
     """P(outcome | do(...)[, given]) from ``n`` (accepted) model samples, with the verdict.
 
     ``interventions`` lists the intervened sets of the interventional datasets the model was
@@ -195,20 +236,32 @@ def interventional_distribution(model: DCM, outcome: str, do: Mapping[str, Any] 
         mean = yy.mean(0)
         half = 1.96 * yy.std(0, ddof=1) / np.sqrt(max(m, 2))
         ci = np.stack([mean - half, mean + half], 1)
-    return QueryResult(outcome, do, given, var.kind, probs, ci, mean, m, rate, ident, warning,
-                       time.monotonic() - t0,
-                       y.numpy() if keep_samples or var.kind == "image" else None)
+    return QueryResult(
+        outcome,
+        do,
+        given,
+        var.kind,
+        probs,
+        ci,
+        mean,
+        m,
+        rate,
+        ident,
+        warning,
+        time.monotonic() - t0,
+        y.numpy() if keep_samples or var.kind == "image" else None,
+    )
 
 
 # ---------------------------------------------------------------------- effects
 @dataclass(frozen=True)
 class EffectRow:
-    value: int                        # treatment value x
-    probs: np.ndarray                 # P(outcome | do(X=x)) (categorical) or mean (continuous)
-    ci: np.ndarray                    # 95% interval per entry
-    naive: np.ndarray | None          # observational P(outcome | X=x) (or mean) from the data
-    naive_n: int                      # data rows with X=x
-    effect: float                     # P(Y=positive|do(x)) - P(Y=positive|do(ref)), or mean diff
+    value: int  # treatment value x
+    probs: np.ndarray  # P(outcome | do(X=x)) (categorical) or mean (continuous)
+    ci: np.ndarray  # 95% interval per entry
+    naive: np.ndarray | None  # observational P(outcome | X=x) (or mean) from the data
+    naive_n: int  # data rows with X=x
+    effect: float  # P(Y=positive|do(x)) - P(Y=positive|do(ref)), or mean diff
     effect_ci: tuple[float, float]
 
 
@@ -217,10 +270,10 @@ class EffectResult:
     treatment: str
     outcome: str
     reference: int
-    positive: int | None              # outcome class whose probability the effect contrasts
+    positive: int | None  # outcome class whose probability the effect contrasts
     rows: tuple[EffectRow, ...]
     identification: Any | None
-    warning: str | None               # non-identifiability and/or overlap warnings
+    warning: str | None  # non-identifiability and/or overlap warnings
     overlap: str | None
     n: int
     seconds: float
@@ -231,21 +284,45 @@ class EffectResult:
         return self.rows[-1].effect
 
     def to_json(self) -> dict:
-        return {"treatment": self.treatment, "outcome": self.outcome,
-                "reference": self.reference, "positive": self.positive,
-                "rows": [{"value": r.value, "probs": r.probs.tolist(), "ci": r.ci.tolist(),
-                          "naive": None if r.naive is None else r.naive.tolist(),
-                          "naive_n": r.naive_n, "effect": r.effect,
-                          "effect_ci": list(r.effect_ci)} for r in self.rows],
-                "identification": None if self.identification is None
-                else self.identification.to_json(),
-                "warning": self.warning, "overlap": self.overlap, "n": self.n,
-                "seconds": self.seconds}
+        return {
+            "treatment": self.treatment,
+            "outcome": self.outcome,
+            "reference": self.reference,
+            "positive": self.positive,
+            "rows": [
+                {
+                    "value": r.value,
+                    "probs": r.probs.tolist(),
+                    "ci": r.ci.tolist(),
+                    "naive": None if r.naive is None else r.naive.tolist(),
+                    "naive_n": r.naive_n,
+                    "effect": r.effect,
+                    "effect_ci": list(r.effect_ci),
+                }
+                for r in self.rows
+            ],
+            "identification": None
+            if self.identification is None
+            else self.identification.to_json(),
+            "warning": self.warning,
+            "overlap": self.overlap,
+            "n": self.n,
+            "seconds": self.seconds,
+        }
 
 
-def effect_table(model: DCM, study: Any, treatment: str, outcome: str, n: int = 4000,
-                 seed: int = 0, *, reference: int = 0, positive: int | None = None,
-                 check_overlap: bool = True) -> EffectResult:
+def effect_table(
+    model: DCM,
+    study: Any,
+    treatment: str,
+    outcome: str,
+    n: int = 4000,
+    seed: int = 0,
+    *,
+    reference: int = 0,
+    positive: int | None = None,
+    check_overlap: bool = True,
+) -> EffectResult:
     """Per value x of a categorical ``treatment``: P(outcome | do(x)) with 95% intervals, the effect
     on P(outcome = positive) (default: the last class) against ``reference`` with a normal
     interval (independent samples), and the naive P(outcome | X=x) from the observational data."""
@@ -255,8 +332,9 @@ def effect_table(model: DCM, study: Any, treatment: str, outcome: str, n: int = 
     if tvar.kind != "categorical":
         raise QueryError(f"effect_table needs a categorical treatment; {treatment} is {tvar.kind}")
     if yvar.kind == "image":
-        raise QueryError(f"effect_table needs a categorical or continuous outcome; {outcome} "
-                         "is an image")
+        raise QueryError(
+            f"effect_table needs a categorical or continuous outcome; {outcome} is an image"
+        )
     if not 0 <= reference < tvar.classes:
         raise QueryError(f"reference {reference} is not a class of {treatment}")
     if yvar.kind == "categorical":
@@ -265,9 +343,12 @@ def effect_table(model: DCM, study: Any, treatment: str, outcome: str, n: int = 
             raise QueryError(f"positive class {positive} is not a class of {outcome}")
     interventions = list(getattr(study, "interventions", []) or []) if study is not None else []
     obs = getattr(study, "observational", None) if study is not None else None
-    res = [interventional_distribution(model, outcome, {treatment: x}, n, seed + 101 * x,
-                                       interventions=interventions)
-           for x in range(tvar.classes)]
+    res = [
+        interventional_distribution(
+            model, outcome, {treatment: x}, n, seed + 101 * x, interventions=interventions
+        )
+        for x in range(tvar.classes)
+    ]
 
     def stat(r: QueryResult) -> tuple[float, float]:
         if yvar.kind == "categorical":
@@ -287,16 +368,41 @@ def effect_table(model: DCM, study: Any, treatment: str, outcome: str, n: int = 
             naive_n = int(mask.sum())
             yo = np.asarray(obs.columns[outcome])[mask]
             if naive_n:
-                naive = (np.bincount(yo, minlength=yvar.classes) / naive_n
-                         if yvar.kind == "categorical" else yo.reshape(naive_n, -1).mean(0))
-        rows.append(EffectRow(x, r.probs if r.probs is not None else r.mean, r.ci, naive,
-                              naive_n, eff, (eff - half, eff + half)))
+                naive = (
+                    np.bincount(yo, minlength=yvar.classes) / naive_n
+                    if yvar.kind == "categorical"
+                    else yo.reshape(naive_n, -1).mean(0)
+                )
+        rows.append(
+            EffectRow(
+                x,
+                r.probs if r.probs is not None else r.mean,
+                r.ci,
+                naive,
+                naive_n,
+                eff,
+                (eff - half, eff + half),
+            )
+        )
     ident = res[0].identification
-    overlap = overlap_warning(study, model.schema.graph, treatment, outcome) \
-        if check_overlap and study is not None else None
+    overlap = (
+        overlap_warning(study, model.schema.graph, treatment, outcome)
+        if check_overlap and study is not None
+        else None
+    )
     warning = "; ".join(w for w in (_verdict_warning(ident), overlap) if w) or None
-    return EffectResult(treatment, outcome, reference, positive, tuple(rows), ident, warning,
-                        overlap, n, time.monotonic() - t0)
+    return EffectResult(
+        treatment,
+        outcome,
+        reference,
+        positive,
+        tuple(rows),
+        ident,
+        warning,
+        overlap,
+        n,
+        time.monotonic() - t0,
+    )
 
 
 # ---------------------------------------------------------------------- overlap
@@ -357,8 +463,16 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(np.mean(recalls)) if recalls else 0.0
 
 
-def overlap_warning(study: Any, graph: Any, treatment: str, outcome: str, *,
-                    threshold: float = 0.95, max_rows: int = 2000, seed: int = 0) -> str | None:
+def overlap_warning(
+    study: Any,
+    graph: Any,
+    treatment: str,
+    outcome: str,
+    *,
+    threshold: float = 0.95,
+    max_rows: int = 2000,
+    seed: int = 0,
+) -> str | None:
     """A warning when ``treatment`` is almost perfectly predictable (balanced accuracy above
     ``threshold``) from a variable that its estimand adjusts for or passes through: a mediator
     (on a directed path treatment -> … -> outcome) or a parent of the treatment. Then some
@@ -370,8 +484,7 @@ def overlap_warning(study: Any, graph: Any, treatment: str, outcome: str, *,
     schema = study.schema
     if treatment not in obs.columns or schema[treatment].kind != "categorical":
         return None
-    mediators = (graph.descendants([treatment]) & graph.ancestors([outcome])) - {treatment,
-                                                                                   outcome}
+    mediators = (graph.descendants([treatment]) & graph.ancestors([outcome])) - {treatment, outcome}
     candidates = graph.order(mediators | (set(graph.parents(treatment)) - {outcome}))
     x = np.asarray(obs.columns[treatment])
     rows = np.arange(len(x))
@@ -389,9 +502,11 @@ def overlap_warning(study: Any, graph: Any, treatment: str, outcome: str, *,
             found.append(f"{w} ({role}, balanced accuracy {acc:.2f})")
     if not found:
         return None
-    return (f"overlap problem: the treatment {treatment} can be predicted almost perfectly from "
-            f"{', '.join(found)}. Some combinations never occur in the data, so the answer for "
-            f"P({outcome} | do({treatment})) rests on extrapolation by the networks, not on data")
+    return (
+        f"overlap problem: the treatment {treatment} can be predicted almost perfectly from "
+        f"{', '.join(found)}. Some combinations never occur in the data, so the answer for "
+        f"P({outcome} | do({treatment})) rests on extrapolation by the networks, not on data"
+    )
 
 
 # ---------------------------------------------------------------------- image probes (metrics)
@@ -404,9 +519,14 @@ class ImageProbe(torch.nn.Module):
         c = shape[0]
         self.names = tuple(classes)
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(c, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+            torch.nn.Conv2d(c, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+        )
         self.heads = torch.nn.ModuleList(torch.nn.Linear(128, k) for k in classes.values())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -415,21 +535,31 @@ class ImageProbe(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.as_tensor(np.asarray(images, np.float32)) if not torch.is_tensor(images) \
+        x = (
+            torch.as_tensor(np.asarray(images, np.float32))
+            if not torch.is_tensor(images)
             else images.float().cpu()
-        outs = [torch.cat(o) for o in zip(*(self(x[i:i + 2048]) for i in range(0, len(x), 2048)),
-                                         strict=True)]
+        )
+        outs = [
+            torch.cat(o)
+            for o in zip(*(self(x[i : i + 2048]) for i in range(0, len(x), 2048)), strict=True)
+        ]
         return {n: o.argmax(1).numpy() for n, o in zip(self.names, outs, strict=True)}
 
-    def frequencies(self, images: torch.Tensor | np.ndarray,
-                    classes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    def frequencies(
+        self, images: torch.Tensor | np.ndarray, classes: Mapping[str, int]
+    ) -> dict[str, np.ndarray]:
         pred = self.predict(images)
         return {n: np.bincount(pred[n], minlength=classes[n]) / len(pred[n]) for n in self.names}
 
 
-def fit_image_probe(images: np.ndarray, features: Mapping[str, np.ndarray],
-                    classes: Mapping[str, int], steps: int = 600, seed: int = 0
-                    ) -> tuple[ImageProbe, dict[str, float]]:
+def fit_image_probe(
+    images: np.ndarray,
+    features: Mapping[str, np.ndarray],
+    classes: Mapping[str, int],
+    steps: int = 600,
+    seed: int = 0,
+) -> tuple[ImageProbe, dict[str, float]]:
     """Fit an :class:`ImageProbe` on 85% of the rows; returns it and held-out accuracies."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -445,8 +575,10 @@ def fit_image_probe(images: np.ndarray, features: Mapping[str, np.ndarray],
         for _ in range(steps):
             idx = tr[torch.randint(0, len(tr), (128,), generator=gen)]
             outs = probe(x[idx])
-            loss = sum(torch.nn.functional.cross_entropy(o, ys[k][idx])
-                       for o, k in zip(outs, probe.names, strict=True))
+            loss = sum(
+                torch.nn.functional.cross_entropy(o, ys[k][idx])
+                for o, k in zip(outs, probe.names, strict=True)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

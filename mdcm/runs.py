@@ -28,15 +28,34 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import JsonFileError, atomic_write, atomic_write_json, locked, read_json_file
+
 __all__ = [
-    "RUN_ID_RE", "STATUSES", "TRAIN_KEYS", "RunError", "RunInfo", "RunRecorder", "append_event",
-    "create_run", "default_root", "list_runs", "new_run_id", "read_events", "resume_run",
-    "run_path", "run_status", "scan_runs", "start_run", "stop_run", "validate_run_id", "wait_run",
+    "RUN_ID_RE",
+    "STATUSES",
+    "TRAIN_KEYS",
+    "RunError",
+    "RunInfo",
+    "RunRecorder",
+    "append_event",
+    "create_run",
+    "default_root",
+    "list_runs",
+    "new_run_id",
+    "read_events",
+    "resume_run",
+    "run_path",
+    "run_status",
+    "scan_runs",
+    "start_run",
+    "stop_run",
+    "validate_run_id",
+    "wait_run",
 ]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -45,7 +64,7 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: ``done``: finished and the model folder is written.
 STATUSES = ("queued", "running", "stopped", "interrupted", "failed", "done")
 ACTIVE = frozenset({"queued", "running"})
-PROGRESS_KINDS = frozenset({"stage_start", "step", "check", "checkpoint", "stage_end"})
+PROGRESS_KINDS = frozenset({"coder", "stage_start", "step", "check", "checkpoint", "stage_end"})
 TERMINAL = frozenset({"stopped", "failed", "done"})
 RUN_JSON = "run.json"
 EVENTS = "events.jsonl"
@@ -78,9 +97,9 @@ class RunInfo:
     config: dict = field(default_factory=dict)
     pid: int | None = None
     finished: float | None = None
-    message: str = ""                 # error message, or why the run ended as it did
+    message: str = ""  # error message, or why the run ended as it did
     stop_requested: bool = False
-    attempts: int = 1                 # 1 + number of resumes
+    attempts: int = 1  # 1 + number of resumes
     last_event: dict | None = None
     last_progress: dict | None = None  # last stage_start/step/check/checkpoint/stage_end event
 
@@ -122,67 +141,31 @@ def run_path(root: Path | str, run_id: str) -> Path:
     validate_run_id(run_id)
     root = Path(root).resolve()
     path = (root / run_id).resolve()
-    if path.parent != root:          # a symlinked run folder pointing elsewhere
+    if path.parent != root:  # a symlinked run folder pointing elsewhere
         raise RunError(f"run {run_id!r} is not inside the runs folder {root}")
     return path
 
 
-# ---------------------------------------------------------------------- small file helpers
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + os.replace, so readers never see half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """Serialise read-modify-write of run.json between the launcher and the run process."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(run_dir / "run.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
+# ---------------------------------------------------------------------- run.json
 def _read_run_json(run_dir: Path) -> dict:
-    path = run_dir / RUN_JSON
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunError(f"{run_dir.name}: no {RUN_JSON} "
-                       "(not a run folder, or half-created)") from None
-    except OSError as exc:
-        raise RunError(f"{run_dir.name}: cannot read {RUN_JSON}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{run_dir.name}: {RUN_JSON} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise RunError(f"{run_dir.name}: {RUN_JSON} is nested too deeply") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        data = read_json_file(run_dir / RUN_JSON)
+    except JsonFileError as exc:
+        if not (run_dir / RUN_JSON).exists():
+            raise RunError(
+                f"{run_dir.name}: no {RUN_JSON} (not a run folder, or half-created)"
+            ) from None
+        raise RunError(f"{run_dir.name}: {RUN_JSON} {exc}") from None
+    if not isinstance(data.get("config", {}), dict):
         raise RunError(f"{run_dir.name}: {RUN_JSON} is not a run record")
     return data
 
 
 def _update_run_json(run_dir: Path, **fields: Any) -> dict:
-    with _locked(run_dir):
+    with locked(run_dir / "run.lock"):
         data = _read_run_json(run_dir)
         data.update(fields)
-        _atomic_write(run_dir / RUN_JSON, json.dumps(data, indent=2, sort_keys=True))
+        atomic_write_json(run_dir / RUN_JSON, data)
     return data
 
 
@@ -192,9 +175,9 @@ def _proc_start_ticks(pid: int) -> tuple[str, int] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    rest = stat[stat.rfind(")") + 2:].split()   # fields after "(comm)"; rest[0] is field 3
+    rest = stat[stat.rfind(")") + 2 :].split()  # fields after "(comm)"; rest[0] is field 3
     try:
-        return rest[0], int(rest[19])             # field 22 = starttime
+        return rest[0], int(rest[19])  # field 22 = starttime
     except (IndexError, ValueError):
         return None
 
@@ -220,7 +203,7 @@ def _pid_alive(pid: int | None, start_ticks: int | None = None) -> bool:
         state, ticks = st
         if state in ("Z", "X"):
             return False
-        if start_ticks is not None and ticks != start_ticks:   # pid reused by another process
+        if start_ticks is not None and ticks != start_ticks:  # pid reused by another process
             return False
     return True
 
@@ -251,7 +234,7 @@ def append_event(run_dir: Path | str, event: Mapping[str, Any]) -> None:
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
-    for attr in ("item", "tolist"):        # numpy / torch scalars and arrays
+    for attr in ("item", "tolist"):  # numpy / torch scalars and arrays
         if hasattr(o, attr):
             with contextlib.suppress(Exception):
                 return getattr(o, attr)()
@@ -274,8 +257,11 @@ def read_events(run_dir: Path | str, *, kinds: tuple[str, ...] | None = None) ->
             ev = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
-        if isinstance(ev, dict) and isinstance(ev.get("kind"), str) \
-                and (kinds is None or ev["kind"] in kinds):
+        if (
+            isinstance(ev, dict)
+            and isinstance(ev.get("kind"), str)
+            and (kinds is None or ev["kind"] in kinds)
+        ):
             out.append(ev)
     return out
 
@@ -310,29 +296,45 @@ def run_status(run_dir: Path | str) -> RunInfo:
         elif error_path.is_file() or "error" in kinds:
             status = "failed"
             if not message:
-                message = next((str(e.get("message", "")) for e in reversed(events)
-                                if e["kind"] == "error"), "")
-        elif status == "queued" and time.time() - float(data.get("launched", created)) \
-                < _QUEUE_GRACE_S:
-            pass                                   # just launched; the child may not be up yet
+                message = next(
+                    (str(e.get("message", "")) for e in reversed(events) if e["kind"] == "error"),
+                    "",
+                )
+        elif (
+            status == "queued"
+            and time.time() - float(data.get("launched", created)) < _QUEUE_GRACE_S
+        ):
+            pass  # just launched; the child may not be up yet
         elif status == "queued" and not events:
             status = "failed"
-            message = message or _tail_line(run_dir / "stderr.log") or \
-                "the training process exited before it started"
+            message = (
+                message
+                or _tail_line(run_dir / "stderr.log")
+                or "the training process exited before it started"
+            )
         elif (run_dir / STOP_FLAG).exists():
             status = "stopped"
         else:
             status = "interrupted"
-            message = message or "the training process ended without finishing " \
-                                 "(killed or crashed); resume it to continue"
-    return RunInfo(run_id=run_id, path=run_dir, status=status, created=float(created),
-                   config=data.get("config", {}), pid=pid if isinstance(pid, int) else None,
-                   finished=data.get("finished"), message=message,
-                   stop_requested=(run_dir / STOP_FLAG).exists(),
-                   attempts=int(data.get("attempts", 1) or 1),
-                   last_event=events[-1] if events else None,
-                   last_progress=next((e for e in reversed(events)
-                                       if e["kind"] in PROGRESS_KINDS), None))
+            message = (
+                message
+                or "the training process ended without finishing "
+                "(killed or crashed); resume it to continue"
+            )
+    return RunInfo(
+        run_id=run_id,
+        path=run_dir,
+        status=status,
+        created=float(created),
+        config=data.get("config", {}),
+        pid=pid if isinstance(pid, int) else None,
+        finished=data.get("finished"),
+        message=message,
+        stop_requested=(run_dir / STOP_FLAG).exists(),
+        attempts=int(data.get("attempts", 1) or 1),
+        last_event=events[-1] if events else None,
+        last_progress=next((e for e in reversed(events) if e["kind"] in PROGRESS_KINDS), None),
+    )
 
 
 def scan_runs(root: Path | str | None = None) -> tuple[list[RunInfo], list[tuple[str, str]]]:
@@ -377,14 +379,38 @@ def wait_run(run_dir: Path | str, timeout_s: float = 60.0, poll_s: float = 0.2) 
 # ---------------------------------------------------------------------- create / start / stop
 #: mdcm.train.TrainConfig fields known when this was written (for UIs; the trainer is the
 #: authority: start_run checks against TrainConfig itself when it is loaded, the run process always)
-TRAIN_KEYS = ("steps", "batch_size", "objective", "seed", "device", "time_limit_s",
-              "check_every", "tolerance", "checkpoint_every", "stable_checks", "min_steps", "lr",
-              "betas", "critic_steps", "gp_weight", "mmd_weight", "mmd_batch", "mmd_lr", "ema",
-              "tau", "check_samples", "coder_steps", "log_every", "keep_best", "threads")
+TRAIN_KEYS = (
+    "steps",
+    "batch_size",
+    "objective",
+    "seed",
+    "device",
+    "time_limit_s",
+    "check_every",
+    "tolerance",
+    "checkpoint_every",
+    "stable_checks",
+    "min_steps",
+    "lr",
+    "betas",
+    "critic_steps",
+    "gp_weight",
+    "mmd_weight",
+    "mmd_batch",
+    "mmd_lr",
+    "ema",
+    "tau",
+    "check_samples",
+    "coder_steps",
+    "log_every",
+    "keep_best",
+    "threads",
+)
 
 
-def create_run(root: Path | str | None, config: Mapping[str, Any], *,
-               run_id: str | None = None) -> Path:
+def create_run(
+    root: Path | str | None, config: Mapping[str, Any], *, run_id: str | None = None
+) -> Path:
     """Make a new run folder with ``run.json`` (status ``queued``) and return its path."""
     root = Path(root) if root is not None else default_root()
     try:
@@ -404,9 +430,15 @@ def create_run(root: Path | str | None, config: Mapping[str, Any], *,
         break
     else:  # pragma: no cover - 20 collisions of 24 random bits within one second
         raise RunError("could not create a unique run folder")
-    record = {"format": FORMAT, "run_id": rid, "created": time.time(), "status": "queued",
-              "config": dict(config), "attempts": 1}
-    _atomic_write(path / RUN_JSON, json.dumps(record, indent=2, sort_keys=True))
+    record = {
+        "format": FORMAT,
+        "run_id": rid,
+        "created": time.time(),
+        "status": "queued",
+        "config": dict(config),
+        "attempts": 1,
+    }
+    atomic_write_json(path / RUN_JSON, record)
     return path
 
 
@@ -425,8 +457,10 @@ def _train_config_dict(train_config: Mapping[str, Any] | None) -> dict:
         known = {f.name for f in dataclasses.fields(tc)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise RunError(f"unknown training setting(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(sorted(known))}")
+            raise RunError(
+                f"unknown training setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
     return cfg
 
 
@@ -436,28 +470,42 @@ def _launch(run_dir: Path, resume: bool) -> subprocess.Popen:
 
     pkg_parent = str(Path(mdcm.__file__).resolve().parent.parent)
     env = dict(os.environ)
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = pkg_parent + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     env.setdefault("PYTHONUNBUFFERED", "1")
     argv = [sys.executable, "-m", "mdcm", "train", "--run-dir", str(run_dir), "--progress", "off"]
     if resume:
         argv.append("--resume")
     with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                cwd=str(run_dir), env=env, start_new_session=True,
-                                close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=str(run_dir),
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     _CHILDREN[proc.pid] = proc
     st = _proc_start_ticks(proc.pid)
-    _update_run_json(run_dir, pid=proc.pid, pid_start=st[1] if st else None,
-                     launched=time.time())
+    _update_run_json(run_dir, pid=proc.pid, pid_start=st[1] if st else None, launched=time.time())
     return proc
 
 
-def start_run(root: Path | str | None = None, *, example: str | None = None,
-              study_dir: Path | str | None = None, plan: str = "modular",
-              train_config: Mapping[str, Any] | None = None, example_size: str = "cpu",
-              example_n: int | None = None, example_seed: int = 0,
-              label: str = "") -> RunInfo:
+def start_run(
+    root: Path | str | None = None,
+    *,
+    example: str | None = None,
+    study_dir: Path | str | None = None,
+    plan: str = "modular",
+    train_config: Mapping[str, Any] | None = None,
+    example_size: str = "cpu",
+    example_n: int | None = None,
+    example_seed: int = 0,
+    label: str = "",
+) -> RunInfo:
     """Create a run and launch its training in the background; returns at once (status queued).
 
     Exactly one of ``example`` (a built-in example name) and ``study_dir`` (a study folder).
@@ -467,11 +515,18 @@ def start_run(root: Path | str | None = None, *, example: str | None = None,
         raise RunError("give exactly one of an example name and a study folder")
     if plan not in ("modular", "joint"):
         raise RunError(f"unknown plan {plan!r}; use 'modular' or 'joint'")
-    config: dict[str, Any] = {"plan": plan, "train": _train_config_dict(train_config),
-                              "label": str(label)}
+    config: dict[str, Any] = {
+        "plan": plan,
+        "train": _train_config_dict(train_config),
+        "label": str(label),
+    }
     if example is not None:
-        config["example"] = {"name": str(example), "size": example_size, "n": example_n,
-                             "seed": int(example_seed)}
+        config["example"] = {
+            "name": str(example),
+            "size": example_size,
+            "n": example_n,
+            "seed": int(example_seed),
+        }
     else:
         sd = Path(study_dir).resolve()  # type: ignore[arg-type]
         if not (sd / "study.json").is_file():
@@ -486,7 +541,7 @@ def stop_run(run_dir: Path | str) -> RunInfo:
     """Ask a run to stop: write the ``stop`` flag that the trainer's ``should_stop`` checks."""
     run_dir = Path(run_dir)
     info = run_status(run_dir)
-    _atomic_write(run_dir / STOP_FLAG, f"{time.time()}\n")
+    atomic_write(run_dir / STOP_FLAG, f"{time.time()}\n")
     return run_status(run_dir) if info.active else info
 
 
@@ -503,10 +558,27 @@ def resume_run(run_dir: Path | str) -> RunInfo:
     if (run_dir / ERROR_TXT).exists():
         with contextlib.suppress(OSError):
             os.replace(run_dir / ERROR_TXT, run_dir / f"error.{info.attempts}.txt")
-    _update_run_json(run_dir, status="queued", attempts=info.attempts + 1, message="",
-                     finished=None, pid=None, pid_start=None, launched=time.time())
-    append_event(run_dir, {"kind": "resume", "stage": -1, "step": 0, "elapsed_s": 0.0,
-                           "time": time.time(), "message": f"attempt {info.attempts + 1}"})
+    _update_run_json(
+        run_dir,
+        status="queued",
+        attempts=info.attempts + 1,
+        message="",
+        finished=None,
+        pid=None,
+        pid_start=None,
+        launched=time.time(),
+    )
+    append_event(
+        run_dir,
+        {
+            "kind": "resume",
+            "stage": -1,
+            "step": 0,
+            "elapsed_s": 0.0,
+            "time": time.time(),
+            "message": f"attempt {info.attempts + 1}",
+        },
+    )
     _launch(run_dir, resume=True)
     return run_status(run_dir)
 
@@ -537,8 +609,13 @@ class RunRecorder:
 
     def mark_running(self) -> None:
         st = _proc_start_ticks(os.getpid())
-        _update_run_json(self.run_dir, status="running", pid=os.getpid(),
-                         pid_start=st[1] if st else None, started=time.time())
+        _update_run_json(
+            self.run_dir,
+            status="running",
+            pid=os.getpid(),
+            pid_start=st[1] if st else None,
+            started=time.time(),
+        )
 
     def on_event(self, event: Any) -> None:
         ev = event.to_json() if hasattr(event, "to_json") else dict(event)
@@ -549,7 +626,7 @@ class RunRecorder:
                 self._pending_step = ev
                 return
             self._last_step_write = now
-        elif self._pending_step is not None:   # keep the step just before a check/stage end
+        elif self._pending_step is not None:  # keep the step just before a check/stage end
             append_event(self.run_dir, self._pending_step)
         self._pending_step = None
         append_event(self.run_dir, ev)
@@ -565,5 +642,5 @@ class RunRecorder:
         if status not in TERMINAL:
             raise RunError(f"finish() needs a final status, not {status!r}")
         if status == "failed":
-            _atomic_write(self.run_dir / ERROR_TXT, message.strip() + "\n")
+            atomic_write(self.run_dir / ERROR_TXT, message.strip() + "\n")
         _update_run_json(self.run_dir, status=status, finished=time.time(), message=message)

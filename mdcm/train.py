@@ -5,7 +5,7 @@ generator is frozen (``requires_grad`` False; gradients still flow THROUGH froze
 trainable ones upstream). For every target (one per data regime) a batch of real rows ``(b, a)``
 from that regime's dataset is compared with fake rows ``(b, G(do(B=b)))``: the DCM is sampled with
 the do-parents ``B`` set to the SAME real values (per-sample do). The stage loss is the sum over
-its targets.
+its targets, so every regime informs every stage it has a target in.
 
 Objectives behind one interface (``TrainConfig.objective``):
 
@@ -16,30 +16,29 @@ Objectives behind one interface (``TrainConfig.objective``):
 * ``"mmd"``: a kernel two-sample loss (MMD, Gretton et al. 2012; Li et al. 2015) over one-hot
   labels, standardised continuous values and the image code of a small autoencoder fitted on the
   study's real images — non-adversarial, no critic to balance (design.md §7);
-* ``"mle"`` (chosen by ``"auto"`` only): maximum likelihood of the real images' codes under a
-  latent image mechanism (:class:`mdcm.nets.LatentMixture`), for stages whose targets are the
-  plain conditional P(V | pa(V)) — any consistent conditional estimator is a valid mechanism
-  there (Rahman & Kocaoglu 2024 fill such stages with pre-trained models);
+* ``"mle"`` (chosen by ``"auto"`` only): maximum likelihood of the real values under mechanisms
+  that have a likelihood (:meth:`mdcm.nets.Mechanism.log_prob`: latent image mechanisms), for
+  stages whose targets are the plain conditional P(V | pa(V)) — any consistent conditional
+  estimator is a valid mechanism there (Rahman & Kocaoglu 2024 fill such stages with pre-trained
+  models);
 * ``"auto"``: ``wgan`` for stages that train a pixel image mechanism, ``mle`` for plain-
-  conditional latent image stages, ``mmd`` otherwise (labels, vectors, latent images trained
-  jointly with others). Chosen by bench/train_quality.py.
+  conditional stages of mechanisms with a likelihood, ``mmd`` otherwise. Chosen by
+  bench/train_quality.py.
 
-A fit check every ``check_every`` steps measures the TVD between model and data frequencies of the
-stage's categorical variables (plus k-means clusters of the codes of its images and quantile
-bins of trained continuous variables) given its categorical do-parents, on EMA weights; a stage
-stops early once ``stable_checks`` consecutive checks are within ``tolerance``, otherwise at the
-step or time limit, or after ``patience`` checks without a new best ("plateau"), and keeps the EMA
-weights of its best check.
+The loop (:meth:`_Trainer.stage`) reads like a training loop: set up a :class:`StageState`, step,
+check the fit every ``check_every`` steps (:mod:`mdcm.fitcheck`), stop on
+:func:`mdcm.fitcheck.stop_reason`, a step/time limit or a stop request, finish on the EMA weights
+of the best check. Progress goes out through ``on_event`` callbacks only.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,23 +47,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import (
-    DCM,
-    ModelFileError,
-    _atomic_write,
-    plain_file_name,
-    read_safetensors,
-    replace_with_versioned,
-    state_bytes,
-)
-from .nets import Critic, gradient_penalty, mmd2
+from . import checkpoints
+from .data import Dataset, Study
+from .fitcheck import FitCheck, stop_reason
+from .model import DCM
+from .nets import Critic, gradient_penalty, has_log_prob, mmd2
+from .plan import Plan, Stage, Target
 
-__all__ = ["TrainConfig", "Event", "StageSummary", "TrainResult", "TrainingError", "pick_device",
-           "train", "stage_objective"]
-
-CKPT_WEIGHTS = "checkpoint.safetensors"
-CKPT_OPTIM = "optim.pt"
-CKPT_STATE = "checkpoint.json"
+__all__ = [
+    "TrainConfig",
+    "Event",
+    "StageState",
+    "StageSummary",
+    "TrainResult",
+    "TrainingError",
+    "pick_device",
+    "train",
+    "stage_objective",
+]
 
 
 class TrainingError(RuntimeError):
@@ -74,34 +74,34 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000                 # max generator steps per stage
-    batch_size: int = 64              # WGAN batch (a multiple of the packing, 4)
-    objective: str = "auto"           # "wgan" | "mmd" | "auto"
+    steps: int = 3000  # max generator steps per stage
+    batch_size: int = 64  # WGAN batch (a multiple of the packing, 4)
+    objective: str = "auto"  # "wgan" | "mmd" | "auto"
     seed: int = 0
-    device: str = "auto"              # "auto" | "cpu" | "cuda"
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
     time_limit_s: float | None = None  # per stage
     check_every: int = 200
-    tolerance: float = 0.03           # fit-check TVD for early stop
+    tolerance: float = 0.03  # fit-check TVD for early stop
     checkpoint_every: int = 1000
-    stable_checks: int = 3            # consecutive checks within tolerance to stop early
-    min_steps: int = 0                # never stop early before this many steps
-    patience: int = 8                 # stop ("plateau") after this many checks without a new
-                                      # best fit (0 = never)
-    lr: float = 2e-4                  # WGAN generator and critic
+    stable_checks: int = 3  # consecutive checks within tolerance to stop early
+    min_steps: int = 0  # never stop early before this many steps
+    patience: int = 8  # stop ("plateau") after this many checks without a new
+    # best fit (0 = never)
+    lr: float = 2e-4  # WGAN generator and critic
     betas: tuple[float, float] = (0.5, 0.9)
     critic_steps: int = 2
     gp_weight: float = 10.0
-    mmd_weight: float = 10.0          # WGAN stages: + weight * MMD(real, fake) in the G loss
+    mmd_weight: float = 10.0  # WGAN stages: + weight * MMD(real, fake) in the G loss
     mmd_batch: int = 256
     mmd_lr: float = 1e-3
     ema: float = 0.995
-    tau: float = 1.0                  # Gumbel-softmax temperature (straight-through, hard)
+    tau: float = 1.0  # Gumbel-softmax temperature (straight-through, hard)
     check_samples: int = 4096
-    coder_steps: int = 2000           # autoencoder fit for image codes (600 lost 6% of the
-                                      # digit identities in reconstructions, 2000 about 2%)
+    coder_steps: int = 2000  # autoencoder fit for image codes (600 lost 6% of the
+    # digit identities in reconstructions, 2000 about 2%)
     log_every: int = 50
-    keep_best: bool = True            # end a stage on the EMA weights of its best fit check
-    threads: int = 1                  # CPU intra-op threads while training (0 = torch default).
+    keep_best: bool = True  # end a stage on the EMA weights of its best fit check
+    threads: int = 1  # CPU intra-op threads while training (0 = torch default).
     # Small networks gain nothing from more threads, and on a shared 2-core machine OpenMP
     # oversubscription made steps ~10x slower; the caller's setting is restored afterwards.
 
@@ -125,18 +125,30 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "stage_start"|"step"|"check"|"stage_end"|"checkpoint"|"done"|"error"
+    """One progress report. ``fits`` holds the fit check per regime (label -> TVD or None)."""
+
+    kind: str  # "coder"|"stage_start"|"step"|"check"|"stage_end"|"checkpoint"|"done"|"error"
     stage: int
     step: int
     elapsed_s: float
     losses: Mapping[str, float] = field(default_factory=dict)
     quality: float | None = None
     message: str = ""
+    fits: Mapping[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "stage": self.stage, "step": self.step,
-                "elapsed_s": round(self.elapsed_s, 3), "losses": dict(self.losses),
-                "quality": self.quality, "message": self.message}
+        out = {
+            "kind": self.kind,
+            "stage": self.stage,
+            "step": self.step,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "losses": dict(self.losses),
+            "quality": self.quality,
+            "message": self.message,
+        }
+        if self.fits:
+            out["fits"] = dict(self.fits)
+        return out
 
 
 @dataclass(frozen=True)
@@ -148,16 +160,26 @@ class StageSummary:
     seconds: float
     quality: float | None
     stopped_by: str  # "tolerance"|"plateau"|"steps"|"time"|"stop"|"pretrained"|"no data"
+    fits: Mapping[str, float | None] = field(default_factory=dict)  # final fit per regime
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["trains"] = list(self.trains)
+        d["fits"] = dict(self.fits)
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> StageSummary:
-        return cls(d["stage"], tuple(d["trains"]), d["objective"], d["steps"], d["seconds"],
-                   d["quality"], d["stopped_by"])
+        return cls(
+            d["stage"],
+            tuple(d["trains"]),
+            d["objective"],
+            d["steps"],
+            d["seconds"],
+            d["quality"],
+            d["stopped_by"],
+            dict(d.get("fits") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -165,11 +187,15 @@ class TrainResult:
     stages: list[StageSummary]
     device: str
     seconds: float
-    stopped: bool = False     # should_stop() ended training before the plan was finished
+    stopped: bool = False  # should_stop() ended training before the plan was finished
 
     def to_json(self) -> dict:
-        return {"stages": [s.to_json() for s in self.stages], "device": self.device,
-                "seconds": self.seconds, "stopped": self.stopped}
+        return {
+            "stages": [s.to_json() for s in self.stages],
+            "device": self.device,
+            "seconds": self.seconds,
+            "stopped": self.stopped,
+        }
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -177,56 +203,70 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available; "
-                            "use device='cpu' or 'auto'")
+        raise TrainingError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'"
+        )
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise TrainingError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
     return torch.device(name)
 
 
-def stage_objective(model: DCM, stage: Any, objective: str) -> str:
+def stage_objective(model: DCM, stage: Stage, objective: str) -> str:
     """The objective a stage trains with: ``objective`` unless "auto", then WGAN-GP for stages
-    that train a pixel image mechanism, maximum likelihood for a latent image mechanism whose
-    targets are the plain conditional P(V | pa(V)), and MMD otherwise."""
+    that train a pixel image mechanism, maximum likelihood for mechanisms with a likelihood whose
+    targets are all the plain conditional P(V | pa(V)), and MMD otherwise."""
     if objective != "auto":
         return objective
     schema = model.schema
     if any(schema[v].kind == "image" and not model.latent_image(v) for v in stage.trains):
         return "wgan"
-    if all(model.latent_image(v) for v in stage.trains) and stage.targets and \
-            all(t.is_conditional for t in stage.targets):
+    if (
+        all(has_log_prob(model.generators[v]) for v in stage.trains)
+        and stage.targets
+        and all(t.is_conditional for t in stage.targets)
+    ):
         return "mle"
     return "mmd"
 
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 def _stage_seed(seed: int, stage_id: int) -> int:
-    return (seed * 1_000_003 + 7919 * (stage_id + 1)) % (2 ** 62)
+    return (seed * 1_000_003 + 7919 * (stage_id + 1)) % (2**62)
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """An image batch average-pooled to at most 7x7, flattened and scaled to unit norm per pixel
+    count (the kernel loss's view of pixels being trained)."""
+    h, w = x.shape[2:]
+    x = torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 7), min(w, 7))).flatten(1)
+    return x / math.sqrt(x.shape[1])
 
 
 # ---------------------------------------------------------------------- data
 class _RegimeData:
     """A regime's real rows, encoded on the device (categorical one-hot, images float)."""
 
-    def __init__(self, model: DCM, datasets: Sequence[Any], device: torch.device) -> None:
-        names = model.schema.names
+    def __init__(self, model: DCM, datasets: Sequence[Dataset], device: torch.device) -> None:
         self.cols: dict[str, torch.Tensor] = {}
-        self.labels: dict[str, np.ndarray] = {}
-        for v in names:
+        for v in model.schema.names:
             parts = [np.asarray(d.columns[v]) for d in datasets if v in d.columns]
             if len(parts) != len(datasets):
                 continue
             arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
             var = model.schema[v]
             if var.kind == "categorical":
-                self.labels[v] = arr.astype(np.int64)
-                self.cols[v] = torch.nn.functional.one_hot(
-                    torch.as_tensor(arr, dtype=torch.long), var.classes).float().to(device)
+                t = torch.as_tensor(arr, dtype=torch.long)
+                self.cols[v] = torch.nn.functional.one_hot(t, var.classes).float().to(device)
             else:
                 t = torch.as_tensor(np.asarray(arr, dtype=np.float32))
                 if var.kind == "continuous":
@@ -238,14 +278,26 @@ class _RegimeData:
         return {v: self.cols[v][idx] for v in names}
 
 
-# ---------------------------------------------------------------------- per-target machinery
-class _Target:
-    """Everything one target of one stage needs: row layout, critic, feature scaling, fit check."""
+# ---------------------------------------------------------------------- one target's matcher
+class _Matcher:
+    """Matches one target of one stage: the row layout (flat labels/values/codes plus pixels), the
+    critic (WGAN), the feature scaling, real and fake rows, and the target's fit check."""
 
-    def __init__(self, model: DCM, stage: Any, target: Any, data: _RegimeData, objective: str,
-                 config: TrainConfig, device: torch.device, rng: np.random.RandomState) -> None:
-        self.t = target
+    def __init__(
+        self,
+        model: DCM,
+        stage: Stage,
+        target: Target,
+        data: _RegimeData,
+        objective: str,
+        config: TrainConfig,
+        device: torch.device,
+        rng: np.random.RandomState,
+    ) -> None:
+        self.target = target
         self.data = data
+        self.model = model
+        self.objective = objective
         schema = model.schema
         trains = set(stage.trains)
         self.given = tuple(target.given)
@@ -253,8 +305,10 @@ class _Target:
         self.rows = self.given + self.matches
         missing = [v for v in self.rows if v not in data.cols]
         if missing:
-            raise TrainingError(f"stage {stage.id}: the {target.regime.label} data have no "
-                                f"column(s) {', '.join(missing)}")
+            raise TrainingError(
+                f"stage {stage.id}: the {target.regime.label} data have no "
+                f"column(s) {', '.join(missing)}"
+            )
         # Row layout: flat part (labels, continuous, codes of images not trained here) + pixels.
         # Trained images: pixels (WGAN: conv critic input; MMD: pooled pixels) plus their code;
         # other images (frozen or given): only their code.
@@ -269,43 +323,36 @@ class _Target:
             if schema[v].kind == "continuous":
                 x = data.cols[v]
                 self.scale[v] = (x.mean(0), x.std(0).clamp_min(1e-3) * math.sqrt(x.shape[1]))
-        self.model = model
-        self.objective = objective
         self.critic: Critic | None = None
         if objective == "wgan":
-            flat_dim = self._flat_dim()
-            self.critic = Critic(flat_dim, [schema[v].shape for v in self.pixel_vars],
-                                 hidden=max(model.config.hidden, 64),
-                                 channels=model.config.image_channels).to(device)
-        # Fit check: categorical vars in matches + image clusters, given categorical B.
-        self.check_given = [v for v in self.given if schema[v].kind == "categorical"]
-        self.check_vars = [v for v in self.matches if schema[v].kind == "categorical"]
-        # Images in A (trained or frozen) enter as k-means clusters of their code: without them a
-        # label stage could match P(D, A) while getting A's dependence on the image wrong.
-        self.cluster_vars = [v for v in self.matches if schema[v].kind == "image"]
-        self.centroids: dict[str, torch.Tensor] = {}
+            flat_dim = sum(schema[v].width for v in self.flat_vars)
+            flat_dim += model.config.code_dim * len(self.code_vars)
+            self.critic = Critic(
+                flat_dim,
+                [schema[v].shape for v in self.pixel_vars],
+                hidden=max(model.config.hidden, 64),
+                channels=model.config.image_channels,
+            ).to(device)
         n_check = min(config.check_samples, data.n)
-        self.check_idx = torch.as_tensor(np.sort(rng.choice(data.n, n_check, replace=False)),
-                                         device=device)
-        # Continuous variables trained here: quantile bins (5 per dimension, first 2 dimensions)
-        # of the real data, so label-free stages get a fit check and an early stop too.
-        self.bin_vars = [v for v in self.matches if schema[v].kind == "continuous" and v in trains]
-        self.bin_edges: dict[str, list[torch.Tensor]] = {}
-        for v in self.bin_vars:
-            x = data.cols[v][self.check_idx]
-            q = torch.tensor([0.2, 0.4, 0.6, 0.8], device=x.device)
-            self.bin_edges[v] = [torch.quantile(x[:, j], q) for j in range(min(2, x.shape[1]))]
-        for v in self.cluster_vars:
-            with torch.no_grad():
-                codes = model.coders[v].encode(data.cols[v][self.check_idx])
-            self.centroids[v] = _kmeans(codes, k=8, rng=rng)
+        self.check_idx = torch.as_tensor(
+            np.sort(rng.choice(data.n, n_check, replace=False)), device=device
+        )
+        self.fit = FitCheck(
+            self.given,
+            self.matches,
+            {v: schema[v].kind for v in self.rows},
+            stage.trains,
+            self.real(self.check_idx),
+            lambda v, x: model.coders[v].encode(x),
+            rng,
+        )
 
-    def _flat_dim(self) -> int:
-        schema = self.model.schema
-        return (sum(schema[v].width for v in self.flat_vars)
-                + self.model.config.code_dim * len(self.code_vars))  # (pooled pixels: MMD only)
+    @property
+    def label(self) -> str:
+        return self.target.regime.label
 
     def flat(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The flat features of rows: standardised labels/values, scaled codes, pooled pixels."""
         parts = []
         for v in self.flat_vars:
             x = vals[v]
@@ -314,99 +361,46 @@ class _Target:
                 x = (x - mu) / sd
             parts.append(x)
         k = math.sqrt(self.model.config.code_dim)
-        for v in self.code_vars:
-            parts.append(self.model.coders[v].encode(vals[v]) / k)
-        for v in self.pool_vars:
-            x = vals[v]
-            h, w = x.shape[2:]
-            x = torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 7), min(w, 7))).flatten(1)
-            parts.append(x / math.sqrt(x.shape[1]))
+        parts += [self.model.coders[v].encode(vals[v]) / k for v in self.code_vars]
+        parts += [_pooled(vals[v]) for v in self.pool_vars]
         return torch.cat(parts, dim=1)
 
     def mmd_features(self, vals: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Kernel features: the flat part plus pooled pixels of trained images."""
-        if self.objective != "wgan" or not self.pixel_vars:
-            return self.flat(vals)
-        pooled = []
-        for v in self.pixel_vars:
-            x = vals[v]
-            h, w = x.shape[2:]
-            x = torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 7), min(w, 7))).flatten(1)
-            pooled.append(x / math.sqrt(x.shape[1]))
-        return torch.cat([self.flat(vals)] + pooled, dim=1)
+        """Kernel features of WGAN stages: the flat part plus pooled pixels of trained images."""
+        return torch.cat([self.flat(vals)] + [_pooled(vals[v]) for v in self.pixel_vars], dim=1)
 
     def real(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.data.rows(idx, self.rows)
 
-    def fake(self, real: Mapping[str, torch.Tensor], gen: torch.Generator, tau: float,
-             grad: bool) -> dict[str, torch.Tensor]:
+    def fake(
+        self, real: Mapping[str, torch.Tensor], gen: torch.Generator, tau: float, grad: bool
+    ) -> dict[str, torch.Tensor]:
+        """Rows (b, G(do(B=b))): A generated with the do-parents set to the real rows' b."""
         fixed = {v: real[v] for v in self.given}
         with torch.set_grad_enabled(grad):
-            return self.model.forward_values(next(iter(real.values())).shape[0], fixed,
-                                             self.matches, gen=gen, tau=tau,
-                                             straight_through=grad)
-
-    # -- fit check
-    def _labels(self, vals: Mapping[str, torch.Tensor]) -> list[np.ndarray]:
-        out = [vals[v].argmax(1).cpu().numpy() for v in self.check_given + self.check_vars]
-        for v in self.cluster_vars:
-            codes = self.model.coders[v].encode(vals[v].clamp(-1, 1))
-            out.append(torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy())
-        for v in self.bin_vars:
-            for j, edges in enumerate(self.bin_edges[v]):
-                out.append(torch.bucketize(vals[v][:, j].contiguous(), edges).cpu().numpy())
-        return out
+            return self.model.forward_values(
+                next(iter(real.values())).shape[0],
+                fixed,
+                self.matches,
+                gen=gen,
+                tau=tau,
+                straight_through=grad,
+            )
 
     def check(self, gen: torch.Generator, tau: float) -> float | None:
-        if not self.check_vars and not self.cluster_vars and not self.bin_vars:
+        """The fit check on the held check rows (None when it has nothing to read)."""
+        if self.fit.empty:
             return None
         real = self.real(self.check_idx)
         with torch.no_grad():
             fake = self.fake(real, gen, tau, grad=False)
-        return _table_tvd(self._labels(real), self._labels(fake), len(self.check_given))
+        return self.fit.tvd(real, fake)
 
 
-def _kmeans(x: torch.Tensor, k: int, rng: np.random.RandomState, iters: int = 25) -> torch.Tensor:
-    k = min(k, x.shape[0])
-    c = x[torch.as_tensor(rng.choice(x.shape[0], k, replace=False), device=x.device)].clone()
-    for _ in range(iters):
-        a = torch.cdist(x, c).argmin(1)
-        for j in range(k):
-            m = a == j
-            if bool(m.any()):
-                c[j] = x[m].mean(0)
-    return c
-
-
-def _table_tvd(real: list[np.ndarray], fake: list[np.ndarray], n_given: int) -> float:
-    """TVD between the joint frequency tables of the label columns (same conditioning rows in both,
-    so this is the data-weighted conditional TVD given the first ``n_given`` columns). Falls back to
-    the mean per-variable TVD when the joint table is too sparse."""
-    def tvd(cols_r: list[np.ndarray], cols_f: list[np.ndarray]) -> float:
-        keys_r = np.stack(cols_r, 1) if cols_r else np.zeros((len(real[0]), 0), np.int64)
-        keys_f = np.stack(cols_f, 1) if cols_f else np.zeros((len(fake[0]), 0), np.int64)
-        allk = np.concatenate([keys_r, keys_f])
-        _, inv = np.unique(allk, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        m = inv.max() + 1
-        pr = np.bincount(inv[: len(keys_r)], minlength=m) / len(keys_r)
-        pf = np.bincount(inv[len(keys_r):], minlength=m) / len(keys_f)
-        return float(0.5 * np.abs(pr - pf).sum())
-
-    n = len(real[0])
-    cells = 1
-    for c in real:
-        cells *= int(c.max()) + 1
-    if cells * 10 <= n:
-        return tvd(real, fake)
-    given_r, given_f = real[:n_given], fake[:n_given]
-    per = [tvd(given_r + [r], given_f + [f]) for r, f in zip(real[n_given:], fake[n_given:],
-                                                               strict=True)]
-    return float(np.mean(per)) if per else 0.0
-
-
-# ---------------------------------------------------------------------- EMA
+# ---------------------------------------------------------------------- stage state
 class _EMA:
+    """Exponential moving average of the trained weights (design.md §7: steadier estimates)."""
+
     def __init__(self, params: Mapping[str, nn.Parameter], decay: float) -> None:
         self.decay = decay
         self.shadow = {k: p.detach().clone() for k, p in params.items()}
@@ -420,139 +414,166 @@ class _EMA:
             self.shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
 
 
-class _Swap:
-    """Context manager: temporarily load ``state`` into ``params``."""
-
-    def __init__(self, params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor]):
-        self.params, self.state = params, state
-
-    def __enter__(self) -> None:
-        self.saved = {k: p.detach().clone() for k, p in self.params.items()}
+@contextlib.contextmanager
+def _swapped(params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor]) -> Iterator:
+    """Temporarily load ``state`` into ``params``."""
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state[k])
+    try:
+        yield
+    finally:
         with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(self.state[k])
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(self.saved[k])
+            for k, p in params.items():
+                p.copy_(saved[k])
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@dataclass
+class StageState:
+    """Everything a stage's loop carries from step to step, and what its checkpoint holds."""
 
+    stage: Stage
+    objective: str
+    seed: int
+    params: dict[str, nn.Parameter]
+    matchers: list[_Matcher]
+    gen_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer | None
+    gen: torch.Generator
+    ema: _EMA
+    batch: int
+    step: int = 0
+    history: list[float | None] = field(default_factory=list)
+    best_quality: float | None = None
+    best: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0  # spent in earlier attempts (resume)
 
-def _save_checkpoint(ckdir: Path, tensors: Mapping[str, torch.Tensor], optim: dict,
-                     state: dict) -> None:
-    """Weights (safetensors), optimizer/RNG state (torch.save, read back weights_only) and the
-    json state (both hashes and file names). New files are written under versioned names that a
-    new checkpoint.json points to before they replace the fixed names
-    (:func:`mdcm.model.replace_with_versioned`), so a failed write never spoils the last good
-    checkpoint."""
-    ckdir.mkdir(parents=True, exist_ok=True)
-    blob = state_bytes(tensors)
-    import io
-    buf = io.BytesIO()
-    torch.save(optim, buf)
-    state = dict(state, weights_sha256=hashlib.sha256(blob).hexdigest(),
-                 optim_sha256=hashlib.sha256(buf.getvalue()).hexdigest())
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict, dict]:
+        """(tensors, optimiser/RNG state, JSON state) of a mid-stage checkpoint."""
+        tensors = {f"ema.{k}": v for k, v in self.ema.shadow.items()}
+        tensors |= {f"best.{k}": v for k, v in (self.best or {}).items()}
+        for i, m in enumerate(self.matchers):
+            if m.critic is not None:
+                tensors |= {f"critic{i}.{k}": v for k, v in m.critic.state_dict().items()}
+        optim = {
+            "gen_opt": self.gen_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict() if self.critic_opt else {},
+            "rng": self.gen.get_state(),
+        }
+        state = {
+            "step": self.step,
+            "ema_updates": self.ema.updates,
+            "history": self.history,
+            "best_quality": self.best_quality,
+            "stage_seconds": self.seconds,
+        }
+        return tensors, optim, state
 
-    def write_state(names: Mapping[str, str]) -> None:
-        _atomic_write(ckdir / CKPT_STATE, json.dumps(
-            dict(state, weights_file=names[CKPT_WEIGHTS], optim_file=names[CKPT_OPTIM]),
-            indent=1).encode())
-
-    replace_with_versioned(ckdir, {CKPT_WEIGHTS: blob, CKPT_OPTIM: buf.getvalue()}, write_state)
-
-
-def _load_checkpoint(ckdir: Path) -> tuple[dict[str, torch.Tensor], dict, dict] | None:
-    spath = ckdir / CKPT_STATE
-    if not spath.exists():
-        return None
-    try:
-        state = json.loads(spath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"checkpoint {spath} is not valid JSON ({exc}); "
-                            "start again without resume") from None
-    except RecursionError:
-        raise TrainingError(f"checkpoint {spath} is nested too deeply to be a checkpoint; "
-                            "start again without resume") from None
-    if not isinstance(state, dict):
-        raise TrainingError(f"checkpoint {spath} is not a JSON object; "
-                            "start again without resume")
-    paths = {}
-    for fixed, key, name_key in ((CKPT_WEIGHTS, "weights_sha256", "weights_file"),
-                                 (CKPT_OPTIM, "optim_sha256", "optim_file")):
-        p = ckdir / (plain_file_name(state.get(name_key), ckdir) or fixed)
-        if not p.exists() or _sha(p) != state.get(key):
-            raise TrainingError(f"checkpoint file {p} is missing or does not match "
-                                f"{CKPT_STATE}; start again without resume")
-        paths[fixed] = p
-    try:
-        tensors = read_safetensors(paths[CKPT_WEIGHTS], "checkpoint")
-    except ModelFileError as exc:
-        raise TrainingError(f"{exc}; start again without resume") from None
-    try:
-        optim = torch.load(paths[CKPT_OPTIM], map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip errors, ...
-        raise TrainingError(
-            f"checkpoint file {paths[CKPT_OPTIM]} is unreadable or was refused as unsafe "
-            f"({type(exc).__name__}); start again without resume") from None
-    return tensors, optim, state
+    def load_state_dict(
+        self, tensors: Mapping[str, torch.Tensor], optim: dict, state: dict
+    ) -> None:
+        device = self.gen.device
+        for k, v in _strip(tensors, "ema.").items():
+            self.ema.shadow[k].copy_(v)
+        self.ema.updates = state["ema_updates"]
+        best = _strip(tensors, "best.")
+        self.best = {k: v.to(device) for k, v in best.items()} if best else None
+        for i, m in enumerate(self.matchers):
+            if m.critic is not None:
+                m.critic.load_state_dict(_strip(tensors, f"critic{i}."))
+        self.gen_opt.load_state_dict(optim["gen_opt"])
+        if self.critic_opt is not None:
+            self.critic_opt.load_state_dict(optim["critic_opt"])
+        self.gen.set_state(optim["rng"])
+        self.step = state["step"]
+        self.history = list(state["history"])
+        self.best_quality = state["best_quality"]
+        self.seconds = state.get("stage_seconds", 0.0)
 
 
 # ---------------------------------------------------------------------- pre-trained mechanisms
-def _install_pretrained(model: DCM, v: str, source: Any) -> None:
+def _install_pretrained(model: DCM, v: str, source: DCM | nn.Module) -> None:
     target = model.generators[v]
     if isinstance(source, DCM):
         if v not in source.generators:
             raise TrainingError(f"pre-trained model has no mechanism for {v!r}")
         if source.specs.get(v) != model.specs[v]:
-            raise TrainingError(f"pre-trained mechanism for {v!r} was built for "
-                                f"{source.specs.get(v)}, the study has {model.specs[v]}")
-        if [source.schema[p].kind for p in source.parents[v]] != \
-                [model.schema[p].kind for p in model.parents[v]]:
-            raise TrainingError(f"pre-trained mechanism for {v!r} reads parents "
-                                f"{list(source.parents[v])}, the study's graph gives "
-                                f"{list(model.parents[v])}")
+            raise TrainingError(
+                f"pre-trained mechanism for {v!r} was built for "
+                f"{source.specs.get(v)}, the study has {model.specs[v]}"
+            )
+        if [source.schema[p].kind for p in source.parents[v]] != [
+            model.schema[p].kind for p in model.parents[v]
+        ]:
+            raise TrainingError(
+                f"pre-trained mechanism for {v!r} reads parents "
+                f"{list(source.parents[v])}, the study's graph gives "
+                f"{list(model.parents[v])}"
+            )
         source = source.generators[v]
     if not isinstance(source, nn.Module):
-        raise TrainingError(f"pretrained[{v!r}] must be a DCM or a torch module, "
-                            f"not {type(source).__name__}")
+        raise TrainingError(
+            f"pretrained[{v!r}] must be a DCM or a torch module, not {type(source).__name__}"
+        )
     try:
         target.load_state_dict(source.state_dict())
     except RuntimeError as exc:
-        raise TrainingError(f"pre-trained mechanism for {v!r} does not fit this model's "
-                            f"generator ({type(target).__name__}): {str(exc)[:300]}") from None
+        raise TrainingError(
+            f"pre-trained mechanism for {v!r} does not fit this model's "
+            f"generator ({type(target).__name__}): {str(exc)[:300]}"
+        ) from None
 
 
 # ---------------------------------------------------------------------- the trainer
-def train(model: DCM, plan: Any, study: Any, config: TrainConfig = TrainConfig(),
-          on_event: Callable[[Event], None] = lambda e: None,
-          should_stop: Callable[[], bool] = lambda: False,
-          checkpoint_dir: Path | None = None, resume: bool = False,
-          pretrained: Mapping[str, Any] | None = None) -> TrainResult:
+def train(
+    model: DCM,
+    plan: Plan,
+    study: Study,
+    config: TrainConfig = TrainConfig(),
+    on_event: Callable[[Event], None] = lambda e: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    pretrained: Mapping[str, DCM | nn.Module] | None = None,
+) -> TrainResult:
     """Train ``model`` along ``plan`` on ``study`` (see the module docstring).
 
-    Emits :class:`Event` s through ``on_event``; ``should_stop()`` is polled every step (a
-    checkpoint is written before returning when ``checkpoint_dir`` is set). With ``resume`` the
-    run continues from ``checkpoint_dir``'s last checkpoint and is step-for-step identical to an
-    uninterrupted run on the same device. ``pretrained={"V": dcm_or_module}`` fills the stage of
-    V when its targets are the plain conditional P(V | pa(V)).
+    Emits :class:`Event` s through ``on_event``; ``should_stop()`` is polled every step and during
+    the image coders' fit (a checkpoint is written before returning when ``checkpoint_dir`` is
+    set). With ``resume`` the run continues from ``checkpoint_dir``'s last checkpoint and is
+    step-for-step identical to an uninterrupted run on the same device.
+    ``pretrained={"V": dcm_or_module}`` fills the stage of V when its targets are the plain
+    conditional P(V | pa(V)).
     """
-    return _Trainer(model, plan, study, config, on_event, should_stop,
-                    Path(checkpoint_dir) if checkpoint_dir is not None else None,
-                    resume, dict(pretrained or {})).run()
+    trainer = _Trainer(
+        model,
+        plan,
+        study,
+        config,
+        on_event,
+        should_stop,
+        Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        dict(pretrained or {}),
+    )
+    return trainer.run(resume)
 
 
 class _Trainer:
-    def __init__(self, model: DCM, plan: Any, study: Any, config: TrainConfig,
-                 on_event: Callable[[Event], None], should_stop: Callable[[], bool],
-                 ckdir: Path | None, resume: bool, pretrained: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: DCM,
+        plan: Plan,
+        study: Study,
+        config: TrainConfig,
+        on_event: Callable[[Event], None],
+        should_stop: Callable[[], bool],
+        ckdir: Path | None,
+        pretrained: dict[str, DCM | nn.Module],
+    ) -> None:
         self.model, self.plan, self.study, self.cfg = model, plan, study, config
         self.on_event, self.should_stop = on_event, should_stop
-        self.ckdir, self.resume, self.pretrained = ckdir, resume, pretrained
+        self.ckdir, self.pretrained = ckdir, pretrained
         self.device = pick_device(config.device)
         self.t0 = time.monotonic()
         self._check_inputs()
@@ -565,14 +586,20 @@ class _Trainer:
         except ValueError as exc:
             raise TrainingError(f"the model does not fit the study: {exc}") from None
         pg = plan.graph
-        if set(pg.nodes) != set(m.parents) or pg.directed != m.schema.graph.directed or \
-                pg.bidirected != m.schema.graph.bidirected:
-            raise TrainingError("the plan was made for another graph than the model's "
-                                f"('{pg}' vs '{m.schema.graph}'); make a new plan")
+        if (
+            set(pg.nodes) != set(m.parents)
+            or pg.directed != m.schema.graph.directed
+            or pg.bidirected != m.schema.graph.bidirected
+        ):
+            raise TrainingError(
+                "the plan was made for another graph than the model's "
+                f"('{pg}' vs '{m.schema.graph}'); make a new plan"
+            )
         trained = [v for s in plan.stages for v in s.trains]
         if sorted(trained) != sorted(m.parents):
-            raise TrainingError(f"the plan trains {sorted(trained)}, the model has "
-                                f"{sorted(m.parents)}")
+            raise TrainingError(
+                f"the plan trains {sorted(trained)}, the model has {sorted(m.parents)}"
+            )
         for v in self.pretrained:
             if v not in m.parents:
                 raise TrainingError(f"pretrained mechanism for unknown variable {v!r}")
@@ -580,13 +607,13 @@ class _Trainer:
     def emit(self, kind: str, stage: int, step: int, **kw: Any) -> None:
         self.on_event(Event(kind, stage, step, time.monotonic() - self.t0, **kw))
 
-    # -- main loop
-    def run(self) -> TrainResult:
+    # -- the whole plan
+    def run(self, resume: bool) -> TrainResult:
         prev = torch.get_num_threads()
         if self.cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads)
         try:
-            return self._run()
+            return self._run(resume)
         except TrainingError as exc:
             self.emit("error", -1, 0, message=str(exc))
             raise
@@ -595,55 +622,60 @@ class _Trainer:
             cpu = not isinstance(exc, torch.cuda.OutOfMemoryError)
             if cpu and not _is_cpu_oom(exc):
                 raise
-            msg = (f"out of {'CPU' if cpu else 'GPU'} memory at batch_size="
-                   f"{self.cfg.batch_size} (mmd_batch={self.cfg.mmd_batch}); try a smaller "
-                   f"batch, e.g. batch_size={max(4, self.cfg.batch_size // 2)}")
+            msg = (
+                f"out of {'CPU' if cpu else 'GPU'} memory at batch_size="
+                f"{self.cfg.batch_size} (mmd_batch={self.cfg.mmd_batch}); try a smaller "
+                f"batch, e.g. batch_size={max(4, self.cfg.batch_size // 2)}"
+            )
             self.emit("error", -1, 0, message=msg)
             raise TrainingError(msg) from None
         finally:
             torch.set_num_threads(prev)
 
-    def _run(self) -> TrainResult:
+    def _run(self, resume: bool) -> TrainResult:
         cfg, model = self.cfg, self.model
         _seed_all(cfg.seed)
         model.to(self.device)
-        regimes: dict[frozenset[str], list[Any]] = {}
+        regimes: dict[frozenset[str], list[Dataset]] = {}
         for d in self.study.datasets:
             regimes.setdefault(frozenset(d.do), []).append(d)
         self.data = {k: _RegimeData(model, v, self.device) for k, v in regimes.items()}
         summaries: list[StageSummary] = []
         start_stage, ck = 0, None
-        if self.resume:
+        if resume:
             if self.ckdir is None:
                 raise TrainingError("resume=True needs a checkpoint_dir")
-            ck = _load_checkpoint(self.ckdir)
+            ck = self._load_checkpoint()
             if ck is not None:
                 tensors, _, state = ck
-                if state.get("plan") != _plan_json(self.plan):
-                    raise TrainingError(f"checkpoint in {self.ckdir} was made for another plan")
-                model.load_state_dict({k[6:]: v for k, v in tensors.items()
-                                       if k.startswith("model.")})
+                model.load_state_dict(_strip(tensors, "model."))
                 start_stage = state["stage_index"]
                 summaries = [StageSummary.from_json(s) for s in state["summaries"]]
         self._pretrained_coders()
-        self._fit_coders()
-        stopped = False
+        stopped = not self._fit_coders()
         for si in range(start_stage, len(self.plan.stages)):
-            summary = self._stage(si, summaries, ck if (ck and si == start_stage) else None)
+            if stopped:
+                break
+            summary = self.stage(si, summaries, ck if (ck and si == start_stage) else None)
             summaries.append(summary)
             if summary.stopped_by == "stop":
                 stopped = True
                 break
             if self.ckdir is not None:
-                self._checkpoint(si + 1, 0, summaries, None)
+                self._checkpoint(si + 1, summaries, None)
+        if stopped and self.ckdir is not None and not summaries[start_stage:]:
+            self._checkpoint(start_stage, summaries, None)  # stopped during the coder fit
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
         result = TrainResult(summaries, str(self.device), time.monotonic() - self.t0, stopped)
-        self.emit("done", len(self.plan.stages) - 1, 0,
-                  message="stopped" if stopped else "finished",
-                  quality=max((s.quality for s in summaries if s.quality is not None),
-                              default=None))
+        self.emit(
+            "done",
+            len(self.plan.stages) - 1,
+            0,
+            message="stopped" if stopped else "finished",
+            quality=max((s.quality for s in summaries if s.quality is not None), default=None),
+        )
         return result
 
     def _pretrained_coders(self) -> None:
@@ -653,198 +685,279 @@ class _Trainer:
             if not self.model.latent_image(v):
                 continue
             if not isinstance(source, DCM) or not source.latent_image(v):
+                what = "a pixel-image DCM" if isinstance(source, DCM) else type(source).__name__
                 raise TrainingError(
                     f"pre-trained mechanism for image {v!r}: this model's image mechanisms are "
                     "latent (they emit codes of the study's image autoencoder), so pass the "
-                    "trained DCM whose latent mechanism you want to reuse, not "
-                    f"{'a pixel-image DCM' if isinstance(source, DCM) else type(source).__name__}")
+                    f"trained DCM whose latent mechanism you want to reuse, not {what}"
+                )
             if not bool(source.coders[v].fitted):
-                raise TrainingError(f"pre-trained mechanism for image {v!r}: its model's image "
-                                    "coder was never fitted (the model is untrained)")
+                raise TrainingError(
+                    f"pre-trained mechanism for image {v!r}: its model's image "
+                    "coder was never fitted (the model is untrained)"
+                )
             if source.config.code_dim != self.model.config.code_dim:
-                raise TrainingError(f"pre-trained mechanism for image {v!r}: its model has "
-                                    f"code_dim={source.config.code_dim}, this model "
-                                    f"code_dim={self.model.config.code_dim}")
+                raise TrainingError(
+                    f"pre-trained mechanism for image {v!r}: its model has "
+                    f"code_dim={source.config.code_dim}, this model "
+                    f"code_dim={self.model.config.code_dim}"
+                )
             try:
                 self.model.coders[v].load_state_dict(source.coders[v].state_dict())
             except RuntimeError as exc:
-                raise TrainingError(f"pre-trained image coder for {v!r} does not fit this "
-                                    f"model's: {str(exc)[:300]}") from None
+                raise TrainingError(
+                    f"pre-trained image coder for {v!r} does not fit this model's: {str(exc)[:300]}"
+                ) from None
             for p in self.model.coders[v].parameters():
                 p.requires_grad_(False)
 
-    def _fit_coders(self) -> None:
+    def _fit_coders(self) -> bool:
+        """Fit every unfitted image coder on the real images of all regimes; False when a stop
+        request ended a fit (the coder stays unfitted, so a resume fits it again)."""
         for v, coder in self.model.coders.items():
             if bool(coder.fitted):
                 continue
             ims = [d.cols[v] for d in self.data.values() if v in d.cols]
             if not ims:
                 continue
-            x = torch.cat(ims)
+            total = self.cfg.coder_steps
+            self.emit("coder", -1, 0, message=f"fitting the image code of {v} ({total} steps)")
+
+            def progress(step: int, mse: float, v: str = v) -> None:
+                self.emit("coder", -1, step, losses={f"coder_{v}_mse": mse})
+
             with torch.enable_grad():
                 for p in coder.parameters():
                     p.requires_grad_(True)
-                mse = coder.fit(x, steps=self.cfg.coder_steps, seed=self.cfg.seed)
-            self.emit("step", -1, self.cfg.coder_steps, losses={f"coder_{v}_mse": mse},
-                      message=f"fitted the image code of {v} (reconstruction MSE {mse:.4f})")
+                mse = coder.fit(
+                    torch.cat(ims),
+                    steps=total,
+                    seed=self.cfg.seed,
+                    on_progress=progress,
+                    should_stop=self.should_stop,
+                )
+            if mse is None:
+                self.emit("coder", -1, 0, message=f"stopped while fitting the image code of {v}")
+                return False
+            self.emit(
+                "coder",
+                -1,
+                total,
+                losses={f"coder_{v}_mse": mse},
+                message=f"fitted the image code of {v} (reconstruction MSE {mse:.4f})",
+            )
+        return True
 
-    def _checkpoint(self, stage_index: int, step: int, summaries: list[StageSummary],
-                    live: dict | None) -> None:
+    # -- checkpoints
+    def _load_checkpoint(self) -> checkpoints.Checkpoint | None:
+        assert self.ckdir is not None
+        try:
+            ck = checkpoints.load(self.ckdir)
+        except checkpoints.CheckpointError as exc:
+            raise TrainingError(f"{exc}; start again without resume") from None
+        if ck is not None and ck[2].get("plan") != _plan_json(self.plan):
+            raise TrainingError(f"checkpoint in {self.ckdir} was made for another plan")
+        return ck
+
+    def _checkpoint(
+        self, stage_index: int, summaries: list[StageSummary], st: StageState | None
+    ) -> None:
+        assert self.ckdir is not None
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim: dict = {}
-        state = {"stage_index": stage_index, "step": step, "plan": _plan_json(self.plan),
-                 "config": self.cfg.to_json(), "summaries": [s.to_json() for s in summaries]}
-        if live is not None:
-            for k, v in live["ema"].shadow.items():
-                tensors[f"ema.{k}"] = v
-            for k, v in (live.get("best") or {}).items():
-                tensors[f"best.{k}"] = v
-            for i, t in enumerate(live["targets"]):
-                if t.critic is not None:
-                    for k, v in t.critic.state_dict().items():
-                        tensors[f"critic{i}.{k}"] = v
-            optim = {"gen_opt": live["gen_opt"].state_dict(),
-                     "critic_opt": live["critic_opt"].state_dict() if live["critic_opt"] else {},
-                     "rng": live["gen"].get_state()}
-            state.update(ema_updates=live["ema"].updates, history=live["history"],
-                         best_quality=live["best_quality"], stage_seconds=live["seconds"])
-        _save_checkpoint(self.ckdir, tensors, optim, state)
-        self.emit("checkpoint", stage_index if live is None else stage_index, step,
-                  message=str(self.ckdir))
+        state: dict[str, Any] = {"step": 0}
+        if st is not None:
+            extra, optim, state = st.state_dict()
+            tensors |= extra
+        state |= {
+            "stage_index": stage_index,
+            "plan": _plan_json(self.plan),
+            "config": self.cfg.to_json(),
+            "summaries": [s.to_json() for s in summaries],
+        }
+        checkpoints.save(self.ckdir, tensors, optim, state)
+        self.emit("checkpoint", stage_index, state["step"], message=str(self.ckdir))
 
-    # -- one stage
-    def _stage(self, si: int, summaries: list[StageSummary], ck: tuple | None) -> StageSummary:
-        cfg, model = self.cfg, self.model
+    # -- one stage: setup, loop, finish
+    def stage(
+        self, si: int, summaries: list[StageSummary], ck: checkpoints.Checkpoint | None = None
+    ) -> StageSummary:
+        """Train stage ``si`` of the plan (resuming from ``ck`` when it holds this stage)."""
         stage = self.plan.stages[si]
-        trains = tuple(stage.trains)
-        objective = stage_objective(model, stage, cfg.objective)
+        objective = stage_objective(self.model, stage, self.cfg.objective)
+        t_start = time.monotonic()
+        self.emit(
+            "stage_start",
+            stage.id,
+            0,
+            message=f"stage {stage.id}: trains {', '.join(stage.trains)} with {objective}",
+        )
+        if any(v in self.pretrained for v in stage.trains):
+            return self._fill_pretrained(stage, t_start)
+        specs = [t for t in stage.targets if frozenset(t.regime.do) in self.data]
+        if not specs:
+            self.emit("stage_end", stage.id, 0, message="no dataset can train this stage")
+            return StageSummary(stage.id, stage.trains, objective, 0, 0.0, None, "no data")
+        st = self._setup(stage, objective, specs)
+        if ck is not None and ck[2]["step"] > 0:
+            st.load_state_dict(*ck)
+        t_start -= st.seconds
+        stopped_by = self._loop(si, st, summaries, t_start)
+        if stopped_by == "stop":
+            if self.ckdir is not None:
+                st.seconds = time.monotonic() - t_start
+                self._checkpoint(si, summaries, st)
+            return StageSummary(
+                stage.id,
+                stage.trains,
+                objective,
+                st.step,
+                time.monotonic() - t_start,
+                st.best_quality,
+                "stop",
+            )
+        return self._finish(st, stopped_by, t_start)
+
+    def _fill_pretrained(self, stage: Stage, t_start: float) -> StageSummary:
+        trains = stage.trains
+        if (
+            len(trains) != 1
+            or not stage.targets
+            or not all(t.is_conditional for t in stage.targets)
+        ):
+            raise TrainingError(
+                f"stage {stage.id} trains {', '.join(trains)}; a pre-trained mechanism can "
+                "only fill a stage whose target is a plain conditional P(V | pa(V))"
+            )
+        _install_pretrained(self.model, trains[0], self.pretrained[trains[0]])
+        for p in self.model.generators[trains[0]].parameters():
+            p.requires_grad_(False)
+        self.emit("stage_end", stage.id, 0, message="filled by a pre-trained mechanism")
+        return StageSummary(
+            stage.id, trains, "pretrained", 0, time.monotonic() - t_start, None, "pretrained"
+        )
+
+    def _setup(self, stage: Stage, objective: str, specs: list[Target]) -> StageState:
+        cfg, model = self.cfg, self.model
         seed = _stage_seed(cfg.seed, stage.id)
         _seed_all(seed)
-        t_start = time.monotonic()
-        self.emit("stage_start", stage.id, 0, message=f"stage {stage.id}: trains "
-                  f"{', '.join(trains)} with {objective}")
-        # Pre-trained mechanism?
-        pre = [v for v in trains if v in self.pretrained]
-        if pre:
-            if len(trains) != 1 or not stage.targets or \
-                    not all(t.is_conditional for t in stage.targets):
-                raise TrainingError(
-                    f"stage {stage.id} trains {', '.join(trains)}; a pre-trained mechanism can "
-                    "only fill a stage whose target is a plain conditional P(V | pa(V))")
-            _install_pretrained(model, trains[0], self.pretrained[trains[0]])
-            for p in model.generators[trains[0]].parameters():
-                p.requires_grad_(False)
-            summ = StageSummary(stage.id, trains, "pretrained", 0,
-                                time.monotonic() - t_start, None, "pretrained")
-            self.emit("stage_end", stage.id, 0, message="filled by a pre-trained mechanism")
-            return summ
-        targets_spec = [t for t in stage.targets if frozenset(t.regime.do) in self.data]
-        if not targets_spec:
-            self.emit("stage_end", stage.id, 0, message="no dataset can train this stage")
-            return StageSummary(stage.id, trains, objective, 0, 0.0, None, "no data")
-        # Freeze everything, unfreeze H.
-        for p in model.parameters():
+        for p in model.parameters():  # freeze everything, unfreeze H
             p.requires_grad_(False)
-        params = {f"{v}.{k}": p for v in trains for k, p in model.generators[v].named_parameters()}
+        params = {
+            f"{v}.{k}": p for v in stage.trains for k, p in model.generators[v].named_parameters()
+        }
         for p in params.values():
             p.requires_grad_(True)
-        rng = np.random.RandomState(seed % (2 ** 32))
-        targets = [_Target(model, stage, t, self.data[frozenset(t.regime.do)], objective, cfg,
-                           self.device, rng) for t in targets_spec]
+        rng = np.random.RandomState(seed % (2**32))
+        matchers = [
+            _Matcher(
+                model,
+                stage,
+                t,
+                self.data[frozenset(t.regime.do)],
+                objective,
+                cfg,
+                self.device,
+                rng,
+            )
+            for t in specs
+        ]
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
         lr = cfg.lr if objective == "wgan" else cfg.mmd_lr
         gen_opt = torch.optim.Adam(params.values(), lr=lr, betas=cfg.betas)
-        critics = [p for t in targets if t.critic is not None for p in t.critic.parameters()]
+        critics = [p for m in matchers if m.critic is not None for p in m.critic.parameters()]
         critic_opt = torch.optim.Adam(critics, lr=cfg.lr, betas=cfg.betas) if critics else None
-        ema = _EMA(params, cfg.ema)
-        live: dict[str, Any] = {"ema": ema, "targets": targets, "gen_opt": gen_opt,
-                                "critic_opt": critic_opt, "gen": gen, "history": [],
-                                "best_quality": None, "best": None, "seconds": 0.0}
-        step = 0
-        if ck is not None and ck[2]["step"] > 0:
-            tensors, optim, state = ck
-            step = state["step"]
-            for k in ema.shadow:
-                ema.shadow[k].copy_(tensors[f"ema.{k}"])
-            ema.updates = state["ema_updates"]
-            if any(k.startswith("best.") for k in tensors):
-                live["best"] = {k[5:]: v.to(self.device) for k, v in tensors.items()
-                                if k.startswith("best.")}
-            for i, t in enumerate(targets):
-                if t.critic is not None:
-                    t.critic.load_state_dict({k[len(f"critic{i}."):]: v for k, v in
-                                              tensors.items() if k.startswith(f"critic{i}.")})
-            gen_opt.load_state_dict(optim["gen_opt"])
-            if critic_opt is not None:
-                critic_opt.load_state_dict(optim["critic_opt"])
-            gen.set_state(optim["rng"])
-            live["history"] = list(state["history"])
-            live["best_quality"] = state["best_quality"]
-            t_start -= state.get("stage_seconds", 0.0)
         bs = cfg.batch_size if objective == "wgan" else cfg.mmd_batch
-        bs = max(4, bs - bs % 4)
-        stopped_by = "steps"
-        losses: dict[str, float] = {}
-        check_gen = torch.Generator(device=self.device)
-        while step < cfg.steps:
-            if self.should_stop():
-                stopped_by = "stop"
-                break
-            if cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s:
-                stopped_by = "time"
-                break
-            if objective == "wgan":
-                for _ in range(cfg.critic_steps):
-                    losses = self._critic_step(targets, gen, bs, critic_opt, stage.id, step)
-            losses.update(self._gen_step(targets, gen, bs, gen_opt, objective, stage.id, step))
-            ema.update(params)
-            step += 1
-            if step % cfg.log_every == 0:
-                self.emit("step", stage.id, step, losses=dict(losses))
-            if step % cfg.check_every == 0 or step == cfg.steps:
-                q = self._check(targets, params, ema, check_gen, seed)
-                live["history"].append(q)
-                if q is not None and (live["best_quality"] is None or q <= live["best_quality"]):
-                    live["best_quality"] = q
-                    live["best"] = {k: v.clone() for k, v in ema.shadow.items()}
-                self.emit("check", stage.id, step, quality=q, losses=dict(losses))
-                hist = [h for h in live["history"][-cfg.stable_checks:] if h is not None]
-                if (len(hist) == cfg.stable_checks and max(hist) <= cfg.tolerance
-                        and step >= cfg.min_steps):
-                    stopped_by = "tolerance"
-                    break
-                if cfg.patience and step >= cfg.min_steps and _plateau(live["history"],
-                                                                       cfg.patience):
-                    stopped_by = "plateau"
-                    break
-            if self.ckdir is not None and cfg.checkpoint_every and \
-                    step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                live["seconds"] = time.monotonic() - t_start
-                self._checkpoint(si, step, summaries, live)
-        if stopped_by == "stop":
-            if self.ckdir is not None:
-                live["seconds"] = time.monotonic() - t_start
-                self._checkpoint(si, step, summaries, live)
-            return StageSummary(stage.id, trains, objective, step, time.monotonic() - t_start,
-                                live["best_quality"], "stop")
-        # Finish on the EMA weights (of the best fit check when asked).
-        final = ema.shadow
-        if cfg.keep_best and live["best"] is not None and stopped_by != "tolerance":
-            final = live["best"]
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(final[k])
-        for p in params.values():
-            p.requires_grad_(False)
-        quality = self._check(targets, params, None, check_gen, seed) if step else None
-        secs = time.monotonic() - t_start
-        note = self._leakage(targets[0], trains) if step else ""
-        self.emit("stage_end", stage.id, step, quality=quality,
-                  message=f"stopped by {stopped_by} after {step} steps, {secs:.1f} s{note}")
-        return StageSummary(stage.id, trains, objective, step, secs, quality, stopped_by)
+        return StageState(
+            stage,
+            objective,
+            seed,
+            params,
+            matchers,
+            gen_opt,
+            critic_opt,
+            gen,
+            _EMA(params, cfg.ema),
+            max(4, bs - bs % 4),
+        )
 
-    def _leakage(self, t: _Target, trains: tuple[str, ...]) -> str:
+    def _loop(self, si: int, st: StageState, summaries: list[StageSummary], t_start: float) -> str:
+        """Step until a stop reason; returns it ("steps", "time", "stop", "tolerance", ...)."""
+        cfg = self.cfg
+        sid = st.stage.id
+        check_gen = torch.Generator(device=self.device)
+        losses: dict[str, float] = {}
+        while st.step < cfg.steps:
+            if self.should_stop():
+                return "stop"
+            if cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s:
+                return "time"
+            if st.objective == "wgan":
+                for _ in range(cfg.critic_steps):
+                    losses = self._critic_step(st)
+            losses.update(self._gen_step(st))
+            st.ema.update(st.params)
+            st.step += 1
+            if st.step % cfg.log_every == 0:
+                self.emit("step", sid, st.step, losses=dict(losses))
+            if st.step % cfg.check_every == 0 or st.step == cfg.steps:
+                fits = self._check(st, check_gen, use_ema=True)
+                q = _worst(fits)
+                st.history.append(q)
+                if q is not None and (st.best_quality is None or q <= st.best_quality):
+                    st.best_quality = q
+                    st.best = {k: v.clone() for k, v in st.ema.shadow.items()}
+                self.emit("check", sid, st.step, quality=q, losses=dict(losses), fits=fits)
+                reason = stop_reason(
+                    st.history,
+                    st.step,
+                    tolerance=cfg.tolerance,
+                    stable_checks=cfg.stable_checks,
+                    patience=cfg.patience,
+                    min_steps=cfg.min_steps,
+                )
+                if reason is not None:
+                    return reason
+            if (
+                self.ckdir is not None
+                and cfg.checkpoint_every
+                and st.step % cfg.checkpoint_every == 0
+                and st.step < cfg.steps
+            ):
+                st.seconds = time.monotonic() - t_start
+                self._checkpoint(si, summaries, st)
+        return "steps"
+
+    def _finish(self, st: StageState, stopped_by: str, t_start: float) -> StageSummary:
+        """End on the EMA weights (of the best fit check when asked) and check them once more."""
+        final = st.ema.shadow
+        if self.cfg.keep_best and st.best is not None and stopped_by != "tolerance":
+            final = st.best
+        with torch.no_grad():
+            for k, p in st.params.items():
+                p.copy_(final[k])
+        for p in st.params.values():
+            p.requires_grad_(False)
+        fits = (
+            self._check(st, torch.Generator(device=self.device), use_ema=False) if st.step else {}
+        )
+        quality = _worst(fits)
+        secs = time.monotonic() - t_start
+        note = self._leakage(st.matchers[0], st.stage.trains) if st.step else ""
+        self.emit(
+            "stage_end",
+            st.stage.id,
+            st.step,
+            quality=quality,
+            fits=fits,
+            message=f"stopped by {stopped_by} after {st.step} steps, {secs:.1f} s{note}",
+        )
+        return StageSummary(
+            st.stage.id, st.stage.trains, st.objective, st.step, secs, quality, stopped_by, fits
+        )
+
+    def _leakage(self, m: _Matcher, trains: tuple[str, ...]) -> str:
         """Warn when generated images reveal a categorical do-parent much better than real images
         do (balanced accuracy of a linear probe). A child reading such images can infer the
         parent from artefacts, which pulls front-door answers towards the naive P(Y | X)."""
@@ -852,110 +965,109 @@ class _Trainer:
 
         notes = []
         for v in (v for v in trains if self.model.schema[v].kind == "image"):
-            for b in t.check_given:
+            for b in m.fit.given:
                 if b not in self.model.parents[v]:
                     continue
-                idx = t.check_idx[:2000]
-                real = t.data.rows(idx, (b, v))
+                real = m.data.rows(m.check_idx[:2000], (b, v))
                 with torch.no_grad():
-                    fake = t.fake(real, torch.Generator(device=self.device).manual_seed(7),
-                                  self.cfg.tau, grad=False)
+                    fake = m.fake(
+                        real,
+                        torch.Generator(device=self.device).manual_seed(7),
+                        self.cfg.tau,
+                        grad=False,
+                    )
                 lab = real[b].argmax(1).cpu().numpy()
                 r = predictability(lab, real[v].cpu().numpy(), "image")
                 f = predictability(lab, fake[v].clamp(-1, 1).cpu().numpy(), "image")
                 if f > r + 0.15:
-                    notes.append(f"; warning: generated {v} reveals {b} (linear probe balanced "
-                                 f"accuracy {f:.2f}) much more than real {v} does ({r:.2f}); "
-                                 f"answers that pass through {v} may drift towards the naive "
-                                 "conditional — train this stage longer or with a larger model")
+                    notes.append(
+                        f"; warning: generated {v} reveals {b} (linear probe balanced "
+                        f"accuracy {f:.2f}) much more than real {v} does ({r:.2f}); "
+                        f"answers that pass through {v} may drift towards the naive "
+                        "conditional — train this stage longer or with a larger model"
+                    )
         return "".join(notes)
 
-    def _batch(self, t: _Target, gen: torch.Generator, bs: int) -> torch.Tensor:
-        return torch.randint(0, t.data.n, (bs,), generator=gen, device=self.device)
+    # -- steps
+    def _batch(self, m: _Matcher, st: StageState) -> torch.Tensor:
+        return torch.randint(0, m.data.n, (st.batch,), generator=st.gen, device=self.device)
 
-    def _critic_step(self, targets: list[_Target], gen: torch.Generator, bs: int,
-                     opt: torch.optim.Optimizer, stage: int = -1,
-                     step: int = -1) -> dict[str, float]:
+    def _critic_step(self, st: StageState) -> dict[str, float]:
         total = 0.0
         loss = torch.zeros((), device=self.device)
-        for t in targets:
-            real = t.real(self._batch(t, gen, bs))
-            fake = t.fake(real, gen, self.cfg.tau, grad=False)
-            rf, ri = t.flat(real), [real[v] for v in t.pixel_vars]
-            ff, fi = t.flat(fake).detach(), [fake[v].detach() for v in t.pixel_vars]
-            d_real, d_fake = t.critic(rf, ri).mean(), t.critic(ff, fi).mean()
-            gp = gradient_penalty(t.critic, (rf, ri), (ff, fi), gen)
+        for m in st.matchers:
+            assert m.critic is not None
+            real = m.real(self._batch(m, st))
+            fake = m.fake(real, st.gen, self.cfg.tau, grad=False)
+            rf, ri = m.flat(real), [real[v] for v in m.pixel_vars]
+            ff, fi = m.flat(fake).detach(), [fake[v].detach() for v in m.pixel_vars]
+            d_real, d_fake = m.critic(rf, ri).mean(), m.critic(ff, fi).mean()
+            gp = gradient_penalty(m.critic, (rf, ri), (ff, fi), st.gen)
             loss = loss + d_fake - d_real + self.cfg.gp_weight * gp
             total += (d_real - d_fake).detach().item()
-        _finite(loss, f"critic (stage {stage}, step {step + 1})")
-        opt.zero_grad(set_to_none=True)
+        _finite(loss, f"critic (stage {st.stage.id}, step {st.step + 1})")
+        assert st.critic_opt is not None
+        st.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        st.critic_opt.step()
         return {"wasserstein": total}
 
-    def _gen_step(self, targets: list[_Target], gen: torch.Generator, bs: int,
-                  opt: torch.optim.Optimizer, objective: str, stage: int,
-                  step: int) -> dict[str, float]:
+    def _gen_step(self, st: StageState) -> dict[str, float]:
         loss = torch.zeros((), device=self.device)
-        for t in targets:
-            real = t.real(self._batch(t, gen, bs))
-            if objective == "mle":
-                loss = loss + self._nll(t, real)
+        for m in st.matchers:
+            real = m.real(self._batch(m, st))
+            if st.objective == "mle":
+                loss = loss + self._nll(m, real)
                 continue
-            fake = t.fake(real, gen, self.cfg.tau, grad=True)
-            if objective == "wgan":
-                ff = t.flat(fake)
-                loss = loss - t.critic(ff, [fake[v] for v in t.pixel_vars]).mean()
+            fake = m.fake(real, st.gen, self.cfg.tau, grad=True)
+            if st.objective == "wgan":
+                assert m.critic is not None
+                loss = loss - m.critic(m.flat(fake), [fake[v] for v in m.pixel_vars]).mean()
                 if self.cfg.mmd_weight:
-                    loss = loss + self.cfg.mmd_weight * mmd2(t.mmd_features(real),
-                                                             t.mmd_features(fake))
+                    loss = loss + self.cfg.mmd_weight * mmd2(
+                        m.mmd_features(real), m.mmd_features(fake)
+                    )
             else:
-                loss = loss + mmd2(t.flat(real), t.flat(fake))
-        _finite(loss, f"generator (stage {stage}, step {step + 1})")
-        opt.zero_grad(set_to_none=True)
+                loss = loss + mmd2(m.flat(real), m.flat(fake))
+        _finite(loss, f"generator (stage {st.stage.id}, step {st.step + 1})")
+        st.gen_opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        st.gen_opt.step()
         return {"generator": loss.detach().item()}
 
-    def _nll(self, t: _Target, real: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Mean negative log-likelihood of the real images' codes under their latent mixture
-        mechanism given the real parents (plain-conditional stages: no confounder noise)."""
+    def _nll(self, m: _Matcher, real: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood of the real values of the trained mechanisms given their
+        real parents (plain-conditional stages: no confounder noise)."""
         out = torch.zeros((), device=self.device)
-        for v in t.trained_images:
+        for v in m.matches:
             n = real[v].shape[0]
-            code = self.model.coders[v].encode(real[v]).detach()
             cond = self.model.condition(v, real, n)
-            out = out - self.model.generators[v].log_prob(cond, cond[:, :0], code).mean()
+            out = out - self.model.generators[v].log_prob(cond, cond[:, :0], real[v]).mean()
         return out
 
-    def _check(self, targets: list[_Target], params: Mapping[str, nn.Parameter],
-               ema: _EMA | None, check_gen: torch.Generator, seed: int) -> float | None:
+    def _check(
+        self, st: StageState, check_gen: torch.Generator, *, use_ema: bool
+    ) -> dict[str, float | None]:
+        """The fit check of every target (regime label -> TVD or None), on the EMA weights when
+        ``use_ema``."""
         was = self.model.training
         self.model.eval()
-        qs = []
+        fits: dict[str, float | None] = {}
+        swap = _swapped(st.params, st.ema.shadow) if use_ema else contextlib.nullcontext()
         try:
-            ctx = _Swap(params, ema.shadow) if ema is not None else None
-            if ctx is not None:
-                ctx.__enter__()
-            try:
-                for t in targets:
-                    check_gen.manual_seed(seed + 1)
-                    qs.append(t.check(check_gen, self.cfg.tau))
-            finally:
-                if ctx is not None:
-                    ctx.__exit__(None, None, None)
+            with swap:
+                for m in st.matchers:
+                    check_gen.manual_seed(st.seed + 1)
+                    fits[m.label] = m.check(check_gen, self.cfg.tau)
         finally:
             self.model.train(was)
-        qs = [q for q in qs if q is not None]
-        return float(max(qs)) if qs else None
+        return fits
 
 
-def _plateau(history: list[float | None], patience: int) -> bool:
-    """No new best fit (by more than 0.002) in the last ``patience`` checks."""
-    h = [q for q in history if q is not None]
-    if len(h) <= patience:
-        return False
-    return min(h[-patience:]) > min(h[:-patience]) - 0.002
+def _worst(fits: Mapping[str, float | None]) -> float | None:
+    """The stage's fit: the worst of its regimes' checks (None when none could be read)."""
+    qs = [q for q in fits.values() if q is not None]
+    return float(max(qs)) if qs else None
 
 
 def _is_cpu_oom(exc: BaseException) -> bool:
@@ -967,12 +1079,13 @@ def _is_cpu_oom(exc: BaseException) -> bool:
 def _finite(loss: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(loss)):
         value = loss.detach().item()
-        raise TrainingError(f"the {what} loss became {value} (training diverged); nothing "
-                            "was saved over the last good checkpoint. Try a lower learning rate, "
-                            "another objective, or resume from the last checkpoint")
+        raise TrainingError(
+            f"the {what} loss became {value} (training diverged); nothing "
+            "was saved over the last good checkpoint. Try a lower learning rate, "
+            "another objective, or resume from the last checkpoint"
+        )
 
 
-def _plan_json(plan: Any) -> Any:
-    return json.loads(json.dumps(plan.to_json() if hasattr(plan, "to_json") else repr(plan),
-                                 default=str))
-
+def _plan_json(plan: Plan) -> Any:
+    """The plan as it reads back from a checkpoint's JSON (lists, not tuples)."""
+    return json.loads(json.dumps(plan.to_json()))

@@ -36,24 +36,34 @@ class Variable:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise SchemaError(f"variable {self.name!r}: unknown kind {self.kind!r}; "
-                              f"use one of {', '.join(KINDS)}")
+            raise SchemaError(
+                f"variable {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}"
+            )
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if self.kind == "categorical":
             if not isinstance(self.classes, int) or not 2 <= self.classes <= MAX_CLASSES:
-                raise SchemaError(f"variable {self.name!r}: a categorical variable needs "
-                                  f"'classes' between 2 and {MAX_CLASSES}, got {self.classes!r}")
+                raise SchemaError(
+                    f"variable {self.name!r}: a categorical variable needs "
+                    f"'classes' between 2 and {MAX_CLASSES}, got {self.classes!r}"
+                )
             object.__setattr__(self, "shape", (self.classes,))
         elif self.kind == "continuous":
             if len(self.shape) != 1 or not 1 <= self.shape[0] <= 64:
-                raise SchemaError(f"variable {self.name!r}: a continuous variable has shape [d] "
-                                  f"with 1 <= d <= 64, got {list(self.shape)}")
+                raise SchemaError(
+                    f"variable {self.name!r}: a continuous variable has shape [d] "
+                    f"with 1 <= d <= 64, got {list(self.shape)}"
+                )
         else:
-            if (len(self.shape) != 3 or self.shape[0] not in (1, 3)
-                    or not all(4 <= s <= MAX_IMAGE_SIDE for s in self.shape[1:])):
-                raise SchemaError(f"variable {self.name!r}: an image has shape [C, H, W] with C "
-                                  f"1 or 3 and 4 <= H, W <= {MAX_IMAGE_SIDE}, "
-                                  f"got {list(self.shape)}")
+            if (
+                len(self.shape) != 3
+                or self.shape[0] not in (1, 3)
+                or not all(4 <= s <= MAX_IMAGE_SIDE for s in self.shape[1:])
+            ):
+                raise SchemaError(
+                    f"variable {self.name!r}: an image has shape [C, H, W] with C "
+                    f"1 or 3 and 4 <= H, W <= {MAX_IMAGE_SIDE}, "
+                    f"got {list(self.shape)}"
+                )
 
     @property
     def width(self) -> int:
@@ -95,11 +105,13 @@ class Schema:
         if missing:
             raise SchemaError(f"variable(s) {', '.join(missing)} are in the graph but have no kind")
         if extra:
-            raise SchemaError(f"variable(s) {', '.join(extra)} have a kind but are not in "
-                              "the graph")
+            raise SchemaError(
+                f"variable(s) {', '.join(extra)} have a kind but are not in the graph"
+            )
         order = {v: i for i, v in enumerate(self.graph.nodes)}
-        object.__setattr__(self, "variables",
-                           tuple(sorted(self.variables, key=lambda v: order[v.name])))
+        object.__setattr__(
+            self, "variables", tuple(sorted(self.variables, key=lambda v: order[v.name]))
+        )
 
     def __getitem__(self, name: str) -> Variable:
         for v in self.variables:
@@ -115,8 +127,10 @@ class Schema:
         return [v.name for v in self.variables if v.kind == kind]
 
     def to_json(self) -> dict:
-        return {"graph": self.graph.to_text().replace("\n", "; "),
-                "variables": {v.name: v.to_json() for v in self.variables}}
+        return {
+            "graph": self.graph.to_text().replace("\n", "; "),
+            "variables": {v.name: v.to_json() for v in self.variables},
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Schema:

@@ -30,27 +30,50 @@ def do_key(do: Mapping[str, Any]) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def distribution(model_id: str, query_key: str, _model: Any, outcome: str,
-                 _do: Mapping[str, Any], given: tuple[tuple[str, int], ...],
-                 interventions: tuple[tuple[str, ...], ...], n: int = N_QUERY, seed: int = 0):
+def distribution(
+    model_id: str,
+    query_key: str,
+    _model: Any,
+    outcome: str,
+    _do: Mapping[str, Any],
+    given: tuple[tuple[str, int], ...],
+    interventions: tuple[tuple[str, ...], ...],
+    n: int = N_QUERY,
+    seed: int = 0,
+):
     from mdcm.query import interventional_distribution
 
-    return interventional_distribution(_model, outcome, dict(_do), n=n, seed=seed,
-                                       given=dict(given) or None,
-                                       interventions=[list(i) for i in interventions])
+    return interventional_distribution(
+        _model,
+        outcome,
+        dict(_do),
+        n=n,
+        seed=seed,
+        given=dict(given) or None,
+        interventions=[list(i) for i in interventions],
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def effect(model_id: str, study_key: str, _model: Any, _study: Any, treatment: str, outcome: str,
-           n: int = N_QUERY, seed: int = 0):
+def effect(
+    model_id: str,
+    study_key: str,
+    _model: Any,
+    _study: Any,
+    treatment: str,
+    outcome: str,
+    n: int = N_QUERY,
+    seed: int = 0,
+):
     from mdcm.query import effect_table
 
     return effect_table(_model, _study, treatment, outcome, n=n, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def samples(model_id: str, query_key: str, _model: Any, _do: Mapping[str, Any], n: int = 32,
-            seed: int = 0) -> dict[str, np.ndarray]:
+def samples(
+    model_id: str, query_key: str, _model: Any, _do: Mapping[str, Any], n: int = 32, seed: int = 0
+) -> dict[str, np.ndarray]:
     out = _model.sample(n, dict(_do) or None, seed=seed)
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
 

@@ -17,16 +17,36 @@ import networkx as nx
 from mdcm.graph import NAME_RE, CausalGraph, GraphError
 
 __all__ = [
-    "PALETTE", "add_edge", "add_variable", "component_colors", "edge_list", "graph_html",
-    "layout_positions", "plan_dependency_html", "remove_edge", "remove_variable", "strip_remote",
+    "PALETTE",
+    "add_edge",
+    "add_variable",
+    "component_colors",
+    "edge_list",
+    "graph_html",
+    "layout_positions",
+    "plan_dependency_html",
+    "remove_edge",
+    "remove_variable",
+    "strip_remote",
 ]
 
-PALETTE = ("#8ecae6", "#ffb703", "#90be6d", "#f28482", "#cdb4db", "#f6bd60", "#84a59d",
-           "#bde0fe", "#e9c46a", "#a8dadc")
+PALETTE = (
+    "#8ecae6",
+    "#ffb703",
+    "#90be6d",
+    "#f28482",
+    "#cdb4db",
+    "#f6bd60",
+    "#84a59d",
+    "#bde0fe",
+    "#e9c46a",
+    "#a8dadc",
+)
 
 _REMOTE_RE = re.compile(
     r"<link[^>]*https?://[^>]*>|<script[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>",
-    re.IGNORECASE | re.DOTALL)
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 # ---------------------------------------------------------------------- edits
@@ -36,8 +56,10 @@ def add_variable(graph: CausalGraph, name: str) -> CausalGraph:
     if not name:
         raise GraphError("type a variable name first")
     if not NAME_RE.match(name):
-        raise GraphError(f"bad variable name {name!r}: use letters, digits and '_', "
-                         "starting with a letter or '_'")
+        raise GraphError(
+            f"bad variable name {name!r}: use letters, digits and '_', "
+            "starting with a letter or '_'"
+        )
     if name in graph.nodes:
         raise GraphError(f"variable {name!r} already exists")
     return CausalGraph(graph.nodes + (name,), graph.directed, graph.bidirected)
@@ -100,8 +122,9 @@ def component_colors(graph: CausalGraph) -> dict[str, str]:
     return out
 
 
-def layout_positions(nodes: Sequence[str], edges: Iterable[tuple[str, str]],
-                     dx: int = 150, dy: int = 110) -> dict[str, tuple[int, int]]:
+def layout_positions(
+    nodes: Sequence[str], edges: Iterable[tuple[str, str]], dx: int = 150, dy: int = 110
+) -> dict[str, tuple[int, int]]:
     """Layered layout: x = longest-path depth, y spread within a layer (deterministic)."""
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
@@ -128,14 +151,20 @@ def strip_remote(html: str) -> str:
 def _network(height: int):
     from pyvis.network import Network
 
-    net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line",
-                  bgcolor="#ffffff")
+    net = Network(
+        height=f"{height}px",
+        width="100%",
+        directed=True,
+        cdn_resources="in_line",
+        bgcolor="#ffffff",
+    )
     net.toggle_physics(False)
     return net
 
 
-def graph_html(graph: CausalGraph, kinds: Mapping[str, str] | None = None,
-               height: int = 340) -> str:
+def graph_html(
+    graph: CausalGraph, kinds: Mapping[str, str] | None = None, height: int = 340
+) -> str:
     """Self-contained HTML picture of an ADMG (directed solid, bidirected dashed, c-components
     colored; the node label shows the variable kind)."""
     net = _network(height)
@@ -148,18 +177,41 @@ def graph_html(graph: CausalGraph, kinds: Mapping[str, str] | None = None,
         shape = "box" if kind == "image" else "ellipse"
         label = f"{v}\n({kind})" if kind else v
         comp = sorted(graph.c_component_of(v))
-        net.add_node(v, label=label, x=x, y=y, color=colors[v], shape=shape,
-                     title=f"{v}: {kind or 'kind not set'}; c-component {{{', '.join(comp)}}}",
-                     font={"size": 16})
+        net.add_node(
+            v,
+            label=label,
+            x=x,
+            y=y,
+            color=colors[v],
+            shape=shape,
+            title=f"{v}: {kind or 'kind not set'}; c-component {{{', '.join(comp)}}}",
+            font={"size": 16},
+        )
     for a, b in graph.directed:
         skip = abs(pos[b][0] - pos[a][0]) > 150 or pos[a][1] != pos[b][1]
-        net.add_edge(a, b, color="#333333", width=2, arrows="to",
-                     smooth={"enabled": True, "type": "curvedCW",
-                             "roundness": 0.3 if skip and pos[a][1] == pos[b][1] else 0.05})
+        net.add_edge(
+            a,
+            b,
+            color="#333333",
+            width=2,
+            arrows="to",
+            smooth={
+                "enabled": True,
+                "type": "curvedCW",
+                "roundness": 0.3 if skip and pos[a][1] == pos[b][1] else 0.05,
+            },
+        )
     for a, b in graph.bidirected:
-        net.add_edge(a, b, color="#d62828", width=2, dashes=True, arrows="to;from",
-                     title=f"latent confounder {a} <-> {b}",
-                     smooth={"enabled": True, "type": "curvedCCW", "roundness": 0.45})
+        net.add_edge(
+            a,
+            b,
+            color="#d62828",
+            width=2,
+            dashes=True,
+            arrows="to;from",
+            title=f"latent confounder {a} <-> {b}",
+            smooth={"enabled": True, "type": "curvedCCW", "roundness": 0.45},
+        )
     return strip_remote(net.generate_html())
 
 
@@ -177,9 +229,16 @@ def plan_dependency_html(stages: Sequence[object], height: int = 260) -> str:
         trains = list(getattr(s, "trains", ()) or ())
         x, y = pos[sid]
         joint = len(trains) > 1
-        net.add_node(sid, label=f"stage {sid}\ntrains {{{', '.join(trains)}}}", x=x, y=y,
-                     shape="box", color="#ffd6a5" if joint else PALETTE[i % len(PALETTE)],
-                     title=f"level {getattr(s, 'level', '?')}", font={"size": 14})
+        net.add_node(
+            sid,
+            label=f"stage {sid}\ntrains {{{', '.join(trains)}}}",
+            x=x,
+            y=y,
+            shape="box",
+            color="#ffd6a5" if joint else PALETTE[i % len(PALETTE)],
+            title=f"level {getattr(s, 'level', '?')}",
+            font={"size": 14},
+        )
     for a, b in edges:
         if a in ids:
             net.add_edge(a, b, arrows="to", color="#555555", width=2)

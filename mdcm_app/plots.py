@@ -14,9 +14,20 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
-    "bar_png", "distribution_figure", "effect_figure", "example_description", "example_names",
-    "grids_by_class", "hero_picture", "image_grid", "image_to_array", "marginal_figure",
-    "pairwise_figure", "png_bytes", "preview_rows", "to_uint8",
+    "bar_png",
+    "distribution_figure",
+    "effect_figure",
+    "example_description",
+    "example_names",
+    "grids_by_class",
+    "hero_picture",
+    "image_grid",
+    "image_to_array",
+    "marginal_figure",
+    "pairwise_figure",
+    "png_bytes",
+    "preview_rows",
+    "to_uint8",
 ]
 
 BLUE, ORANGE, GREEN, GREY = "#1d6fa5", "#f28e2b", "#59a14f", "#9aa5b1"
@@ -55,8 +66,13 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return a
 
 
-def image_grid(images: np.ndarray, ncol: int = 8, scale: int = 4, pad: int = 2,
-               labels: Sequence[str] | None = None) -> Image.Image:
+def image_grid(
+    images: np.ndarray,
+    ncol: int = 8,
+    scale: int = 4,
+    pad: int = 2,
+    labels: Sequence[str] | None = None,
+) -> Image.Image:
     """A grid of (N,C,H,W) images in [-1,1], each enlarged ``scale`` times (nearest)."""
     imgs = np.asarray(images)
     n = len(imgs)
@@ -101,8 +117,13 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def bar_png(series: Mapping[str, Sequence[float]], categories: Sequence[str], title: str = "",
-            width: int = 560, height: int = 320) -> bytes:
+def bar_png(
+    series: Mapping[str, Sequence[float]],
+    categories: Sequence[str],
+    title: str = "",
+    width: int = 560,
+    height: int = 320,
+) -> bytes:
     """A grouped bar chart drawn with PIL (PNG bytes): one color per series, values in [0, 1]."""
     colors = [BLUE, ORANGE, GREEN, GREY, "#b07aa1", "#e15759"]
     img = Image.new("RGB", (width, height), "white")
@@ -126,8 +147,12 @@ def bar_png(series: Mapping[str, Sequence[float]], categories: Sequence[str], ti
             y0 = top + ph - ph * float(v) / vmax
             d.rectangle([x0, y0, x0 + bw - 2, top + ph], fill=colors[j % len(colors)])
     for i, c in enumerate(categories):
-        d.text((left + i * gw + gw / 2 - 3 * len(str(c)), top + ph + 4), str(c), fill="black",
-               font=font)
+        d.text(
+            (left + i * gw + gw / 2 - 3 * len(str(c)), top + ph + 4),
+            str(c),
+            fill="black",
+            font=font,
+        )
     x = left
     for j, name in enumerate(series):
         d.rectangle([x, height - 14, x + 10, height - 4], fill=colors[j % len(colors)])
@@ -138,31 +163,46 @@ def bar_png(series: Mapping[str, Sequence[float]], categories: Sequence[str], ti
 
 # ---------------------------------------------------------------------- plotly
 def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin={"l": 40, "r": 10, "t": 48, "b": 40},
-                      template="plotly_white", legend={"orientation": "h", "y": -0.2},
-                      barmode="group")
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": 40, "r": 10, "t": 48, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+        barmode="group",
+    )
     return fig
 
 
-def distribution_figure(series: Mapping[str, Sequence[float]], categories: Sequence[str],
-                        title: str, errors: Mapping[str, Sequence[float]] | None = None
-                        ) -> go.Figure:
+def distribution_figure(
+    series: Mapping[str, Sequence[float]],
+    categories: Sequence[str],
+    title: str,
+    errors: Mapping[str, Sequence[float]] | None = None,
+) -> go.Figure:
     """Grouped bars of categorical distributions (e.g. model under do() vs naive vs truth)."""
     colors = [BLUE, ORANGE, GREEN, GREY]
     fig = go.Figure()
     for j, (name, vals) in enumerate(series.items()):
         err = (errors or {}).get(name)
-        fig.add_bar(x=[str(c) for c in categories], y=list(map(float, vals)), name=name,
-                    marker_color=colors[j % len(colors)],
-                    error_y={"type": "data", "array": list(map(float, err))} if err is not None
-                    else None)
+        fig.add_bar(
+            x=[str(c) for c in categories],
+            y=list(map(float, vals)),
+            name=name,
+            marker_color=colors[j % len(colors)],
+            error_y={"type": "data", "array": list(map(float, err))} if err is not None else None,
+        )
     fig.update_yaxes(title="probability", range=[0, 1.05])
     return _layout(fig, title)
 
 
-def marginal_figure(values: np.ndarray, name: str, kind: str,
-                    other: np.ndarray | None = None, labels: tuple[str, str] = ("real", "model")
-                    ) -> go.Figure:
+def marginal_figure(
+    values: np.ndarray,
+    name: str,
+    kind: str,
+    other: np.ndarray | None = None,
+    labels: tuple[str, str] = ("real", "model"),
+) -> go.Figure:
     """A variable's marginal: bars for categorical, histogram for continuous (first dimension)."""
     fig = go.Figure()
     if kind == "categorical":
@@ -178,16 +218,26 @@ def marginal_figure(values: np.ndarray, name: str, kind: str,
             if arr is None:
                 continue
             a = np.asarray(arr, dtype=np.float32).reshape(len(arr), -1)[:, 0]
-            fig.add_histogram(x=a, name=lab, marker_color=col, opacity=0.6,
-                              histnorm="probability density", nbinsx=30)
+            fig.add_histogram(
+                x=a,
+                name=lab,
+                marker_color=col,
+                opacity=0.6,
+                histnorm="probability density",
+                nbinsx=30,
+            )
         fig.update_layout(barmode="overlay")
     return _layout(fig, f"{name}", height=280)
 
 
-def effect_figure(values: Sequence[str], series: Mapping[str, Sequence[float]],
-                  lower: Mapping[str, Sequence[float]] | None = None,
-                  upper: Mapping[str, Sequence[float]] | None = None,
-                  title: str = "", ytitle: str = "probability") -> go.Figure:
+def effect_figure(
+    values: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    lower: Mapping[str, Sequence[float]] | None = None,
+    upper: Mapping[str, Sequence[float]] | None = None,
+    title: str = "",
+    ytitle: str = "probability",
+) -> go.Figure:
     """Lines across treatment values, with an interval band per series when given."""
     colors = [BLUE, ORANGE, GREEN, GREY]
     fig = go.Figure()
@@ -196,22 +246,41 @@ def effect_figure(values: Sequence[str], series: Mapping[str, Sequence[float]],
         col = colors[j % len(colors)]
         if lower and upper and name in lower and name in upper:
             lo, hi = list(map(float, lower[name])), list(map(float, upper[name]))
-            fig.add_scatter(x=xs, y=list(map(float, ys)), name=name, mode="lines+markers",
-                            line={"color": col},
-                            error_y={"type": "data", "symmetric": False,
-                                     "array": [h - y for h, y in zip(hi, ys, strict=True)],
-                                     "arrayminus": [y - a for y, a in zip(ys, lo, strict=True)]})
+            fig.add_scatter(
+                x=xs,
+                y=list(map(float, ys)),
+                name=name,
+                mode="lines+markers",
+                line={"color": col},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [h - y for h, y in zip(hi, ys, strict=True)],
+                    "arrayminus": [y - a for y, a in zip(ys, lo, strict=True)],
+                },
+            )
         else:
-            fig.add_scatter(x=xs, y=list(map(float, ys)), name=name, mode="lines+markers",
-                            line={"color": col, "dash": "dot" if j else "solid"})
+            fig.add_scatter(
+                x=xs,
+                y=list(map(float, ys)),
+                name=name,
+                mode="lines+markers",
+                line={"color": col, "dash": "dot" if j else "solid"},
+            )
     fig.update_yaxes(title=ytitle)
     fig.update_xaxes(title="treatment value", type="category")
     return _layout(fig, title)
 
 
 # ---------------------------------------------------------------------- home picture
-def _arrow(d: ImageDraw.ImageDraw, p: tuple[float, float], q: tuple[float, float],
-           color: str, dashed: bool = False, heads: tuple[bool, bool] = (False, True)) -> None:
+def _arrow(
+    d: ImageDraw.ImageDraw,
+    p: tuple[float, float],
+    q: tuple[float, float],
+    color: str,
+    dashed: bool = False,
+    heads: tuple[bool, bool] = (False, True),
+) -> None:
     p_, q_ = np.array(p, dtype=float), np.array(q, dtype=float)
     v = q_ - p_
     length = float(np.linalg.norm(v))
@@ -264,8 +333,9 @@ def hero_picture() -> Image.Image:
 
 
 # ---------------------------------------------------------------------- tables and pairs
-def preview_rows(columns: Mapping[str, np.ndarray], kinds: Mapping[str, str],
-                 n: int = 20) -> dict[str, list]:
+def preview_rows(
+    columns: Mapping[str, np.ndarray], kinds: Mapping[str, str], n: int = 20
+) -> dict[str, list]:
     """First ``n`` rows as plain lists (images summarised by their mean intensity)."""
     out: dict[str, list] = {}
     for name, arr in columns.items():
@@ -275,15 +345,23 @@ def preview_rows(columns: Mapping[str, np.ndarray], kinds: Mapping[str, str],
             out[f"{name} (mean pixel)"] = [round(float(x.mean()), 3) for x in a]
         elif a.ndim == 2:
             for j in range(a.shape[1]):
-                out[name if a.shape[1] == 1 else f"{name}[{j}]"] = [round(float(x), 4)
-                                                                    for x in a[:, j]]
+                out[name if a.shape[1] == 1 else f"{name}[{j}]"] = [
+                    round(float(x), 4) for x in a[:, j]
+                ]
         else:
             out[name] = [int(x) if kind == "categorical" else float(x) for x in a]
     return out
 
 
-def pairwise_figure(x: np.ndarray, y: np.ndarray, xname: str, yname: str, xkind: str,
-                    ykind: str, max_points: int = 2000) -> go.Figure:
+def pairwise_figure(
+    x: np.ndarray,
+    y: np.ndarray,
+    xname: str,
+    yname: str,
+    xkind: str,
+    ykind: str,
+    max_points: int = 2000,
+) -> go.Figure:
     """Two variables together: a joint-probability heatmap (categorical x categorical), box plots
     (categorical x continuous) or a scatter plot (continuous x continuous)."""
     x = np.asarray(x)[:max_points] if xkind != "categorical" else np.asarray(x)
@@ -296,8 +374,14 @@ def pairwise_figure(x: np.ndarray, y: np.ndarray, xname: str, yname: str, xkind:
         table = np.zeros((ky, kx))
         np.add.at(table, (y.astype(int), x.astype(int)), 1.0)
         table /= max(1.0, table.sum())
-        fig.add_heatmap(z=table, x=[str(i) for i in range(kx)], y=[str(i) for i in range(ky)],
-                        colorscale="Blues", text=np.round(table, 3), texttemplate="%{text}")
+        fig.add_heatmap(
+            z=table,
+            x=[str(i) for i in range(kx)],
+            y=[str(i) for i in range(ky)],
+            colorscale="Blues",
+            text=np.round(table, 3),
+            texttemplate="%{text}",
+        )
     elif xkind == "categorical" or ykind == "categorical":
         cat, cont = (x, y) if xkind == "categorical" else (y, x)
         cname, vname = (xname, yname) if xkind == "categorical" else (yname, xname)
@@ -315,8 +399,9 @@ def pairwise_figure(x: np.ndarray, y: np.ndarray, xname: str, yname: str, xkind:
     return _layout(fig, f"{xname} and {yname}")
 
 
-def grids_by_class(images: np.ndarray, classes: np.ndarray, per_class: int = 8,
-                   scale: int = 3) -> dict[int, Image.Image]:
+def grids_by_class(
+    images: np.ndarray, classes: np.ndarray, per_class: int = 8, scale: int = 3
+) -> dict[int, Image.Image]:
     """One image grid per class value (the first ``per_class`` images of each class)."""
     out = {}
     classes = np.asarray(classes)

@@ -14,8 +14,14 @@ from typing import Any
 
 from . import state
 
-__all__ = ["find_model", "latest_model", "model_summary", "record_run", "stage_progress",
-           "study_run_ids"]
+__all__ = [
+    "find_model",
+    "latest_model",
+    "model_summary",
+    "record_run",
+    "stage_progress",
+    "study_run_ids",
+]
 
 
 def _runs_file(study_id: str) -> Path:
@@ -89,8 +95,9 @@ def model_summary(meta: state.StudyMeta) -> str:
     return f"trained (run {found[0]}); {len(ids)} run(s) in all"
 
 
-def stage_progress(events: Iterable[Mapping[str, Any]],
-                   max_steps: int | None = None) -> dict[int, dict[str, Any]]:
+def stage_progress(
+    events: Iterable[Mapping[str, Any]], max_steps: int | None = None
+) -> dict[int, dict[str, Any]]:
     """Per stage: steps done, fraction, last losses, loss and quality curves, finished flag.
 
     ``events`` are the dicts of ``events.jsonl`` (mdcm.train.Event.to_json()).
@@ -100,8 +107,18 @@ def stage_progress(events: Iterable[Mapping[str, Any]],
         if "stage" not in e or e.get("stage") is None:
             continue
         s = int(e["stage"])
-        rec = out.setdefault(s, {"step": 0, "done": False, "losses": [], "quality": [],
-                                 "message": "", "stopped_by": "", "elapsed_s": 0.0})
+        rec = out.setdefault(
+            s,
+            {
+                "step": 0,
+                "done": False,
+                "losses": [],
+                "quality": [],
+                "message": "",
+                "stopped_by": "",
+                "elapsed_s": 0.0,
+            },
+        )
         kind = e.get("kind", "")
         step = int(e.get("step") or 0)
         rec["step"] = max(rec["step"], step)
@@ -134,10 +151,15 @@ def training_source(meta: state.StudyMeta, study: Any, example_schema: Any | Non
 
     from mdcm.data import save_study
 
-    uploaded = [d for d in study.datasets
-                if (state.study_dir(meta.study_id) / "study" / d.name).is_dir()]
-    if meta.example and example_schema is not None and not uploaded \
-            and example_schema.to_json() == study.schema.to_json():
+    uploaded = [
+        d for d in study.datasets if (state.study_dir(meta.study_id) / "study" / d.name).is_dir()
+    ]
+    if (
+        meta.example
+        and example_schema is not None
+        and not uploaded
+        and example_schema.to_json() == study.schema.to_json()
+    ):
         return {"example": meta.example}
     folder = state.study_dir(meta.study_id) / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     save_study(study, folder, overwrite=True)

@@ -15,9 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -28,20 +33,40 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(home: Path, port: int | None = None, timeout_s: float = 60.0,
-                     log: Path | None = None) -> Iterator[str]:
+def streamlit_server(
+    home: Path, port: int | None = None, timeout_s: float = 60.0, log: Path | None = None
+) -> Iterator[str]:
     """Run ``streamlit run app.py`` with ``MDCM_HOME=home``; yields the base URL."""
     port = port or free_port()
     env = dict(os.environ, MDCM_HOME=str(home), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
-         "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=str(REPO),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -70,14 +95,14 @@ def streamlit_server(home: Path, port: int | None = None, timeout_s: float = 60.
 
 def launch_chromium(playwright):
     """Debian's Chromium through Playwright (Playwright's own download is not used)."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                      headless=True)
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
 def wait_idle(page, timeout_ms: int = 60_000) -> None:
     """Wait until the app stops running (no 'running' status widget) and the page settled."""
     page.wait_for_timeout(300)
     with contextlib.suppress(Exception):
-        page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached",
-                               timeout=timeout_ms)
+        page.wait_for_selector(
+            '[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms
+        )
     page.wait_for_timeout(300)

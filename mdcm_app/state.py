@@ -91,9 +91,14 @@ class StudyMeta:
     created: float
 
     def to_json(self) -> dict:
-        return {"id": self.study_id, "title": self.title, "example": self.example,
-                "graph": self.graph_text, "variables": dict(self.variables),
-                "created": self.created}
+        return {
+            "id": self.study_id,
+            "title": self.title,
+            "example": self.example,
+            "graph": self.graph_text,
+            "variables": dict(self.variables),
+            "created": self.created,
+        }
 
     @property
     def graph(self) -> CausalGraph:
@@ -102,8 +107,13 @@ class StudyMeta:
     def schema(self) -> Schema:
         """The study schema; raises GraphError / SchemaError naming the problem."""
         g = self.graph
-        return Schema(g, tuple(Variable.from_json(v, dict(self.variables.get(v, DEFAULT_VARIABLE)))
-                               for v in g.nodes))
+        return Schema(
+            g,
+            tuple(
+                Variable.from_json(v, dict(self.variables.get(v, DEFAULT_VARIABLE)))
+                for v in g.nodes
+            ),
+        )
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -120,9 +130,14 @@ def save_meta(meta: StudyMeta) -> None:
 
 def load_meta(study_id: str) -> StudyMeta:
     data = json.loads((study_dir(study_id) / "app.json").read_text())
-    return StudyMeta(study_id=data["id"], title=data.get("title", study_id),
-                     example=data.get("example"), graph_text=data.get("graph", ""),
-                     variables=data.get("variables", {}), created=data.get("created", 0.0))
+    return StudyMeta(
+        study_id=data["id"],
+        title=data.get("title", study_id),
+        example=data.get("example"),
+        graph_text=data.get("graph", ""),
+        variables=data.get("variables", {}),
+        created=data.get("created", 0.0),
+    )
 
 
 def list_studies() -> list[StudyMeta]:
@@ -143,30 +158,48 @@ def example_schema_json(name: str) -> tuple[str, dict]:
     ex = load_example(name, size="cpu")
     schema = ex.study.schema
     return schema.graph.to_text().replace("\n", "; "), {
-        v.name: v.to_json() for v in schema.variables}
+        v.name: v.to_json() for v in schema.variables
+    }
 
 
-def new_study(example: str | None = None, title: str | None = None,
-              graph_text: str = "", variables: Mapping[str, Any] | None = None) -> StudyMeta:
+def new_study(
+    example: str | None = None,
+    title: str | None = None,
+    graph_text: str = "",
+    variables: Mapping[str, Any] | None = None,
+) -> StudyMeta:
     """Create a study folder (from a built-in example or empty) and return its metadata."""
     sid = (example or "study").replace("_", "-") + "-" + uuid.uuid4().hex[:8]
     if example is not None:
         graph_text, variables = example_schema_json(example)
         title = title or BUILTIN_TITLES.get(example, example)
-    meta = StudyMeta(study_id=sid, title=title or "New study", example=example,
-                     graph_text=graph_text, variables=dict(variables or {}), created=time.time())
+    meta = StudyMeta(
+        study_id=sid,
+        title=title or "New study",
+        example=example,
+        graph_text=graph_text,
+        variables=dict(variables or {}),
+        created=time.time(),
+    )
     save_meta(meta)
     (study_dir(sid) / "uploads").mkdir(exist_ok=True)
     return meta
 
 
-def update_graph(meta: StudyMeta, graph: CausalGraph,
-                 variables: Mapping[str, Any] | None = None) -> StudyMeta:
+def update_graph(
+    meta: StudyMeta, graph: CausalGraph, variables: Mapping[str, Any] | None = None
+) -> StudyMeta:
     """Store a new graph (and kinds); variables new to the graph get the default kind."""
     old = dict(variables if variables is not None else meta.variables)
     kinds = {v: old.get(v, DEFAULT_VARIABLE) for v in graph.nodes}
-    new = StudyMeta(meta.study_id, meta.title, meta.example, graph.to_text().replace("\n", "; "),
-                    kinds, meta.created)
+    new = StudyMeta(
+        meta.study_id,
+        meta.title,
+        meta.example,
+        graph.to_text().replace("\n", "; "),
+        kinds,
+        meta.created,
+    )
     save_meta(new)
     return new
 

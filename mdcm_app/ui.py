@@ -50,15 +50,19 @@ def guard(body: Callable[[], None]) -> None:
     """Run a page body; an unexpected error becomes a friendly message, never a traceback."""
     err = st.session_state.pop("ui_error", None)
     if err:
-        st.error(f"That action failed: {err}. Nothing was lost; try again.",
-                 icon=":material/warning:")
+        st.error(
+            f"That action failed: {err}. Nothing was lost; try again.", icon=":material/warning:"
+        )
     try:
         body()
     except Exception as exc:  # noqa: BLE001 - the UI must never show a raw traceback
         log.error("page error: %s", traceback.format_exc())
-        st.error(f"Something went wrong on this page: {type(exc).__name__}: {exc}. "
-                 "Your study and runs are saved on disk; try again or pick another study "
-                 "on the Home page.", icon=":material/warning:")
+        st.error(
+            f"Something went wrong on this page: {type(exc).__name__}: {exc}. "
+            "Your study and runs are saved on disk; try again or pick another study "
+            "on the Home page.",
+            icon=":material/warning:",
+        )
 
 
 def page_link(key: str, label: str, icon: str | None = None) -> None:
@@ -149,8 +153,11 @@ def project_dataset(schema: Schema, dataset: Any) -> tuple[Any | None, list[str]
     """
     from mdcm.data import DataError, Dataset, validate_dataset
 
-    notes = [f"dataset {dataset.name!r}: column {c!r} is not in the graph (ignored)"
-             for c in dataset.columns if c not in schema.names]
+    notes = [
+        f"dataset {dataset.name!r}: column {c!r} is not in the graph (ignored)"
+        for c in dataset.columns
+        if c not in schema.names
+    ]
     cols = {k: v for k, v in dataset.columns.items() if k in schema.names}
     do = {k: v for k, v in (dataset.do or {}).items() if k in schema.names}
     try:
@@ -185,8 +192,12 @@ def study_data(meta: state.StudyMeta) -> tuple[Any | None, list[str]]:
     schema, err = state.schema_or_error(meta)
     if schema is None:
         return None, [f"graph/kinds: {err}"]
-    return _study_data(meta.study_id, meta.example, json.dumps(schema.to_json(), sort_keys=True),
-                       _uploads_stamp(meta.study_id))
+    return _study_data(
+        meta.study_id,
+        meta.example,
+        json.dumps(schema.to_json(), sort_keys=True),
+        _uploads_stamp(meta.study_id),
+    )
 
 
 def _uploads_stamp(study_id: str) -> float:
@@ -197,8 +208,9 @@ def _uploads_stamp(study_id: str) -> float:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _study_data(study_id: str, example: str | None, schema_json: str,
-                stamp: float) -> tuple[Any | None, list[str]]:
+def _study_data(
+    study_id: str, example: str | None, schema_json: str, stamp: float
+) -> tuple[Any | None, list[str]]:
     from mdcm.data import Study
 
     schema = Schema.from_json(json.loads(schema_json))
@@ -221,8 +233,9 @@ def _study_data(study_id: str, example: str | None, schema_json: str,
             datasets.append(ds)
     if not datasets:
         return None, problems
-    return Study(schema=schema, datasets=tuple(datasets),
-                 path=state.study_dir(study_id) / "study"), problems
+    return Study(
+        schema=schema, datasets=tuple(datasets), path=state.study_dir(study_id) / "study"
+    ), problems
 
 
 def study_summary(meta: state.StudyMeta) -> dict[str, str]:
@@ -231,8 +244,12 @@ def study_summary(meta: state.StudyMeta) -> dict[str, str]:
 
     out = {"Study": meta.title}
     g, err = state.graph_or_error(meta.graph_text)
-    out["Graph"] = (f"{len(g.nodes)} variables, {len(g.directed)} causal and "
-                    f"{len(g.bidirected)} confounder edges" if g else f"invalid: {err}")
+    out["Graph"] = (
+        f"{len(g.nodes)} variables, {len(g.directed)} causal and "
+        f"{len(g.bidirected)} confounder edges"
+        if g
+        else f"invalid: {err}"
+    )
     try:
         study, problems = study_data(meta)
         if study is None:
@@ -293,12 +310,16 @@ def pick_model(meta: state.StudyMeta, schema: Schema, key: str):
         page_link("train", "Go to Train", ":material/model_training:")
         st.stop()
     ids = [rid for rid, _ in models]
-    rid = st.selectbox("Model (training run)", ids, key=key,
-                       help="Models of this study's runs, newest first")
+    rid = st.selectbox(
+        "Model (training run)", ids, key=key, help="Models of this study's runs, newest first"
+    )
     path = dict(models)[rid]
     try:
-        model = load_model_cached(str(path), (path / "model.safetensors").stat().st_mtime,
-                                  json.dumps(schema.to_json(), sort_keys=True))
+        model = load_model_cached(
+            str(path),
+            (path / "model.safetensors").stat().st_mtime,
+            json.dumps(schema.to_json(), sort_keys=True),
+        )
     except (ModelFileError, OSError, ValueError) as exc:
         st.error(f"This model cannot be used with the study as it is now: {exc}")
         st.stop()

@@ -23,17 +23,25 @@ from mdcm.data import (
     Dataset,
     check_do,
     load_dataset,
-    read_medmnist_npz,
-    safe_extract_zip,
     save_dataset,
     validate_dataset,
 )
+from mdcm.readers import read_medmnist_npz
+from mdcm.safezip import safe_extract_zip
 from mdcm.variables import Schema
 
 from . import state
 
-__all__ = ["dataset_root", "delete_dataset", "import_csv_images", "import_dataset_zip",
-           "import_npz", "parse_do", "store_raw", "write_study_json"]
+__all__ = [
+    "dataset_root",
+    "delete_dataset",
+    "import_csv_images",
+    "import_dataset_zip",
+    "import_npz",
+    "parse_do",
+    "store_raw",
+    "write_study_json",
+]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
@@ -72,8 +80,10 @@ def parse_do(text: str, schema: Schema) -> dict[str, object]:
             raise DataError(f"intervention {part!r}: write targets as NAME=VALUE, e.g. X=1")
         name, value = (s.strip() for s in part.split("=", 1))
         if name not in schema.names:
-            raise DataError(f"intervention on unknown variable {name!r}; the graph has "
-                            f"{', '.join(schema.names)}")
+            raise DataError(
+                f"intervention on unknown variable {name!r}; the graph has "
+                f"{', '.join(schema.names)}"
+            )
         var = schema[name]
         try:
             out[name] = int(value) if var.kind == "categorical" else float(value)
@@ -89,8 +99,10 @@ def _check_name(study_id: str, name: str) -> Path:
         raise DataError(f"dataset name {name!r}: use 1-64 letters, digits, '_' or '-'")
     dest = dataset_root(study_id) / name
     if dest.exists():
-        raise DataError(f"a dataset named {name!r} already exists in this study; pick another "
-                        "name or delete it first")
+        raise DataError(
+            f"a dataset named {name!r} already exists in this study; pick another "
+            "name or delete it first"
+        )
     return dest
 
 
@@ -105,13 +117,16 @@ def _find_dataset_folder(root: Path) -> Path:
     if len(subs) == 1:
         return subs[0].parent
     if not subs:
-        raise DataError("the zip has no data.csv (a dataset folder holds data.csv, image files "
-                        "and, for interventional data, intervention.json)")
+        raise DataError(
+            "the zip has no data.csv (a dataset folder holds data.csv, image files "
+            "and, for interventional data, intervention.json)"
+        )
     raise DataError(f"the zip has {len(subs)} data.csv files; upload one dataset per zip")
 
 
-def _finish(study_id: str, folder: Path, schema: Schema, name: str,
-            do: Mapping[str, object] | None) -> Dataset:
+def _finish(
+    study_id: str, folder: Path, schema: Schema, name: str, do: Mapping[str, object] | None
+) -> Dataset:
     dest = _check_name(study_id, name)
     if do:
         (folder / "intervention.json").write_text(json.dumps({"do": dict(do)}))
@@ -119,15 +134,18 @@ def _finish(study_id: str, folder: Path, schema: Schema, name: str,
     try:
         dest.mkdir()  # claims the name atomically: a second session importing it now fails here
     except FileExistsError:
-        raise DataError(f"a dataset named {name!r} already exists in this study; pick another "
-                        "name or delete it first") from None
+        raise DataError(
+            f"a dataset named {name!r} already exists in this study; pick another "
+            "name or delete it first"
+        ) from None
     os.replace(folder, dest)  # same file system (both inside the study folder): atomic
     write_study_json(study_id, schema)
     return Dataset(name, ds.columns, ds.do)
 
 
-def import_dataset_zip(study_id: str, schema: Schema, zip_path: Path, name: str,
-                       do: Mapping[str, object] | None = None) -> Dataset:
+def import_dataset_zip(
+    study_id: str, schema: Schema, zip_path: Path, name: str, do: Mapping[str, object] | None = None
+) -> Dataset:
     """A zip of one dataset folder -> ``study/<name>/`` (validated first)."""
     _check_name(study_id, name)
     stage = _staging(study_id)
@@ -138,8 +156,14 @@ def import_dataset_zip(study_id: str, schema: Schema, zip_path: Path, name: str,
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def import_csv_images(study_id: str, schema: Schema, csv_path: Path, zip_path: Path | None,
-                      name: str, do: Mapping[str, object] | None = None) -> Dataset:
+def import_csv_images(
+    study_id: str,
+    schema: Schema,
+    csv_path: Path,
+    zip_path: Path | None,
+    name: str,
+    do: Mapping[str, object] | None = None,
+) -> Dataset:
     """A CSV (image columns hold paths inside the zip) plus an optional zip of images."""
     _check_name(study_id, name)
     stage = _staging(study_id)
@@ -168,8 +192,17 @@ def _resize_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def import_npz(study_id: str, schema: Schema, npz_path: Path, name: str, *, split: str,
-               image_var: str, label_var: str, max_rows: int = 20_000) -> Dataset:
+def import_npz(
+    study_id: str,
+    schema: Schema,
+    npz_path: Path,
+    name: str,
+    *,
+    split: str,
+    image_var: str,
+    label_var: str,
+    max_rows: int = 20_000,
+) -> Dataset:
     """A MedMNIST ``.npz``: images -> ``image_var`` (resized), labels -> ``label_var``.
 
     The study must have exactly these two variables (the npz holds no others)."""
@@ -177,20 +210,32 @@ def import_npz(study_id: str, schema: Schema, npz_path: Path, name: str, *, spli
     images, labels = read_medmnist_npz(npz_path, split=split)
     others = [v for v in schema.names if v not in (image_var, label_var)]
     if others:
-        raise DataError(f"{Path(npz_path).name}: the .npz holds only images and labels, but the "
-                        f"graph also has {', '.join(others)}; remove them or upload a CSV")
+        raise DataError(
+            f"{Path(npz_path).name}: the .npz holds only images and labels, but the "
+            f"graph also has {', '.join(others)}; remove them or upload a CSV"
+        )
     if schema[image_var].kind != "image":
-        raise DataError(f"variable {image_var!r} is {schema[image_var].kind}, not an image; set "
-                        "its kind on the Graph page")
+        raise DataError(
+            f"variable {image_var!r} is {schema[image_var].kind}, not an image; set "
+            "its kind on the Graph page"
+        )
     if schema[label_var].kind != "categorical":
         raise DataError(f"variable {label_var!r} must be categorical for MedMNIST labels")
     k = schema[label_var].classes
     if labels.max() >= k:
-        raise DataError(f"{Path(npz_path).name}: labels go up to {int(labels.max())} but "
-                        f"{label_var!r} has {k} classes; set classes to {int(labels.max()) + 1}")
+        raise DataError(
+            f"{Path(npz_path).name}: labels go up to {int(labels.max())} but "
+            f"{label_var!r} has {k} classes; set classes to {int(labels.max()) + 1}"
+        )
     images, labels = images[:max_rows], labels[:max_rows]
-    ds = Dataset(name, {image_var: _resize_images(images, schema[image_var].shape),
-                        label_var: labels.astype(np.int64)}, {})
+    ds = Dataset(
+        name,
+        {
+            image_var: _resize_images(images, schema[image_var].shape),
+            label_var: labels.astype(np.int64),
+        },
+        {},
+    )
     validate_dataset(ds, schema)
     write_study_json(study_id, schema)
     save_dataset(ds, schema, dest)

@@ -33,8 +33,11 @@ def _import() -> None:
     try:
         do = uploads.parse_do(st.session_state.get("data_do", ""), schema)
         files = {}
-        for key in {"zip": ["data_zip"], "csv": ["data_csv", "data_images_zip"],
-                    "npz": ["data_npz"]}[kind]:
+        for key in {
+            "zip": ["data_zip"],
+            "csv": ["data_csv", "data_images_zip"],
+            "npz": ["data_npz"],
+        }[kind]:
             f = st.session_state.get(key)
             if f is not None:
                 files[key] = uploads.store_raw(sid, f.name, f.getvalue())
@@ -45,20 +48,29 @@ def _import() -> None:
         elif kind == "csv":
             if "data_csv" not in files:
                 raise DataError("choose a CSV file first")
-            ds = uploads.import_csv_images(sid, schema, files["data_csv"],
-                                           files.get("data_images_zip"), name, do)
+            ds = uploads.import_csv_images(
+                sid, schema, files["data_csv"], files.get("data_images_zip"), name, do
+            )
         else:
             if "data_npz" not in files:
                 raise DataError("choose a .npz file first")
-            ds = uploads.import_npz(sid, schema, files["data_npz"], name,
-                                    split=st.session_state.get("data_npz_split", "train"),
-                                    image_var=st.session_state.get("data_npz_image"),
-                                    label_var=st.session_state.get("data_npz_label"))
+            ds = uploads.import_npz(
+                sid,
+                schema,
+                files["data_npz"],
+                name,
+                split=st.session_state.get("data_npz_split", "train"),
+                image_var=st.session_state.get("data_npz_image"),
+                label_var=st.session_state.get("data_npz_label"),
+            )
     except (DataError, ValueError, OSError) as exc:
         st.session_state["data_problems"] = [str(exc)]
         return
-    regime = "observational" if not ds.do else "do(" + ", ".join(
-        f"{k}={v}" for k, v in ds.do.items()) + ")"
+    regime = (
+        "observational"
+        if not ds.do
+        else "do(" + ", ".join(f"{k}={v}" for k, v in ds.do.items()) + ")"
+    )
     st.session_state["data_notice"] = f"Added dataset {ds.name!r}: {ds.n} rows, {regime}."
 
 
@@ -71,19 +83,29 @@ def _delete(name: str) -> None:
 
 
 def _overview(meta, study, problems) -> None:
-    uploaded = {p.name for p in (state.study_dir(meta.study_id) / "study").glob("*")
-                if p.is_dir()}
+    uploaded = {p.name for p in (state.study_dir(meta.study_id) / "study").glob("*") if p.is_dir()}
     if study is None:
         st.info("This study has no usable data yet: upload a dataset below.")
     else:
-        rows = [{"dataset": d.name, "regime": "observational" if not d.do else
-                 "do(" + ", ".join(f"{k}={v}" for k, v in d.do.items()) + ")",
-                 "rows": d.n, "source": "uploaded" if d.name in uploaded else "built-in"}
-                for d in study.datasets]
+        rows = [
+            {
+                "dataset": d.name,
+                "regime": "observational"
+                if not d.do
+                else "do(" + ", ".join(f"{k}={v}" for k, v in d.do.items()) + ")",
+                "rows": d.n,
+                "source": "uploaded" if d.name in uploaded else "built-in",
+            }
+            for d in study.datasets
+        ]
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         for name in sorted(uploaded):
-            st.button(f"Delete uploaded dataset {name}", key=f"data_delete_{name}",
-                      on_click=_delete, args=(name,))
+            st.button(
+                f"Delete uploaded dataset {name}",
+                key=f"data_delete_{name}",
+                on_click=_delete,
+                args=(name,),
+            )
     real = [p for p in problems if not p.endswith("(ignored)")]
     notes = [p for p in problems if p.endswith("(ignored)")]
     if real:
@@ -99,8 +121,9 @@ def _explore(study) -> None:
     dname = st.selectbox("Dataset", names, key="data_view")
     ds = study.dataset(dname)
     st.markdown(f"**Preview** (first 20 of {ds.n} rows)")
-    st.dataframe(pd.DataFrame(plots.preview_rows(ds.columns, kinds, 20)), width="stretch",
-                 hide_index=False)
+    st.dataframe(
+        pd.DataFrame(plots.preview_rows(ds.columns, kinds, 20)), width="stretch", hide_index=False
+    )
     images = schema.of_kind("image")
     cats = schema.of_kind("categorical")
     if images:
@@ -119,8 +142,11 @@ def _explore(study) -> None:
         cols = st.columns(min(3, len(tab)))
         for i, v in enumerate(tab):
             with cols[i % len(cols)]:
-                st.plotly_chart(plots.marginal_figure(ds.columns[v.name], v.name, v.kind),
-                                key=f"data_marg_{v.name}", width="stretch")
+                st.plotly_chart(
+                    plots.marginal_figure(ds.columns[v.name], v.name, v.kind),
+                    key=f"data_marg_{v.name}",
+                    width="stretch",
+                )
     if len(tab) >= 2:
         st.markdown("**Pairwise**")
         p1, p2 = st.columns(2)
@@ -128,23 +154,29 @@ def _explore(study) -> None:
         x = p1.selectbox("x", tnames, key="data_pair_x")
         y = p2.selectbox("y", tnames, index=1, key="data_pair_y")
         if x != y:
-            st.plotly_chart(plots.pairwise_figure(ds.columns[x], ds.columns[y], x, y, kinds[x],
-                                                  kinds[y]), key="data_pair_fig",
-                            width="stretch")
+            st.plotly_chart(
+                plots.pairwise_figure(ds.columns[x], ds.columns[y], x, y, kinds[x], kinds[y]),
+                key="data_pair_fig",
+                width="stretch",
+            )
         else:
             st.caption("Pick two different variables.")
 
 
 def _upload(meta) -> None:
     schema, err = state.schema_or_error(meta)
-    st.radio("What are you uploading?", list(UPLOAD_KINDS), key="data_kind",
-             format_func=UPLOAD_KINDS.get)
+    st.radio(
+        "What are you uploading?", list(UPLOAD_KINDS), key="data_kind", format_func=UPLOAD_KINDS.get
+    )
     kind = st.session_state.get("data_kind", "zip")
     if kind == "zip":
         st.file_uploader("Dataset folder as .zip", type=["zip"], key="data_zip")
     elif kind == "csv":
-        st.file_uploader("data.csv (one column per variable; image columns hold file paths)",
-                         type=["csv"], key="data_csv")
+        st.file_uploader(
+            "data.csv (one column per variable; image columns hold file paths)",
+            type=["csv"],
+            key="data_csv",
+        )
         st.file_uploader("Images as .zip (optional)", type=["zip"], key="data_images_zip")
     else:
         st.file_uploader("MedMNIST .npz", type=["npz"], key="data_npz")
@@ -152,25 +184,42 @@ def _upload(meta) -> None:
         n1.selectbox("Split", ["train", "val", "test"], key="data_npz_split")
         names = list(schema.names) if schema else []
         n2.selectbox("Images go to", names, key="data_npz_image")
-        n3.selectbox("Labels go to", names, key="data_npz_label",
-                     index=min(1, len(names) - 1) if names else None)
+        n3.selectbox(
+            "Labels go to",
+            names,
+            key="data_npz_label",
+            index=min(1, len(names) - 1) if names else None,
+        )
     c1, c2 = st.columns(2)
-    c1.text_input("Dataset name", key="data_name", value="uploaded",
-                  help="A folder name: letters, digits, '_' or '-'")
-    c2.text_input("Intervention targets (empty = observational)", key="data_do",
-                  placeholder="e.g. X=1", help="The variables set by the experiment, NAME=VALUE")
+    c1.text_input(
+        "Dataset name",
+        key="data_name",
+        value="uploaded",
+        help="A folder name: letters, digits, '_' or '-'",
+    )
+    c2.text_input(
+        "Intervention targets (empty = observational)",
+        key="data_do",
+        placeholder="e.g. X=1",
+        help="The variables set by the experiment, NAME=VALUE",
+    )
     st.button("Import dataset", key="data_import", on_click=_import, type="primary")
     for p in st.session_state.get("data_problems") or []:
         st.error(f"Upload refused: {p}", icon=":material/block:")
     if st.session_state.get("data_problems"):
-        st.caption("The uploaded file is kept in the study's uploads folder; fix it and "
-                   "upload again.")
+        st.caption(
+            "The uploaded file is kept in the study's uploads folder; fix it and upload again."
+        )
     if st.session_state.get("data_notice"):
         st.success(st.session_state["data_notice"])
     if schema is not None:
-        st.caption("Expected columns: " + ", ".join(
-            f"`{v.name}` ({v.kind}{', ' + str(v.classes) + ' classes' if v.classes else ''})"
-            for v in schema.variables))
+        st.caption(
+            "Expected columns: "
+            + ", ".join(
+                f"`{v.name}` ({v.kind}{', ' + str(v.classes) + ' classes' if v.classes else ''})"
+                for v in schema.variables
+            )
+        )
 
 
 def main() -> None:

@@ -88,8 +88,12 @@ def _set_kind(v: str) -> None:
     old = dict(meta.variables.get(v, state.DEFAULT_VARIABLE))
     try:
         if kind == "categorical":
-            spec = {"kind": kind, "classes": int(st.session_state.get(f"graph_classes_{v}")
-                                                 or old.get("classes") or 2)}
+            spec = {
+                "kind": kind,
+                "classes": int(
+                    st.session_state.get(f"graph_classes_{v}") or old.get("classes") or 2
+                ),
+            }
         elif kind == "continuous":
             spec = {"kind": kind, "shape": [int(st.session_state.get(f"graph_dim_{v}") or 1)]}
         else:
@@ -97,8 +101,10 @@ def _set_kind(v: str) -> None:
             try:
                 shape = [int(s) for s in raw.lower().replace(",", "x").split("x") if s.strip()]
             except ValueError:
-                raise SchemaError(f"variable {v!r}: image shape {raw!r} must look like "
-                                  "3x14x14 (channels x height x width)") from None
+                raise SchemaError(
+                    f"variable {v!r}: image shape {raw!r} must look like "
+                    "3x14x14 (channels x height x width)"
+                ) from None
             spec = {"kind": kind, "shape": shape}
         state.set_variable(meta, v, spec)
         st.session_state[f"graph_kind_error_{v}"] = ""
@@ -110,8 +116,9 @@ def _set_kind(v: str) -> None:
 def _editor(meta: state.StudyMeta, graph) -> None:
     st.markdown("**Add a variable**")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.text_input("Variable name", key="graph_new_var", placeholder="e.g. Z",
-                  label_visibility="collapsed")
+    c1.text_input(
+        "Variable name", key="graph_new_var", placeholder="e.g. Z", label_visibility="collapsed"
+    )
     c2.button("Add variable", key="graph_add_var", on_click=_add_variable, width="stretch")
     st.markdown("**Add an edge**")
     nodes = list(graph.nodes) if graph is not None else []
@@ -119,8 +126,13 @@ def _editor(meta: state.StudyMeta, graph) -> None:
     e1.selectbox("From", nodes, key="graph_edge_from")
     e2.selectbox("Type", list(EDGE_TYPES), key="graph_edge_type", format_func=EDGE_TYPES.get)
     e3.selectbox("To", nodes, key="graph_edge_to", index=min(1, len(nodes) - 1) if nodes else None)
-    st.button("Add edge", key="graph_add_edge", on_click=_add_edge, type="primary",
-              disabled=len(nodes) < 2)
+    st.button(
+        "Add edge",
+        key="graph_add_edge",
+        on_click=_add_edge,
+        type="primary",
+        disabled=len(nodes) < 2,
+    )
     if st.session_state.get("graph_error"):
         st.error(st.session_state["graph_error"], icon=":material/block:")
     elif st.session_state.get("graph_notice"):
@@ -133,16 +145,27 @@ def _editor(meta: state.StudyMeta, graph) -> None:
             r1, r2 = st.columns([5, 1], vertical_alignment="center")
             r1.markdown(f"`{a} {kind} {b}`" + (" (hidden confounder)" if kind == "<->" else ""))
             tag = "d" if kind == "->" else "b"
-            r2.button("", icon=":material/delete:", help=f"Remove {a} {kind} {b}",
-                      key=f"graph_rm_edge_{tag}_{a}_{b}", on_click=_remove_edge,
-                      args=(a, kind, b))
+            r2.button(
+                "",
+                icon=":material/delete:",
+                help=f"Remove {a} {kind} {b}",
+                key=f"graph_rm_edge_{tag}_{a}_{b}",
+                on_click=_remove_edge,
+                args=(a, kind, b),
+            )
         st.markdown("---")
         for v in graph.nodes:
             r1, r2 = st.columns([5, 1], vertical_alignment="center")
             r1.markdown(f"variable `{v}`")
-            r2.button("", icon=":material/delete:", help=f"Remove variable {v} and its edges",
-                      key=f"graph_rm_var_{v}", on_click=_remove_variable, args=(v,),
-                      disabled=len(graph.nodes) <= 1)
+            r2.button(
+                "",
+                icon=":material/delete:",
+                help=f"Remove variable {v} and its edges",
+                key=f"graph_rm_var_{v}",
+                on_click=_remove_variable,
+                args=(v,),
+                disabled=len(graph.nodes) <= 1,
+            )
 
 
 def _kinds(meta: state.StudyMeta, graph) -> None:
@@ -154,28 +177,49 @@ def _kinds(meta: state.StudyMeta, graph) -> None:
         kind_key = f"graph_kind_{v}"
         if kind_key not in st.session_state:
             st.session_state[kind_key] = spec.get("kind", "categorical")
-        c2.selectbox(f"Kind of {v}", KINDS, key=kind_key, on_change=_set_kind, args=(v,),
-                     label_visibility="collapsed")
+        c2.selectbox(
+            f"Kind of {v}",
+            KINDS,
+            key=kind_key,
+            on_change=_set_kind,
+            args=(v,),
+            label_visibility="collapsed",
+        )
         kind = st.session_state[kind_key]
         if kind == "categorical":
             key = f"graph_classes_{v}"
             if key not in st.session_state:
                 st.session_state[key] = int(spec.get("classes") or 2)
-            c3.number_input(f"Classes of {v}", min_value=2, max_value=1000, step=1, key=key,
-                            on_change=_set_kind, args=(v,))
+            c3.number_input(
+                f"Classes of {v}",
+                min_value=2,
+                max_value=1000,
+                step=1,
+                key=key,
+                on_change=_set_kind,
+                args=(v,),
+            )
         elif kind == "continuous":
             key = f"graph_dim_{v}"
             if key not in st.session_state:
                 st.session_state[key] = int((spec.get("shape") or [1])[0])
-            c3.number_input(f"Dimension of {v}", min_value=1, max_value=64, step=1, key=key,
-                            on_change=_set_kind, args=(v,))
+            c3.number_input(
+                f"Dimension of {v}",
+                min_value=1,
+                max_value=64,
+                step=1,
+                key=key,
+                on_change=_set_kind,
+                args=(v,),
+            )
         else:
             key = f"graph_shape_{v}"
             if key not in st.session_state:
                 shp = spec.get("shape") if spec.get("kind") == "image" else [1, 28, 28]
                 st.session_state[key] = "x".join(str(s) for s in shp)
-            c3.text_input(f"Image shape of {v} (C x H x W)", key=key, on_change=_set_kind,
-                          args=(v,))
+            c3.text_input(
+                f"Image shape of {v} (C x H x W)", key=key, on_change=_set_kind, args=(v,)
+            )
         if st.session_state.get(f"graph_kind_error_{v}"):
             st.error(st.session_state[f"graph_kind_error_{v}"])
 
@@ -191,9 +235,16 @@ def _plan(meta: state.StudyMeta, graph) -> None:
             interventions = [r for r in study.interventions if r <= set(graph.nodes)]
     except ImportError:
         pass
-    mode = st.radio("Plan", ["modular", "joint"], key="graph_plan_mode", horizontal=True,
-                    format_func={"modular": "Modular (Modular-DCM: stage by stage)",
-                                 "joint": "Joint (one stage, NCM-style baseline)"}.get)
+    mode = st.radio(
+        "Plan",
+        ["modular", "joint"],
+        key="graph_plan_mode",
+        horizontal=True,
+        format_func={
+            "modular": "Modular (Modular-DCM: stage by stage)",
+            "joint": "Joint (one stage, NCM-style baseline)",
+        }.get,
+    )
     try:
         plan = make_plan(graph, interventions, joint=(mode == "joint"))
     except PlanError as exc:
@@ -201,23 +252,32 @@ def _plan(meta: state.StudyMeta, graph) -> None:
         return
     levels = plan.levels()
     regimes = ", ".join(r.label for r in plan.regimes)
-    st.markdown(f"**{len(plan.stages)} stage{'s' if len(plan.stages) != 1 else ''}** in "
-                f"**{len(levels)} level{'s' if len(levels) != 1 else ''}** "
-                f"(stages in one level can train in parallel); data regimes: {regimes}.")
+    st.markdown(
+        f"**{len(plan.stages)} stage{'s' if len(plan.stages) != 1 else ''}** in "
+        f"**{len(levels)} level{'s' if len(levels) != 1 else ''}** "
+        f"(stages in one level can train in parallel); data regimes: {regimes}."
+    )
     for s in plan.stages:
         joint = len(s.trains) > 1
         how = "jointly" if joint else "separately"
         with st.container(border=True):
-            after = ("after stage " + ", ".join(map(str, s.depends_on))) if s.depends_on \
+            after = (
+                ("after stage " + ", ".join(map(str, s.depends_on)))
+                if s.depends_on
                 else "no dependencies"
-            st.markdown(f"**Stage {s.id}** · level {s.level} · {after} · trains "
-                        f"**{', '.join(s.trains)}** {how}")
+            )
+            st.markdown(
+                f"**Stage {s.id}** · level {s.level} · {after} · trains "
+                f"**{', '.join(s.trains)}** {how}"
+            )
             if not s.targets:
                 st.warning("No dataset can train this stage (every regime intervenes on it).")
             for t in s.targets:
                 given = ", ".join(t.given) if t.given else "nothing"
-                line = (f"- {t.regime.label}: matches **{', '.join(t.matches)}**, conditions on "
-                        f"**{given}**")
+                line = (
+                    f"- {t.regime.label}: matches **{', '.join(t.matches)}**, conditions on "
+                    f"**{given}**"
+                )
                 if t.frozen:
                     line += f", runs **{', '.join(t.frozen)}** frozen"
                 if t.is_conditional:
@@ -225,11 +285,18 @@ def _plan(meta: state.StudyMeta, graph) -> None:
                 st.markdown(line)
             if s.reasons:
                 st.caption("Why: " + "; ".join(s.reasons))
-    st.markdown("**Stage dependency graph** (an arrow: the later stage runs the earlier "
-                "one's mechanisms frozen)")
+    st.markdown(
+        "**Stage dependency graph** (an arrow: the later stage runs the earlier "
+        "one's mechanisms frozen)"
+    )
     st.iframe(graphview.plan_dependency_html(plan.stages, height=220), height=265)
-    st.download_button("Download plan (JSON)", json.dumps(plan.to_json(), indent=2),
-                       file_name="plan.json", mime="application/json", key="graph_plan_download")
+    st.download_button(
+        "Download plan (JSON)",
+        json.dumps(plan.to_json(), indent=2),
+        file_name="plan.json",
+        mime="application/json",
+        key="graph_plan_download",
+    )
 
 
 def main() -> None:
@@ -242,14 +309,23 @@ def main() -> None:
     with left:
         _editor(meta, graph)
     with right:
-        st.markdown("**Text form** (`A -> B`, `A <-> B` for a hidden confounder; `;` or new "
-                    "lines between statements)")
-        st.text_area("Graph text", key="graph_text", height=150, on_change=_apply_text,
-                     label_visibility="collapsed")
+        st.markdown(
+            "**Text form** (`A -> B`, `A <-> B` for a hidden confounder; `;` or new "
+            "lines between statements)"
+        )
+        st.text_area(
+            "Graph text",
+            key="graph_text",
+            height=150,
+            on_change=_apply_text,
+            label_visibility="collapsed",
+        )
         st.button("Apply text", key="graph_apply_text", on_click=_apply_text)
         if st.session_state.get("graph_text_error"):
-            st.error(f"Graph text not applied: {st.session_state['graph_text_error']}",
-                     icon=":material/block:")
+            st.error(
+                f"Graph text not applied: {st.session_state['graph_text_error']}",
+                icon=":material/block:",
+            )
         if graph is not None:
             _kinds(meta, graph)
     if graph is None:
@@ -258,9 +334,11 @@ def main() -> None:
     meta = state.load_meta(meta.study_id)
     kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
     st.subheader("Picture")
-    st.caption("Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
-               "one color form a c-component (they share hidden confounding and their mechanisms "
-               "train together).")
+    st.caption(
+        "Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
+        "one color form a c-component (they share hidden confounding and their mechanisms "
+        "train together)."
+    )
     st.iframe(graphview.graph_html(graph, kinds, height=320), height=365)
     _plan(meta, graph)
 

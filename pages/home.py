@@ -21,8 +21,12 @@ def _open_example() -> None:
 @ui.safe_callback
 def _new_empty() -> None:
     title = (st.session_state.get("home_new_title") or "").strip() or "New study"
-    meta = state.new_study(example=None, title=title, graph_text="X -> Y",
-                           variables={"X": state.DEFAULT_VARIABLE, "Y": state.DEFAULT_VARIABLE})
+    meta = state.new_study(
+        example=None,
+        title=title,
+        graph_text="X -> Y",
+        variables={"X": state.DEFAULT_VARIABLE, "Y": state.DEFAULT_VARIABLE},
+    )
     ui.set_current_study(meta)
     st.session_state["home_error"] = ""
 
@@ -43,25 +47,36 @@ def main() -> None:
             "treatment, a label, even an image), when hidden factors confound what we observe? "
             "mdcm learns one generator per variable wired like your causal graph (Modular-DCM, "
             "Rahman & Kocaoglu, ICML 2024), trains it stage by stage, and then answers such "
-            "interventional questions by sampling, telling you when the data cannot answer.")
-        st.markdown("1. **Graph**: draw the causal graph and see the training plan  \n"
-                    "2. **Data**: use built-in data or upload yours  \n"
-                    "3. **Train**: train in the background  \n"
-                    "4. **Intervene** and **Checks**: ask questions, check the model")
+            "interventional questions by sampling, telling you when the data cannot answer."
+        )
+        st.markdown(
+            "1. **Graph**: draw the causal graph and see the training plan  \n"
+            "2. **Data**: use built-in data or upload yours  \n"
+            "3. **Train**: train in the background  \n"
+            "4. **Intervene** and **Checks**: ask questions, check the model"
+        )
     with right:
-        st.image(plots.hero_picture(), caption="A front-door study: digit D drives an image I, "
-                 "the image drives an attribute A, and a hidden factor (dashed) drives D and A.",
-                 width="stretch")
+        st.image(
+            plots.hero_picture(),
+            caption="A front-door study: digit D drives an image I, "
+            "the image drives an attribute A, and a hidden factor (dashed) drives D and A.",
+            width="stretch",
+        )
 
     st.subheader("Pick a study")
     names = plots.example_names()
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
-        st.selectbox("Built-in study", names, key="home_example",
-                     format_func=lambda n: state.BUILTIN_TITLES.get(n, n))
+        st.selectbox(
+            "Built-in study",
+            names,
+            key="home_example",
+            format_func=lambda n: state.BUILTIN_TITLES.get(n, n),
+        )
         st.caption(plots.example_description(st.session_state.get("home_example") or names[0]))
-        st.button("Open built-in study", key="home_open_example", on_click=_open_example,
-                  type="primary")
+        st.button(
+            "Open built-in study", key="home_open_example", on_click=_open_example, type="primary"
+        )
         if st.session_state.get("home_error"):
             st.error(st.session_state["home_error"])
     with c2:
@@ -71,9 +86,12 @@ def main() -> None:
     with c3:
         studies = state.list_studies()
         if studies:
-            st.selectbox("Recent studies", [m.study_id for m in studies], key="home_recent",
-                         format_func=lambda s: next(f"{m.title} ({s})" for m in studies
-                                                    if m.study_id == s))
+            st.selectbox(
+                "Recent studies",
+                [m.study_id for m in studies],
+                key="home_recent",
+                format_func=lambda s: next(f"{m.title} ({s})" for m in studies if m.study_id == s),
+            )
             st.button("Open", key="home_open_recent", on_click=_open_recent)
         else:
             st.caption("No saved studies yet.")

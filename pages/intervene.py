@@ -21,25 +21,33 @@ def _treatment_widgets(schema, study, treat: list[str]) -> dict:
         var = schema[v]
         with col:
             if var.kind == "categorical" and var.classes <= 12:
-                do[v] = int(st.select_slider(f"do({v} = …)", list(range(var.classes)),
-                                             key=f"iv_val_{v}"))
+                do[v] = int(
+                    st.select_slider(f"do({v} = …)", list(range(var.classes)), key=f"iv_val_{v}")
+                )
             elif var.kind == "categorical":
-                do[v] = int(st.selectbox(f"do({v} = …)", list(range(var.classes)),
-                                         key=f"iv_val_{v}"))
+                do[v] = int(
+                    st.selectbox(f"do({v} = …)", list(range(var.classes)), key=f"iv_val_{v}")
+                )
             elif var.kind == "continuous":
                 lo, hi = -3.0, 3.0
                 if obs is not None and v in obs.columns:
                     a = np.asarray(obs.columns[v], dtype=np.float32)[:, 0]
                     lo, hi = float(np.quantile(a, 0.01)), float(np.quantile(a, 0.99))
                     lo, hi = round(lo, 2), round(max(hi, lo + 0.01), 2)
-                x = st.slider(f"do({v} = …)", min_value=lo, max_value=hi,
-                              value=round((lo + hi) / 2, 2), key=f"iv_val_{v}")
+                x = st.slider(
+                    f"do({v} = …)",
+                    min_value=lo,
+                    max_value=hi,
+                    value=round((lo + hi) / 2, 2),
+                    key=f"iv_val_{v}",
+                )
                 do[v] = [float(x)] * var.shape[0]
             else:
-                up = st.file_uploader(f"Image for do({v} = …) (PNG/JPEG, resized to "
-                                      f"{var.shape[1]}x{var.shape[2]})", type=["png", "jpg",
-                                                                              "jpeg"],
-                                      key=f"iv_img_{v}")
+                up = st.file_uploader(
+                    f"Image for do({v} = …) (PNG/JPEG, resized to {var.shape[1]}x{var.shape[2]})",
+                    type=["png", "jpg", "jpeg"],
+                    key=f"iv_img_{v}",
+                )
                 if up is not None:
                     try:
                         img = plots.image_to_array(up.getvalue(), var.shape)
@@ -47,8 +55,13 @@ def _treatment_widgets(schema, study, treat: list[str]) -> dict:
                         st.error(f"{v}: {exc}")
                         continue
                 elif obs is not None and v in obs.columns:
-                    idx = st.number_input("…or use data image number", min_value=0,
-                                          max_value=obs.n - 1, value=0, key=f"iv_idx_{v}")
+                    idx = st.number_input(
+                        "…or use data image number",
+                        min_value=0,
+                        max_value=obs.n - 1,
+                        value=0,
+                        key=f"iv_idx_{v}",
+                    )
                     img = np.asarray(obs.columns[v][int(idx)], dtype=np.float32)
                 else:
                     st.info(f"Upload an image for {v}.")
@@ -70,22 +83,34 @@ def _verdict(graph, treat, outcomes, given, interventions) -> bool:
             return False
         q = f"P({y} | do({', '.join(treat)}){', ' + ', '.join(given) if given else ''})"
         if ident.identifiable:
-            st.success(f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}",
-                       icon=":material/check_circle:")
+            st.success(
+                f"**Identifiable**: {q} = {ident.estimand}  \n{ident.reason}",
+                icon=":material/check_circle:",
+            )
         else:
             ok = False
-            st.warning(f"**Not identifiable**: {q}. {ident.reason}  \nThe data cannot decide "
-                       "this answer: the model's numbers below are *one* of many answers that "
-                       "fit the data equally well, not the causal effect. Use them to explore, "
-                       "not to conclude.", icon=":material/warning:")
+            st.warning(
+                f"**Not identifiable**: {q}. {ident.reason}  \nThe data cannot decide "
+                "this answer: the model's numbers below are *one* of many answers that "
+                "fit the data equally well, not the causal effect. Use them to explore, "
+                "not to conclude.",
+                icon=":material/warning:",
+            )
     return ok
 
 
 def _distribution(model, rid, schema, ex, study, y, do, given, interventions) -> None:
     var = schema[y]
     key = answers.do_key(do) + "|" + repr(sorted(given.items()))
-    res = answers.distribution(rid, key, model, y, do, tuple(sorted(given.items())),
-                               tuple(tuple(sorted(i)) for i in interventions))
+    res = answers.distribution(
+        rid,
+        key,
+        model,
+        y,
+        do,
+        tuple(sorted(given.items())),
+        tuple(tuple(sorted(i)) for i in interventions),
+    )
     if res.acceptance_rate < 1.0:
         st.caption(f"Evidence kept {res.acceptance_rate:.1%} of the samples ({res.n}).")
     if var.kind == "categorical":
@@ -99,25 +124,39 @@ def _distribution(model, rid, schema, ex, study, y, do, given, interventions) ->
                 if k in obs.columns:
                     mask &= np.asarray(obs.columns[k]) == v
             if mask.sum():
-                series[f"naive P({y} | {', '.join(plain)} observed)"] = np.bincount(
-                    np.asarray(obs.columns[y])[mask], minlength=var.classes) / mask.sum()
+                series[f"naive P({y} | {', '.join(plain)} observed)"] = (
+                    np.bincount(np.asarray(obs.columns[y])[mask], minlength=var.classes)
+                    / mask.sum()
+                )
         if ex is not None and len(plain) == len(do) and not given:
             with contextlib.suppress(ValueError, KeyError):
                 series["exact truth"] = ex.truth(y, plain)
-        fig = plots.distribution_figure(series, list(range(var.classes)),
-                                        f"P({y} | do({answers.do_key(plain) or 'image'}))",
-                                        errors=errors)
+        fig = plots.distribution_figure(
+            series,
+            list(range(var.classes)),
+            f"P({y} | do({answers.do_key(plain) or 'image'}))",
+            errors=errors,
+        )
         st.plotly_chart(fig, key=f"iv_dist_{y}", width="stretch")
-        st.download_button(f"Download chart of {y} (PNG)",
-                           plots.bar_png(series, [str(i) for i in range(var.classes)],
-                                         f"P({y} | do(...))"),
-                           file_name=f"P_{y}_do.png", mime="image/png", key=f"iv_png_{y}")
+        st.download_button(
+            f"Download chart of {y} (PNG)",
+            plots.bar_png(series, [str(i) for i in range(var.classes)], f"P({y} | do(...))"),
+            file_name=f"P_{y}_do.png",
+            mime="image/png",
+            key=f"iv_png_{y}",
+        )
     elif var.kind == "continuous":
-        st.metric(f"E[{y} | do]", f"{float(res.mean[0]):.3f}",
-                  help=f"95% interval {res.ci[0, 0]:.3f} … {res.ci[0, 1]:.3f}")
+        st.metric(
+            f"E[{y} | do]",
+            f"{float(res.mean[0]):.3f}",
+            help=f"95% interval {res.ci[0, 0]:.3f} … {res.ci[0, 1]:.3f}",
+        )
         sm = answers.samples(rid, answers.do_key(do), model, do, n=1000)
-        st.plotly_chart(plots.marginal_figure(sm[y], y, "continuous", labels=("model", "")),
-                        key=f"iv_dist_{y}", width="stretch")
+        st.plotly_chart(
+            plots.marginal_figure(sm[y], y, "continuous", labels=("model", "")),
+            key=f"iv_dist_{y}",
+            width="stretch",
+        )
     else:
         sm = answers.samples(rid, answers.do_key(do), model, do, n=32)
         st.image(plots.image_grid(sm[y], ncol=8, scale=4), caption=f"{y} under do()")
@@ -129,8 +168,11 @@ def _effect(model, rid, study, treat: str, y: str, ex=None) -> None:
         return
     res = answers.effect(rid, f"{study.path}|{study.schema.to_json()}", model, study, treat, y)
     xs = [r.value for r in res.rows]
-    label = f"P({y}={res.positive} | do({treat}))" if res.positive is not None \
+    label = (
+        f"P({y}={res.positive} | do({treat}))"
+        if res.positive is not None
         else f"E[{y} | do({treat})]"
+    )
     k = res.positive if res.positive is not None else 0
     model_ys = [float(r.probs[k]) for r in res.rows]
     series = {f"model {label}": model_ys}
@@ -141,15 +183,23 @@ def _effect(model, rid, study, treat: str, y: str, ex=None) -> None:
     if ex is not None and res.positive is not None:
         with contextlib.suppress(ValueError, KeyError):
             series["exact truth"] = [float(ex.truth(y, {treat: x})[k]) for x in xs]
-    st.plotly_chart(plots.effect_figure(xs, series, lower, upper,
-                                        title=f"Effect of {treat} on {y}"),
-                    key=f"iv_effect_{y}", width="stretch")
-    rows = [{"do(" + treat + ")": r.value, label: round(float(r.probs[k]), 3),
-             "95% interval": f"{r.ci[k, 0]:.3f} … {r.ci[k, 1]:.3f}",
-             f"effect vs {treat}={res.reference}": f"{r.effect:+.3f} ({r.effect_ci[0]:+.3f} … "
-             f"{r.effect_ci[1]:+.3f})",
-             "naive": None if r.naive is None else round(float(r.naive[k]), 3),
-             "rows observed": r.naive_n} for r in res.rows]
+    st.plotly_chart(
+        plots.effect_figure(xs, series, lower, upper, title=f"Effect of {treat} on {y}"),
+        key=f"iv_effect_{y}",
+        width="stretch",
+    )
+    rows = [
+        {
+            "do(" + treat + ")": r.value,
+            label: round(float(r.probs[k]), 3),
+            "95% interval": f"{r.ci[k, 0]:.3f} … {r.ci[k, 1]:.3f}",
+            f"effect vs {treat}={res.reference}": f"{r.effect:+.3f} ({r.effect_ci[0]:+.3f} … "
+            f"{r.effect_ci[1]:+.3f})",
+            "naive": None if r.naive is None else round(float(r.naive[k]), 3),
+            "rows observed": r.naive_n,
+        }
+        for r in res.rows
+    ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
@@ -168,8 +218,10 @@ def _parse_typed(schema, text: str) -> dict | None:
     if images:
         st.error(f"Intervention refused: set image variable {images[0]} with the uploader")
         st.stop()
-    return {k: (int(v) if schema[k].kind == "categorical" else [float(v)] * schema[k].shape[0])
-            for k, v in do.items()}
+    return {
+        k: (int(v) if schema[k].kind == "categorical" else [float(v)] * schema[k].shape[0])
+        for k, v in do.items()
+    }
 
 
 def main() -> None:
@@ -189,14 +241,22 @@ def main() -> None:
         return
     st.markdown("**Set the treatment**")
     do = _treatment_widgets(schema, study, treat)
-    typed = _parse_typed(schema, st.text_input(
-        "…or type the intervention", key="iv_do_text", placeholder="e.g. D=1",
-        help="NAME=VALUE pairs separated by commas; overrides the widgets above"))
+    typed = _parse_typed(
+        schema,
+        st.text_input(
+            "…or type the intervention",
+            key="iv_do_text",
+            placeholder="e.g. D=1",
+            help="NAME=VALUE pairs separated by commas; overrides the widgets above",
+        ),
+    )
     if typed is not None:
         extra = [k for k in typed if k not in treat]
         if extra:
-            st.error(f"Intervention refused: {extra[0]} is not among the chosen treatments "
-                     f"({', '.join(treat)})")
+            st.error(
+                f"Intervention refused: {extra[0]} is not among the chosen treatments "
+                f"({', '.join(treat)})"
+            )
             return
         do.update(typed)
     missing = [v for v in treat if v not in do]
@@ -204,14 +264,18 @@ def main() -> None:
         st.info(f"Set a value for {', '.join(missing)} to see answers.")
         return
     cands = [v for v in rest if v not in outcomes and schema[v].kind == "categorical"]
-    given_vars = st.multiselect("Evidence (optional, observed values)", cands,
-                                key="iv_given") if cands else []
+    given_vars = (
+        st.multiselect("Evidence (optional, observed values)", cands, key="iv_given")
+        if cands
+        else []
+    )
     given = {}
     if given_vars:
         gcols = st.columns(len(given_vars))
         for col, g in zip(gcols, given_vars, strict=True):
-            given[g] = int(col.selectbox(f"{g} =", list(range(schema[g].classes)),
-                                         key=f"iv_given_{g}"))
+            given[g] = int(
+                col.selectbox(f"{g} =", list(range(schema[g].classes)), key=f"iv_given_{g}")
+            )
     interventions = list(study.interventions) if study is not None else []
     st.subheader("Identifiability")
     _verdict(schema.graph, treat, outcomes, list(given), interventions)
@@ -238,9 +302,13 @@ def main() -> None:
         sm = answers.samples(rid, answers.do_key(do), model, do, n=32)
         for v in imgs:
             st.image(plots.image_grid(sm[v], ncol=16, scale=3), caption=f"{v} | do(...)")
-            st.download_button(f"Download {v} grid (PNG)",
-                               plots.png_bytes(plots.image_grid(sm[v], ncol=16, scale=3)),
-                               file_name=f"{v}_do.png", mime="image/png", key=f"iv_grid_png_{v}")
+            st.download_button(
+                f"Download {v} grid (PNG)",
+                plots.png_bytes(plots.image_grid(sm[v], ncol=16, scale=3)),
+                file_name=f"{v}_do.png",
+                mime="image/png",
+                key=f"iv_grid_png_{v}",
+            )
     if len(treat) == 1 and study is not None and not given:
         st.subheader(f"Effect across values of {treat[0]}")
         for y in outcomes:

@@ -36,23 +36,28 @@ def _start() -> None:
     study, problems = ui.study_data(meta)
     real = [p for p in problems if not p.endswith("(ignored)")]
     if study is None or real:
-        st.session_state["train_error"] = ("Cannot train: " + "; ".join(real or ["no data"])
-                                           + ". Fix the graph or the data first.")
+        st.session_state["train_error"] = (
+            "Cannot train: " + "; ".join(real or ["no data"]) + ". Fix the graph or the data first."
+        )
         return
     if study.observational is None and not study.interventions:
         st.session_state["train_error"] = "Cannot train: the study has no dataset."
         return
-    cfg = {"steps": int(st.session_state.get("train_steps", 3000)),
-           "batch_size": int(st.session_state.get("train_batch", 64)),
-           "seed": int(st.session_state.get("train_seed", 0)),
-           "device": st.session_state.get("train_device", "auto"),
-           "objective": st.session_state.get("train_objective", "auto"),
-           "check_every": max(5, min(200, int(st.session_state.get("train_steps", 3000)) // 10))}
+    cfg = {
+        "steps": int(st.session_state.get("train_steps", 3000)),
+        "batch_size": int(st.session_state.get("train_batch", 64)),
+        "seed": int(st.session_state.get("train_seed", 0)),
+        "device": st.session_state.get("train_device", "auto"),
+        "objective": st.session_state.get("train_objective", "auto"),
+        "check_every": max(5, min(200, int(st.session_state.get("train_steps", 3000)) // 10)),
+    }
     import mdcm.runs
 
     train_keys = getattr(mdcm.runs, "TRAIN_KEYS", ())
-    for key, field in (("train_coder_steps", "coder_steps"),
-                       ("train_check_samples", "check_samples")):
+    for key, field in (
+        ("train_coder_steps", "coder_steps"),
+        ("train_check_samples", "check_samples"),
+    ):
         if field in train_keys and st.session_state.get(key) is not None:
             cfg[field] = int(st.session_state[key])
     limit = float(st.session_state.get("train_time_limit", 0) or 0)
@@ -61,8 +66,13 @@ def _start() -> None:
     ex = ui.example_or_none(meta)
     try:
         source = runs_view.training_source(meta, study, ex.study.schema if ex else None)
-        info = start_run(state.runs_root(), plan=st.session_state.get("train_plan", "modular"),
-                         train_config=cfg, label=meta.study_id, **source)
+        info = start_run(
+            state.runs_root(),
+            plan=st.session_state.get("train_plan", "modular"),
+            train_config=cfg,
+            label=meta.study_id,
+            **source,
+        )
     except (RunError, ValueError, OSError) as exc:
         st.session_state["train_error"] = f"Could not start training: {exc}"
         return
@@ -93,29 +103,62 @@ def _resume(run_dir) -> None:
 def _settings() -> None:
     st.subheader("Settings")
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Device", _devices(), key="train_device",
-                 help="auto uses the GPU when one is available")
-    c1.radio("Plan", ["modular", "joint"], key="train_plan", horizontal=True,
-             format_func={"modular": "Modular (stages)", "joint": "Joint (baseline)"}.get)
-    c2.number_input("Steps per stage (max)", min_value=1, max_value=200_000, value=3000, step=100,
-                    key="train_steps")
-    c2.number_input("Batch size", min_value=8, max_value=4096, value=64, step=8,
-                    key="train_batch")
+    c1.selectbox(
+        "Device", _devices(), key="train_device", help="auto uses the GPU when one is available"
+    )
+    c1.radio(
+        "Plan",
+        ["modular", "joint"],
+        key="train_plan",
+        horizontal=True,
+        format_func={"modular": "Modular (stages)", "joint": "Joint (baseline)"}.get,
+    )
+    c2.number_input(
+        "Steps per stage (max)",
+        min_value=1,
+        max_value=200_000,
+        value=3000,
+        step=100,
+        key="train_steps",
+    )
+    c2.number_input("Batch size", min_value=8, max_value=4096, value=64, step=8, key="train_batch")
     c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="train_seed")
-    c3.number_input("Time limit per stage (s, 0 = none)", min_value=0, max_value=86_400,
-                    value=0, step=30, key="train_time_limit")
+    c3.number_input(
+        "Time limit per stage (s, 0 = none)",
+        min_value=0,
+        max_value=86_400,
+        value=0,
+        step=30,
+        key="train_time_limit",
+    )
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
-        a1.selectbox("Objective", ["auto", "wgan", "mmd"], key="train_objective",
-                     help="auto: maximum likelihood for an image mechanism P(image | parents), "
-                          "a kernel (MMD) loss for the other stages; wgan: WGAN-GP everywhere")
-        a2.number_input("Image-code fit steps", min_value=10, max_value=20_000, value=2000,
-                        step=100, key="train_coder_steps",
-                        help="Steps of the small image autoencoder: image mechanisms draw its "
-                             "code and decode it, children read it (studies with images only)")
-        a3.number_input("Fit-check samples", min_value=256, max_value=65_536, value=4096,
-                        step=256, key="train_check_samples",
-                        help="Samples drawn at each fit check (quality vs steps)")
+        a1.selectbox(
+            "Objective",
+            ["auto", "wgan", "mmd"],
+            key="train_objective",
+            help="auto: maximum likelihood for an image mechanism P(image | parents), "
+            "a kernel (MMD) loss for the other stages; wgan: WGAN-GP everywhere",
+        )
+        a2.number_input(
+            "Image-code fit steps",
+            min_value=10,
+            max_value=20_000,
+            value=2000,
+            step=100,
+            key="train_coder_steps",
+            help="Steps of the small image autoencoder: image mechanisms draw its "
+            "code and decode it, children read it (studies with images only)",
+        )
+        a3.number_input(
+            "Fit-check samples",
+            min_value=256,
+            max_value=65_536,
+            value=4096,
+            step=256,
+            key="train_check_samples",
+            help="Samples drawn at each fit check (quality vs steps)",
+        )
 
 
 def _curves(rec: dict, sid: int) -> None:
@@ -125,17 +168,26 @@ def _curves(rec: dict, sid: int) -> None:
         fig = go.Figure()
         for col in df.columns:
             if col != "step":
-                fig.add_scatter(x=df["step"], y=df[col], name=col, mode="lines+markers",
-                                marker={"size": 4})
-        fig.update_layout(title="losses", height=240, margin={"l": 30, "r": 10, "t": 40, "b": 30},
-                          template="plotly_white")
+                fig.add_scatter(
+                    x=df["step"], y=df[col], name=col, mode="lines+markers", marker={"size": 4}
+                )
+        fig.update_layout(
+            title="losses",
+            height=240,
+            margin={"l": 30, "r": 10, "t": 40, "b": 30},
+            template="plotly_white",
+        )
         c1.plotly_chart(fig, key=f"train_loss_{sid}", width="stretch")
     if rec["quality"]:
         df = pd.DataFrame(rec["quality"])
         fig = go.Figure()
         fig.add_scatter(x=df["step"], y=df["quality"], name="fit (TVD)", mode="lines+markers")
-        fig.update_layout(title="fit check vs steps (TVD to data, lower is better)", height=240,
-                          margin={"l": 30, "r": 10, "t": 40, "b": 30}, template="plotly_white")
+        fig.update_layout(
+            title="fit check vs steps (TVD to data, lower is better)",
+            height=240,
+            margin={"l": 30, "r": 10, "t": 40, "b": 30},
+            template="plotly_white",
+        )
         c2.plotly_chart(fig, key=f"train_quality_{sid}", width="stretch")
 
 
@@ -146,12 +198,18 @@ def _progress(run_dir) -> bool:
     info = run_status(run_dir)
     events = read_events(run_dir)
     steps = int((info.config.get("train") or {}).get("steps") or 0)
-    icon = {"done": ":material/check_circle:", "running": ":material/hourglass_top:",
-            "queued": ":material/hourglass_top:", "failed": ":material/error:",
-            "stopped": ":material/stop_circle:", "interrupted": ":material/warning:"
-            }.get(info.status, "")
-    st.markdown(f"**Run {info.run_id}**: {icon} {info.status}"
-                + (f" (attempt {info.attempts})" if info.attempts > 1 else ""))
+    icon = {
+        "done": ":material/check_circle:",
+        "running": ":material/hourglass_top:",
+        "queued": ":material/hourglass_top:",
+        "failed": ":material/error:",
+        "stopped": ":material/stop_circle:",
+        "interrupted": ":material/warning:",
+    }.get(info.status, "")
+    st.markdown(
+        f"**Run {info.run_id}**: {icon} {info.status}"
+        + (f" (attempt {info.attempts})" if info.attempts > 1 else "")
+    )
     if info.message and info.status in ("failed", "interrupted", "stopped"):
         (st.error if info.status == "failed" else st.warning)(info.message)
     pre = [e for e in events if e.get("stage") == -1 and e.get("kind") == "step"]
@@ -159,11 +217,18 @@ def _progress(run_dir) -> bool:
         st.caption(f"Preparation: {pre[-1].get('message', '')}")
     elif info.active and not events:
         st.caption("Starting the training process (loading data, fitting image codes)…")
-    names = {int(e["stage"]): e.get("message", "") for e in events
-             if e.get("kind") == "stage_start"}
-    prog = runs_view.stage_progress([e for e in events if (e.get("stage") or 0) >= 0
-                                     and e.get("kind") in ("step", "check", "stage_start",
-                                                           "stage_end", "error")], steps)
+    names = {
+        int(e["stage"]): e.get("message", "") for e in events if e.get("kind") == "stage_start"
+    }
+    prog = runs_view.stage_progress(
+        [
+            e
+            for e in events
+            if (e.get("stage") or 0) >= 0
+            and e.get("kind") in ("step", "check", "stage_start", "stage_end", "error")
+        ],
+        steps,
+    )
     for sid in sorted(prog):
         rec = prog[sid]
         label = names.get(sid) or f"stage {sid}"
@@ -171,13 +236,19 @@ def _progress(run_dir) -> bool:
         st.progress(rec["fraction"], text=f"{label}: step {rec['step']}/{steps}{extra}")
         _curves(rec, sid)
     b1, b2 = st.columns(2)
-    b1.button("Stop", key="train_stop", on_click=_stop, args=(run_dir,),
-              disabled=not info.active)
-    b2.button("Resume", key="train_resume", on_click=_resume, args=(run_dir,),
-              disabled=info.active or info.status == "done")
+    b1.button("Stop", key="train_stop", on_click=_stop, args=(run_dir,), disabled=not info.active)
+    b2.button(
+        "Resume",
+        key="train_resume",
+        on_click=_resume,
+        args=(run_dir,),
+        disabled=info.active or info.status == "done",
+    )
     if info.status == "done":
-        st.success("Training finished: the model is ready. Ask questions on the Intervene page "
-                   "or look at the Checks page.")
+        st.success(
+            "Training finished: the model is ready. Ask questions on the Intervene page "
+            "or look at the Checks page."
+        )
         ui.page_link("intervene", "Go to Intervene", ":material/tune:")
     return info.active
 
@@ -210,8 +281,11 @@ def _runs_area(meta, run_dir) -> None:
             return
         followed = st.session_state.get("run_id")
         shown = run_dir.name if run_dir is not None else None
-        switched = bool(followed) and followed != shown \
+        switched = (
+            bool(followed)
+            and followed != shown
             and followed in runs_view.study_run_ids(meta.study_id)
+        )
         if active != any_active() or switched:
             st.rerun(scope="app")  # polling on/off, or another run to follow
 
@@ -232,26 +306,39 @@ def _past_runs(meta) -> None:
     if not infos:
         st.caption("No runs yet for this study.")
         return
-    rows = [{"run": i.run_id, "status": i.status, "plan": i.config.get("plan"),
-             "steps": (i.config.get("train") or {}).get("steps"),
-             "device": (i.config.get("train") or {}).get("device"),
-             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
-             "message": i.message[:80]} for i in infos]
+    rows = [
+        {
+            "run": i.run_id,
+            "status": i.status,
+            "plan": i.config.get("plan"),
+            "steps": (i.config.get("train") or {}).get("steps"),
+            "device": (i.config.get("train") or {}).get("device"),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
+            "message": i.message[:80],
+        }
+        for i in infos
+    ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.selectbox("Follow a run", [i.run_id for i in infos], key="train_pick_run",
-                 format_func=lambda r: next(runs_view.run_label(i) for i in infos
-                                            if i.run_id == r))
-    c2.button("Show", key="train_follow",
-              on_click=lambda: _follow(st.session_state.get("train_pick_run")))
+    c1.selectbox(
+        "Follow a run",
+        [i.run_id for i in infos],
+        key="train_pick_run",
+        format_func=lambda r: next(runs_view.run_label(i) for i in infos if i.run_id == r),
+    )
+    c2.button(
+        "Show", key="train_follow", on_click=lambda: _follow(st.session_state.get("train_pick_run"))
+    )
 
 
 def main() -> None:
     from mdcm.runs import RunError, run_path
 
     meta = ui.study_page("Train")
-    st.caption("Training runs in a background process: you can leave this page, reload the "
-               "browser or restart the app; runs and their progress stay on disk.")
+    st.caption(
+        "Training runs in a background process: you can leave this page, reload the "
+        "browser or restart the app; runs and their progress stay on disk."
+    )
     _settings()
     st.button("Start training", key="train_start", on_click=_start, type="primary")
     if st.session_state.get("train_error"):

@@ -77,8 +77,7 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
                 problems.append(f"{tag}: splits c-component {sorted(c)}")
         if any(d >= s.id for d in s.depends_on) or list(s.depends_on) != sorted(set(s.depends_on)):
             problems.append(f"{tag}: depends_on {s.depends_on} not sorted earlier stages")
-        want_level = max((stages[d].level + 1 for d in s.depends_on if d < len(stages)),
-                         default=0)
+        want_level = max((stages[d].level + 1 for d in s.depends_on if d < len(stages)), default=0)
         if s.level != want_level:
             problems.append(f"{tag}: level {s.level}, longest dependency path says {want_level}")
         needed: set[int] = set()
@@ -118,25 +117,32 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
             if set(t.frozen) != a - h:
                 problems.append(f"{ttag}: frozen {t.frozen} but A\\H is {sorted(a - h)}")
             if not r1_holds(g, do, a, b):
-                problems.append(f"{ttag}: R1 fails: A={sorted(a)} not d-separated from "
-                                f"B={sorted(b)}")
+                problems.append(
+                    f"{ttag}: R1 fails: A={sorted(a)} not d-separated from B={sorted(b)}"
+                )
             if plan.joint:
                 continue
             missing = r2_missing(g, h, a)
             if missing:
-                problems.append(f"{ttag}: R2 fails: A lacks in-component ancestors "
-                                f"{sorted(missing)}")
+                problems.append(
+                    f"{ttag}: R2 fails: A lacks in-component ancestors {sorted(missing)}"
+                )
             for v in a - h:
                 needed.add(owner.get(v, -1))
                 if owner.get(v, 10**9) >= s.id:
-                    problems.append(f"{ttag}: R3 fails: frozen {v} is trained by stage "
-                                    f"{owner.get(v)}, not earlier")
+                    problems.append(
+                        f"{ttag}: R3 fails: frozen {v} is trained by stage "
+                        f"{owner.get(v)}, not earlier"
+                    )
             if minimal:
                 least = least_target(g, h, do)
                 if least != a:
-                    problems.append(f"{ttag}: A={sorted(a)} is not the least valid "
-                                    f"A={sorted(least) if least else least}")
+                    problems.append(
+                        f"{ttag}: A={sorted(a)} is not the least valid "
+                        f"A={sorted(least) if least else least}"
+                    )
         if set(s.depends_on) != needed:
-            problems.append(f"{tag}: depends_on {s.depends_on} but frozen mechanisms come from "
-                            f"{sorted(needed)}")
+            problems.append(
+                f"{tag}: depends_on {s.depends_on} but frozen mechanisms come from {sorted(needed)}"
+            )
     return problems

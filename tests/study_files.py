@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 
 
-def make_study(root: Path, graph: str, datasets: dict[str, str], variables: dict | None = None,
-               do: dict[str, object] | None = None) -> Path:
+def make_study(
+    root: Path,
+    graph: str,
+    datasets: dict[str, str],
+    variables: dict | None = None,
+    do: dict[str, object] | None = None,
+) -> Path:
     """study.json (variables omitted when None) + one folder per dataset with data.csv and, for
     the names in ``do``, an intervention.json."""
     root.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,9 @@ def test_graph_click_edits_sync_text_and_plan(home):
     at.text_area(key="graph_text").input("C -> X -> N; C <-> N").run()
     stages = [m for m in _texts(at.markdown) if m.startswith("**Stage ") and "trains" in m]
     assert [("trains **X** separately" in s, "jointly" in s) for s in stages] == [
-        (True, False), (False, True)]  # front-door: X first, then {C, N} with X frozen
+        (True, False),
+        (False, True),
+    ]  # front-door: X first, then {C, N} with X frozen
     assert any("X** frozen" in m for m in _texts(at.markdown))
 
 
@@ -347,8 +349,12 @@ def test_checks_page(home):
 def test_checks_without_data(home):
     from mdcm_app import state
 
-    meta = state.new_study(example=None, title="empty", graph_text="X -> Y",
-                           variables={"X": state.DEFAULT_VARIABLE, "Y": state.DEFAULT_VARIABLE})
+    meta = state.new_study(
+        example=None,
+        title="empty",
+        graph_text="X -> Y",
+        variables={"X": state.DEFAULT_VARIABLE, "Y": state.DEFAULT_VARIABLE},
+    )
     at = _page("checks", meta.study_id).run()
     assert not at.exception
     assert any("has none" in i for i in _texts(at.info))
@@ -396,8 +402,15 @@ def test_upload_zip_and_npz_end_to_end(home, tmp_path):
     schema = state.load_meta(sid).schema()
     rng = np.random.default_rng(0)
     n = 12
-    ds = Dataset("exp", {"C": np.ones(n, np.int64), "X": rng.uniform(-1, 1, (n, 1, 16, 16))
-                         .astype(np.float32), "N": rng.integers(0, 2, n)}, {})
+    ds = Dataset(
+        "exp",
+        {
+            "C": np.ones(n, np.int64),
+            "X": rng.uniform(-1, 1, (n, 1, 16, 16)).astype(np.float32),
+            "N": rng.integers(0, 2, n),
+        },
+        {},
+    )
     folder = save_dataset(ds, schema, tmp_path / "exp")
     zpath = tmp_path / "exp.zip"
     with zipfile.ZipFile(zpath, "w") as z:
@@ -418,15 +431,31 @@ def test_upload_zip_and_npz_end_to_end(home, tmp_path):
     assert any("do(C)" in m for m in _texts(at.markdown))  # the plan now has two regimes
     # MedMNIST .npz: only fits a study whose graph holds just the image and the label
     npz = tmp_path / "pneumonia.npz"
-    np.savez(npz, train_images=rng.integers(0, 255, (10, 28, 28), dtype=np.uint8),
-             train_labels=rng.integers(0, 2, (10, 1)))
+    np.savez(
+        npz,
+        train_images=rng.integers(0, 255, (10, 28, 28), dtype=np.uint8),
+        train_labels=rng.integers(0, 2, (10, 1)),
+    )
     with pytest.raises(DataError, match="also has"):
         uploads.import_npz(sid, schema, npz, "med", split="train", image_var="X", label_var="N")
-    meta2 = state.new_study(example=None, title="med", graph_text="X -> N",
-                            variables={"X": {"kind": "image", "shape": [1, 16, 16]},
-                                       "N": {"kind": "categorical", "classes": 2}})
-    med = uploads.import_npz(meta2.study_id, meta2.schema(), npz, "observational",
-                             split="train", image_var="X", label_var="N")
+    meta2 = state.new_study(
+        example=None,
+        title="med",
+        graph_text="X -> N",
+        variables={
+            "X": {"kind": "image", "shape": [1, 16, 16]},
+            "N": {"kind": "categorical", "classes": 2},
+        },
+    )
+    med = uploads.import_npz(
+        meta2.study_id,
+        meta2.schema(),
+        npz,
+        "observational",
+        split="train",
+        image_var="X",
+        label_var="N",
+    )
     assert med.columns["X"].shape == (10, 1, 16, 16)  # resized from 28x28
     at = _page("data", meta2.study_id).run()
     assert not at.exception and not at.error, _texts(at.error)
@@ -475,11 +504,16 @@ def test_graph_picture_is_offline_and_marks_confounders():
 def test_stage_progress_from_events():
     from mdcm_app.runs_view import stage_progress
 
-    events = [{"kind": "stage_start", "stage": 0, "step": 0},
-              {"kind": "check", "stage": 0, "step": 10, "losses": {"g": 1.0}, "quality": 0.5},
-              {"kind": "stage_end", "stage": 0, "step": 20, "message": "stopped by steps"},
-              {"kind": "step", "stage": 1, "step": 5, "losses": {"g": 2.0}}]
+    events = [
+        {"kind": "stage_start", "stage": 0, "step": 0},
+        {"kind": "check", "stage": 0, "step": 10, "losses": {"g": 1.0}, "quality": 0.5},
+        {"kind": "stage_end", "stage": 0, "step": 20, "message": "stopped by steps"},
+        {"kind": "step", "stage": 1, "step": 5, "losses": {"g": 2.0}},
+    ]
     prog = stage_progress(events, max_steps=20)
-    assert prog[0]["done"] and prog[0]["fraction"] == 1.0 and prog[0]["quality"] == [
-        {"step": 10, "quality": 0.5}]
+    assert (
+        prog[0]["done"]
+        and prog[0]["fraction"] == 1.0
+        and prog[0]["quality"] == [{"step": 10, "quality": 0.5}]
+    )
     assert not prog[1]["done"] and prog[1]["fraction"] == 0.25

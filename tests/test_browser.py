@@ -27,8 +27,7 @@ def browser_page(tmp_path_factory):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     home = tmp_path_factory.mktemp("mdcm_home")
-    with streamlit_server(home, log=home / "streamlit.log") as url, \
-            sync_api.sync_playwright() as p:
+    with streamlit_server(home, log=home / "streamlit.log") as url, sync_api.sync_playwright() as p:
         browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(60_000)
@@ -157,8 +156,9 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.get_by_role("option", name="I", exact=True).click()
     page.keyboard.press("Escape")
     wait_idle(page)
-    page.locator(".st-key-iv_img_I input[type='file']").set_input_files(str(_png(tmp_path /
-                                                                                "seven.png")))
+    page.locator(".st-key-iv_img_I input[type='file']").set_input_files(
+        str(_png(tmp_path / "seven.png"))
+    )
     wait_idle(page)
     page.wait_for_selector("text=do(I)")
     page.wait_for_selector(".stPlotlyChart")

@@ -33,8 +33,14 @@ def env() -> dict:
 
 def cli(*argv: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m mdcm ARGV`` in a real process."""
-    return subprocess.run([sys.executable, "-m", "mdcm", *argv], capture_output=True, text=True,
-                          env=env(), cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mdcm", *argv],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def run_main(*argv: str) -> tuple[int, str, str]:
@@ -96,9 +102,15 @@ def _check_plan_contract(graph: str, plan: dict) -> None:
         for t in st["targets"]:
             assert set(t) >= {"regime", "matches", "given"}
             assert set(st["trains"]) <= set(t["matches"])
-            do = set() if t["regime"] == "observational" else set(t["regime"]) if isinstance(
-                t["regime"], list) else set(t["regime"].get("do", [])) if isinstance(
-                t["regime"], dict) else set()
+            do = (
+                set()
+                if t["regime"] == "observational"
+                else set(t["regime"])
+                if isinstance(t["regime"], list)
+                else set(t["regime"].get("do", []))
+                if isinstance(t["regime"], dict)
+                else set()
+            )
             assert rule2_holds(graph, set(t["matches"]), set(t["given"]) - do, do), (graph, st)
     assert sorted(trained) == sorted(nodes)
 
@@ -140,15 +152,18 @@ def test_plan_with_interventions_and_human_text():
     assert "X" in out and "C" in out
 
 
-@pytest.mark.parametrize("graph,x,y,z,expect", [
-    (FRONT_DOOR, "X", "N", None, True),
-    (NAPKIN, "X", "Y", None, True),
-    ("Z -> X -> Y; Z -> Y", "X", "Y", None, True),       # back-door
-    (BOW, "X", "Y", None, False),
-    ("Z -> X -> Y; X <-> Y", "X", "Y", None, False),     # IV with confounding
-    ("Z -> X -> Y; X <-> Y; Z <-> Y", "X", "Y", None, False),
-    ("X -> Y; Z -> Y", "X", "Y", "Z", True),               # conditional, IDC
-])
+@pytest.mark.parametrize(
+    "graph,x,y,z,expect",
+    [
+        (FRONT_DOOR, "X", "N", None, True),
+        (NAPKIN, "X", "Y", None, True),
+        ("Z -> X -> Y; Z -> Y", "X", "Y", None, True),  # back-door
+        (BOW, "X", "Y", None, False),
+        ("Z -> X -> Y; X <-> Y", "X", "Y", None, False),  # IV with confounding
+        ("Z -> X -> Y; X <-> Y; Z <-> Y", "X", "Y", None, False),
+        ("X -> Y; Z -> Y", "X", "Y", "Z", True),  # conditional, IDC
+    ],
+)
 def test_identify_json_contract(graph, x, y, z, expect):
     argv = ["identify", "--graph", graph, "--treatment", x, "--outcome", y, "--json"]
     if z:
@@ -166,24 +181,37 @@ def test_identify_json_contract(graph, x, y, z, expect):
 
 
 def test_identify_bow_becomes_identifiable_with_an_experiment():
-    rc, out, _ = run_main("identify", "--graph", BOW, "--treatment", "X", "--outcome", "Y",
-                          "--intervention", "X", "--json")
+    rc, out, _ = run_main(
+        "identify",
+        "--graph",
+        BOW,
+        "--treatment",
+        "X",
+        "--outcome",
+        "Y",
+        "--intervention",
+        "X",
+        "--json",
+    )
     assert rc == 0 and json.loads(out)["identifiable"] is True
     rc, out, _ = run_main("identify", "--graph", BOW, "--treatment", "X", "--outcome", "Y")
     assert rc == 0 and "NOT identifiable" in out
 
 
 # ---------------------------------------------------------------------- errors
-@pytest.mark.parametrize("argv,needle", [
-    (["plan", "--graph", "X -> -> Y"], "->"),
-    (["plan", "--graph", "X -> Y; Y -> X"], "cycle"),
-    (["plan", "--graph", "X -> Y", "--intervention", "Q"], "'Q'"),
-    (["identify", "--graph", "X -> Y", "--treatment", "Q", "--outcome", "Y"], "'Q'"),
-    (["identify", "--graph", "X -> Y", "--treatment", "X"], "--outcome"),
-    (["sample", "--model", "/nonexistent/model", "-n", "5", "--out", "/tmp/x"], "model"),
-    (["runs", "show", "../etc", "--root", "/tmp"], "run id"),
-    (["export-example", "nope", "--out", "/tmp/x"], "nope"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["plan", "--graph", "X -> -> Y"], "->"),
+        (["plan", "--graph", "X -> Y; Y -> X"], "cycle"),
+        (["plan", "--graph", "X -> Y", "--intervention", "Q"], "'Q'"),
+        (["identify", "--graph", "X -> Y", "--treatment", "Q", "--outcome", "Y"], "'Q'"),
+        (["identify", "--graph", "X -> Y", "--treatment", "X"], "--outcome"),
+        (["sample", "--model", "/nonexistent/model", "-n", "5", "--out", "/tmp/x"], "model"),
+        (["runs", "show", "../etc", "--root", "/tmp"], "run id"),
+        (["export-example", "nope", "--out", "/tmp/x"], "nope"),
+    ],
+)
 def test_bad_input_one_line_exit_2(argv, needle):
     rc, out, err = run_main(*argv)
     assert rc == 2
@@ -210,14 +238,18 @@ def test_plan_and_identify_do_not_import_torch_and_are_fast():
         " '--outcome', 'Y', '--json']) == 0\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'pandas', 'streamlit', 'tqdm', 'PIL'))\n"
-        "print(json.dumps(heavy))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
-                       timeout=60)
+        "print(json.dumps(heavy))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.strip().splitlines()[-1]) == []
-    for argv in (["plan", "--graph", NAPKIN, "--json"],
-                 ["identify", "--graph", NAPKIN, "--treatment", "X", "--outcome", "Y"]):
-        best = min(_timed(argv) for _ in range(3))   # best of 3: the machine may be busy
+    for argv in (
+        ["plan", "--graph", NAPKIN, "--json"],
+        ["identify", "--graph", NAPKIN, "--treatment", "X", "--outcome", "Y"],
+    ):
+        best = min(_timed(argv) for _ in range(3))  # best of 3: the machine may be busy
         assert best < 1.0, f"{argv[0]} took {best:.2f} s"
 
 
@@ -242,31 +274,78 @@ def test_export_train_sample_round_trip(tmp_path: Path):
     study = json.loads((tmp_path / "study" / "study.json").read_text())
     names = list(study["variables"])
     assert sorted(names) == ["W", "X", "Y", "Z"]
-    p = cli("train", "--study", str(tmp_path / "study"), "--out", str(tmp_path / "model"),
-            "--steps", "8", "--check-every", "4", "--batch-size", "32", "--device", "cpu",
-            "--seed", "1", "--set", "check_samples=512", "--set", "mmd_batch=64")
+    p = cli(
+        "train",
+        "--study",
+        str(tmp_path / "study"),
+        "--out",
+        str(tmp_path / "model"),
+        "--steps",
+        "8",
+        "--check-every",
+        "4",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--set",
+        "check_samples=512",
+        "--set",
+        "mmd_batch=64",
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "model" / "model.json").is_file()
-    assert "stage" in p.stderr                           # progress / summary lines
-    p = cli("sample", "--model", str(tmp_path / "model"), "--do", "X=1", "-n", "300",
-            "--out", str(tmp_path / "s"), "--seed", "3")
+    assert "stage" in p.stderr  # progress / summary lines
+    p = cli(
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "--do",
+        "X=1",
+        "-n",
+        "300",
+        "--out",
+        str(tmp_path / "s"),
+        "--seed",
+        "3",
+    )
     assert p.returncode == 0, p.stderr
     header, rows = _read_csv(tmp_path / "s" / "samples.csv")
     data_header, _ = _read_csv(tmp_path / "study" / "observational" / "data.csv")
-    assert header == data_header                        # same conventions as data.csv
+    assert header == data_header  # same conventions as data.csv
     assert len(rows) == 300
     assert {r[header.index("X")] for r in rows} == {"1"}
     assert all(r[header.index(v)] in ("0", "1") for r in rows for v in ("W", "Z", "Y"))
     # conditioning by rejection: every kept row has Z = 1
-    p = cli("sample", "--model", str(tmp_path / "model"), "--given", "Z=1", "-n", "50",
-            "--out", str(tmp_path / "g"))
+    p = cli(
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "--given",
+        "Z=1",
+        "-n",
+        "50",
+        "--out",
+        str(tmp_path / "g"),
+    )
     assert p.returncode == 0, p.stderr
     header, rows = _read_csv(tmp_path / "g" / "samples.csv")
     assert len(rows) == 50 and {r[header.index("Z")] for r in rows} == {"1"}
     # bad --do values on a real model: one line, exit 2
     for bad in ("X=2", "X=one", "Q=1", "X"):
-        rc, _, err = run_main("sample", "--model", str(tmp_path / "model"), "--do", bad,
-                              "-n", "5", "--out", str(tmp_path / "bad"))
+        rc, _, err = run_main(
+            "sample",
+            "--model",
+            str(tmp_path / "model"),
+            "--do",
+            bad,
+            "-n",
+            "5",
+            "--out",
+            str(tmp_path / "bad"),
+        )
         assert rc == 2 and err.count("\n") == 1, (bad, err)
 
 
@@ -279,14 +358,22 @@ def test_image_model_sample_writes_pngs(tmp_path: Path):
     ex = load_example("colored_digits", n=50, seed=0)
     schema = ex.study.schema
     img_var = schema.of_kind("image")[0]
-    save_model(DCM(schema), tmp_path / "model")          # an untrained model is enough here
+    save_model(DCM(schema), tmp_path / "model")  # an untrained model is enough here
     # an intervention image: a real example image written as PNG
     c, h, w = schema[img_var].shape
     px = ((ex.study.observational.columns[img_var][0] + 1) * 127.5).round().astype(np.uint8)
     Image.fromarray(px.transpose(1, 2, 0) if c == 3 else px[0]).save(tmp_path / "do.png")
-    rc, out, err = run_main("sample", "--model", str(tmp_path / "model"), "-n", "7",
-                            "--do", f"{img_var}={tmp_path / 'do.png'}",
-                            "--out", str(tmp_path / "s"))
+    rc, out, err = run_main(
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "-n",
+        "7",
+        "--do",
+        f"{img_var}={tmp_path / 'do.png'}",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert rc == 0, err
     header, rows = _read_csv(tmp_path / "s" / "samples.csv")
     assert len(rows) == 7 and img_var in header
@@ -296,36 +383,68 @@ def test_image_model_sample_writes_pngs(tmp_path: Path):
             assert im.format == "PNG" and im.size == (w, h)
             got = np.asarray(im.convert("RGB" if c == 3 else "L"))
         want = px.transpose(1, 2, 0) if c == 3 else px[0]
-        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1   # do(I=image) kept
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # do(I=image) kept
     # wrong image size -> one line, exit 2
     Image.new("RGB", (w + 3, h)).save(tmp_path / "wrong.png")
-    rc, _, err = run_main("sample", "--model", str(tmp_path / "model"), "-n", "2",
-                          "--do", f"{img_var}={tmp_path / 'wrong.png'}",
-                          "--out", str(tmp_path / "s2"))
+    rc, _, err = run_main(
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "-n",
+        "2",
+        "--do",
+        f"{img_var}={tmp_path / 'wrong.png'}",
+        "--out",
+        str(tmp_path / "s2"),
+    )
     assert rc == 2 and err.count("\n") == 1 and err.startswith("mdcm: error: ")
     # and without an intervention the images are sampled (PNG files exist)
-    rc, _, err = run_main("sample", "--model", str(tmp_path / "model"), "-n", "4",
-                          "--out", str(tmp_path / "s3"))
+    rc, _, err = run_main(
+        "sample", "--model", str(tmp_path / "model"), "-n", "4", "--out", str(tmp_path / "s3")
+    )
     assert rc == 0, err
     assert len(list((tmp_path / "s3").rglob("*.png"))) == 4
 
 
-@pytest.mark.parametrize("image_net,generator", [(None, "LatentMixture"),
-                                                 ("mlp", "MLPImageGenerator")])
+@pytest.mark.parametrize(
+    "image_net,generator", [(None, "LatentMixture"), ("mlp", "MLPImageGenerator")]
+)
 def test_train_image_net_choice_is_saved_with_the_model(tmp_path: Path, image_net, generator):
     from mdcm.model import load_model
 
-    argv = ["train", "--example", "xray", "--n", "200", "--out", str(tmp_path / "m"),
-            "--steps", "4", "--check-every", "2", "--batch-size", "16", "--device", "cpu",
-            "--progress", "off", "--set", "coder_steps=5", "--set", "check_samples=128",
-            "--set", "mmd_batch=32"]
+    argv = [
+        "train",
+        "--example",
+        "xray",
+        "--n",
+        "200",
+        "--out",
+        str(tmp_path / "m"),
+        "--steps",
+        "4",
+        "--check-every",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--progress",
+        "off",
+        "--set",
+        "coder_steps=5",
+        "--set",
+        "check_samples=128",
+        "--set",
+        "mmd_batch=32",
+    ]
     if image_net:
         argv += ["--image-net", image_net]
     rc, _, err = run_main(*argv)
     assert rc == 0, err
     m = load_model(tmp_path / "m")
     assert type(m.generators["X"]).__name__ == generator
-    assert m.config.image_net == (image_net or "latent")      # saved resolved
-    rc, _, err = run_main("train", "--example", "xray", "--out", str(tmp_path / "x"),
-                          "--image-net", "pixels")
+    assert m.config.image_net == (image_net or "latent")  # saved resolved
+    rc, _, err = run_main(
+        "train", "--example", "xray", "--out", str(tmp_path / "x"), "--image-net", "pixels"
+    )
     assert rc == 2 and "pixels" in err and err.count("\n") == 1

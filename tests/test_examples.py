@@ -71,18 +71,19 @@ def test_truth_under_feature_intervention_matches_monte_carlo(examples):
 def test_frontdoor_formula_on_exact_joint_gives_truth(examples):
     """Front-door adjustment (Pearl 1995) with the image features as the mediator, evaluated on the
     exact observational joint, equals the generator's interventional truth."""
-    for name, t, o, feats in (("colored_digits", "D", "A", ("I.color", "I.digit")),
-                              ("xray", "C", "N", ("X.opacity",))):
+    for name, t, o, feats in (
+        ("colored_digits", "D", "A", ("I.color", "I.digit")),
+        ("xray", "C", "N", ("X.opacity",)),
+    ):
         ex = examples[name]
         vals, w = ex.scm.enumerate()
-        m = np.ravel_multi_index([vals[f] for f in feats],
-                                 [ex.feature_classes[f] for f in feats])
+        m = np.ravel_multi_index([vals[f] for f in feats], [ex.feature_classes[f] for f in feats])
         kt, ko, km = ex.schema[t].classes, ex.schema[o].classes, int(m.max()) + 1
         joint = np.zeros((kt, km, ko))
         np.add.at(joint, (vals[t], m, vals[o]), w)
         p_t = joint.sum((1, 2))
         p_m_t = joint.sum(2) / p_t[:, None]
-        p_o_mt = joint / joint.sum(2, keepdims=True)                    # P(o | t, m)
+        p_o_mt = joint / joint.sum(2, keepdims=True)  # P(o | t, m)
         for x in range(kt):
             fd = np.einsum("m,tmo,t->o", p_m_t[x], p_o_mt, p_t)
             np.testing.assert_allclose(fd, ex.truth(o, {t: x}), atol=1e-12)
@@ -95,7 +96,7 @@ def test_napkin_formula_on_exact_joint_gives_truth(examples):
     joint = np.zeros((2, 2, 2, 2))
     np.add.at(joint, (vals["W"], vals["Z"], vals["X"], vals["Y"]), w)
     p_w = joint.sum((1, 2, 3))
-    p_xy_zw = joint / joint.sum((2, 3), keepdims=True)                  # [w, z, x, y]
+    p_xy_zw = joint / joint.sum((2, 3), keepdims=True)  # [w, z, x, y]
     for x in (0, 1):
         for z in (0, 1):
             num = np.einsum("w,wy->y", p_w, p_xy_zw[:, z, x, :])
@@ -123,14 +124,18 @@ def test_backdoor_and_bow_truth_closed_form(examples):
 @pytest.mark.parametrize("name,t,o", [("colored_digits", "D", "A"), ("xray", "C", "N")])
 def test_confounding_is_strong(examples, name, t, o):
     ex = examples[name]
-    tvd = [0.5 * np.abs(ex.truth(o, {t: x}) - ex.naive(o, {t: x})).sum()
-           for x in range(ex.schema[t].classes)]
+    tvd = [
+        0.5 * np.abs(ex.truth(o, {t: x}) - ex.naive(o, {t: x})).sum()
+        for x in range(ex.schema[t].classes)
+    ]
     assert max(tvd) >= 0.1, tvd
 
 
 def test_positivity_every_feature_under_every_treatment(examples):
-    for name, t, feats in (("colored_digits", "D", ("I.color", "I.digit")),
-                           ("xray", "C", ("X.opacity",))):
+    for name, t, feats in (
+        ("colored_digits", "D", ("I.color", "I.digit")),
+        ("xray", "C", ("X.opacity",)),
+    ):
         ex = examples[name]
         cols, hidden = ex.sample(MC_N, seed=3, render=False)
         for x in range(ex.schema[t].classes):
@@ -150,18 +155,24 @@ def test_reveal_variant_breaks_positivity():
         load_example("colored_digits", variant="hide")
 
 
-@pytest.mark.parametrize("name,var,size,shape", [
-    ("colored_digits", "I", "cpu", (3, 14, 14)), ("colored_digits", "I", "gpu", (3, 28, 28)),
-    ("xray", "X", "cpu", (1, 16, 16)), ("xray", "X", "gpu", (1, 28, 28))])
+@pytest.mark.parametrize(
+    "name,var,size,shape",
+    [
+        ("colored_digits", "I", "cpu", (3, 14, 14)),
+        ("colored_digits", "I", "gpu", (3, 28, 28)),
+        ("xray", "X", "cpu", (1, 16, 16)),
+        ("xray", "X", "gpu", (1, 28, 28)),
+    ],
+)
 def test_images_shape_range_and_quantised(name, var, size, shape):
     ex = load_example(name, size=size, n=64, seed=2)
     assert ex.schema[var].shape == shape
     img = ex.study.observational.columns[var]
     assert img.shape == (64, *shape) and img.dtype == np.float32
     assert img.min() >= -1.0 and img.max() <= 1.0
-    assert img.max() > 0.5 and img.std() > 0.1                          # not blank
+    assert img.max() > 0.5 and img.std() > 0.1  # not blank
     px = (img + 1) * 127.5
-    np.testing.assert_allclose(px, np.rint(px), atol=1e-3)             # on the PNG grid
+    np.testing.assert_allclose(px, np.rint(px), atol=1e-3)  # on the PNG grid
 
 
 def test_image_features_are_recoverable():
@@ -191,8 +202,9 @@ def test_determinism_with_seed():
     c = load_example("colored_digits", n=50, seed=8)
     for v in ("D", "I", "A"):
         assert np.array_equal(a.study.observational.columns[v], b.study.observational.columns[v])
-    assert not np.array_equal(a.study.observational.columns["I"],
-                              c.study.observational.columns["I"])
+    assert not np.array_equal(
+        a.study.observational.columns["I"], c.study.observational.columns["I"]
+    )
     x1, h1 = a.sample(100, seed=3, render=False)
     x2, h2 = a.sample(100, seed=3)
     assert np.array_equal(x1["A"], x2["A"]) and np.array_equal(h1["I.digit"], h2["I.digit"])
@@ -219,8 +231,9 @@ def test_export_round_trip(tmp_path):
     study = load_study(path)
     assert study.schema == ex.schema and study.observational.n == 40
     for v in ex.schema.names:
-        np.testing.assert_array_equal(study.observational.columns[v],
-                                      ex.study.observational.columns[v])
+        np.testing.assert_array_equal(
+            study.observational.columns[v], ex.study.observational.columns[v]
+        )
 
 
 def _binary_pool(labels, h=28, seed=0):
@@ -241,9 +254,9 @@ def test_mnist_frontdoor_on_tiny_pool(tmp_path):
     cols, hidden = ex28.sample(30, seed=2)
     digits = np.array([0, 1, 7])
     for img, j in zip(cols["I"], hidden["I.digit"], strict=True):
-        mask = img.max(0) > -1.0                                         # inked pixels
+        mask = img.max(0) > -1.0  # inked pixels
         pool = images[labels == digits[j]] > 0
-        assert any(np.array_equal(mask, p) for p in pool)               # a real image of that label
+        assert any(np.array_equal(mask, p) for p in pool)  # a real image of that label
     with pytest.raises(Exception, match="no image with label 7"):
         build_mnist_frontdoor(images[labels != 7], labels[labels != 7], tmp_path / "x", n=5)
 
@@ -273,18 +286,21 @@ def test_interventional_datasets_follow_truth():
 
 
 def test_image_outcome_is_refused(examples):
-    with pytest.raises(ValueError, match="outcome 'X' is an image; ask about its features "
-                                         "\\(X.opacity\\)"):
+    with pytest.raises(
+        ValueError, match="outcome 'X' is an image; ask about its features \\(X.opacity\\)"
+    ):
         examples["xray"].truth("X", {"C": 0})
 
 
 def test_documented_ground_truth_numbers(examples):
     """The table in mdcm/examples/__init__.py (guards against silent changes of the generators)."""
-    table = {"colored_digits": ([0.3752, 0.5, 0.6248], [0.2539, 0.5, 0.7461]),
-             "xray": ([0.4404, 0.5785], [0.3089, 0.7063]),
-             "napkin": ([0.5316, 0.6651], [0.4183, 0.7369]),
-             "backdoor": ([0.3984, 0.5681], [0.2285, 0.7228]),
-             "bow": ([0.4567, 0.6292], [0.3131, 0.7748])}
+    table = {
+        "colored_digits": ([0.3752, 0.5, 0.6248], [0.2539, 0.5, 0.7461]),
+        "xray": ([0.4404, 0.5785], [0.3089, 0.7063]),
+        "napkin": ([0.5316, 0.6651], [0.4183, 0.7369]),
+        "backdoor": ([0.3984, 0.5681], [0.2285, 0.7228]),
+        "bow": ([0.4567, 0.6292], [0.3131, 0.7748]),
+    }
     for name, (truth, naive) in table.items():
         ex = examples[name]
         for x, (p, q) in enumerate(zip(truth, naive, strict=True)):

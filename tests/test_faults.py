@@ -25,7 +25,7 @@ FAST = {"batch_size": 32, "check_samples": 512, "mmd_batch": 64, "device": "cpu"
 def root(tmp_path: Path):
     r = tmp_path / "runs"
     yield r
-    for info in runs.list_runs(r):          # never leave a run process of ours behind
+    for info in runs.list_runs(r):  # never leave a run process of ours behind
         if info.active and info.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGKILL)
@@ -62,15 +62,19 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted_run(root: Path):
     victim = runs.start_run(root, example="napkin", example_n=2000, train_config=cfg)
 
     def mid_stage_checkpoint():
-        return next((e for e in runs.read_events(victim.path, kinds=("checkpoint",))
-                     if e["step"] > 0), None)
+        return next(
+            (e for e in runs.read_events(victim.path, kinds=("checkpoint",)) if e["step"] > 0), None
+        )
 
     ck = _wait_for(mid_stage_checkpoint, 120, "a mid-stage checkpoint")
     pid = runs.run_status(victim.path).pid
     assert pid and pid != os.getpid()
-    os.kill(pid, signal.SIGKILL)                       # no chance to clean up
-    killed = _wait_for(lambda: (i := runs.run_status(victim.path)).status != "running" and i,
-                       30, "the killed run to be noticed")
+    os.kill(pid, signal.SIGKILL)  # no chance to clean up
+    killed = _wait_for(
+        lambda: (i := runs.run_status(victim.path)).status != "running" and i,
+        30,
+        "the killed run to be noticed",
+    )
     assert killed.status == "interrupted", killed
     assert not (victim.path / "model" / "model.json").exists()
     n_before = len(runs.read_events(victim.path))
@@ -85,8 +89,9 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted_run(root: Path):
     # the resumed attempt started from the checkpoint, not from scratch
     after = runs.read_events(victim.path)[n_before:]
     first_step = next(e for e in after if e["kind"] in ("step", "check") and e["stage"] >= 0)
-    assert (first_step["stage"], first_step["step"]) > (ck["stage"], ck["step"]) or \
-        first_step["stage"] > ck["stage"], (ck, first_step)
+    assert (first_step["stage"], first_step["step"]) > (ck["stage"], ck["step"]) or first_step[
+        "stage"
+    ] > ck["stage"], (ck, first_step)
     assert not any(e["kind"] == "stage_start" and e["stage"] < ck["stage"] for e in after)
 
     # quality of P(Y | do(X)) against the exact truth: equal within sampling noise
@@ -112,10 +117,10 @@ def _napkin_setup():
     return study, plan, cfg, DCM
 
 
-@pytest.mark.parametrize("fail_on", [0, 1, 2],
-                         ids=["weights", "optimizer", "state-json"])
-def test_failed_checkpoint_write_leaves_last_good_checkpoint(tmp_path: Path, monkeypatch,
-                                                             fail_on: int):
+@pytest.mark.parametrize("fail_on", [0, 1, 2], ids=["weights", "optimizer", "state-json"])
+def test_failed_checkpoint_write_leaves_last_good_checkpoint(
+    tmp_path: Path, monkeypatch, fail_on: int
+):
     """Disk full while writing the 2nd checkpoint (fsync reports ENOSPC on one of its files):
     training stops with the OS error, and resuming from the folder still works."""
     from mdcm.train import train
@@ -132,7 +137,7 @@ def test_failed_checkpoint_write_leaves_last_good_checkpoint(tmp_path: Path, mon
             calls["checkpoints"] += 1
 
     def flaky_fsync(fd):
-        if calls["checkpoints"] == 1:            # during the second checkpoint
+        if calls["checkpoints"] == 1:  # during the second checkpoint
             if calls["n"] == fail_on:
                 raise OSError(errno.ENOSPC, "No space left on device")
             calls["n"] += 1
@@ -148,8 +153,15 @@ def test_failed_checkpoint_write_leaves_last_good_checkpoint(tmp_path: Path, mon
     good = [e for e in events if e.kind == "checkpoint"][0]
     # resume from what is on disk: the first (good) checkpoint must still load
     resumed: list = []
-    result = train(DCM(study.schema), plan, study, cfg, on_event=resumed.append,
-                   checkpoint_dir=ckdir, resume=True)
+    result = train(
+        DCM(study.schema),
+        plan,
+        study,
+        cfg,
+        on_event=resumed.append,
+        checkpoint_dir=ckdir,
+        resume=True,
+    )
     assert len(result.stages) == len(plan.stages)
     first = next(e for e in resumed if e.kind in ("step", "check") and e.stage >= 0)
     assert (first.stage, first.step) > (good.stage, good.step)
@@ -184,9 +196,29 @@ def test_nan_loss_gives_clear_training_error(tmp_path: Path, monkeypatch):
     run_dir = tmp_path / "runs" / "nan_run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["train", "--example", "napkin", "--n", "1500", "--run-dir", str(run_dir),
-                   "--steps", "12", "--batch-size", "32", "--device", "cpu",
-                   "--set", "check_samples=512", "--set", "mmd_batch=64", "--progress", "off"])
+        rc = main(
+            [
+                "train",
+                "--example",
+                "napkin",
+                "--n",
+                "1500",
+                "--run-dir",
+                str(run_dir),
+                "--steps",
+                "12",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--set",
+                "check_samples=512",
+                "--set",
+                "mmd_batch=64",
+                "--progress",
+                "off",
+            ]
+        )
     assert rc == 2
     lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("mdcm: error:")]
     assert len(lines) == 1 and "diverged" in lines[0]
@@ -206,17 +238,45 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path):
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(repo))
     ck = tmp_path / "ck"
-    argv = [sys.executable, "-m", "mdcm", "train", "--example", "napkin", "--n", "1000",
-            "--out", str(tmp_path / "model"), "--checkpoint-dir", str(ck), "--steps", "100000",
-            "--check-every", "5", "--batch-size", "32", "--device", "cpu", "--progress", "off",
-            "--set", "check_samples=256", "--set", "mmd_batch=32"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mdcm",
+        "train",
+        "--example",
+        "napkin",
+        "--n",
+        "1000",
+        "--out",
+        str(tmp_path / "model"),
+        "--checkpoint-dir",
+        str(ck),
+        "--steps",
+        "100000",
+        "--check-every",
+        "5",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--progress",
+        "off",
+        "--set",
+        "check_samples=256",
+        "--set",
+        "mmd_batch=32",
+    ]
     log = tmp_path / "stderr.log"
     with open(log, "w") as errf:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errf, env=env)
     try:
         # "training N stage(s) ..." is printed once the data, plan and model are built
-        _wait_for(lambda: proc.poll() is not None or "training" in log.read_text(), 90,
-                  "training to start", poll=0.1)
+        _wait_for(
+            lambda: proc.poll() is not None or "training" in log.read_text(),
+            90,
+            "training to start",
+            poll=0.1,
+        )
         time.sleep(1.0)
         assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGTERM)

@@ -52,31 +52,34 @@ def test_empty_text_is_empty_graph():
     assert parse_graph(g.to_text()) == g
 
 
-@pytest.mark.parametrize("text, message", [
-    ("A ~ B", "unknown token '~' in 'A ~ B'"),
-    ("A => B", "unknown token '='"),
-    ("A <-- B", "unknown token '-'"),
-    ("X -> Y\nY -> Z\nZ ~ Q", "unknown token '~' on line 3"),
-    ("A -- B", "undirected edge '--'"),
-    ("X --", "undirected edge '--'"),
-    ("X -- Y --", "undirected edge '--'"),
-    ("A B", "unexpected 'B' in 'A B'"),
-    ("A -> B C", "unexpected 'C'"),
-    ("A ->", "edge A -> has no target"),
-    ("A -> B ->", "edge B -> has no target"),
-    ("A -> -> B", "edge '->' is missing a variable"),
-    ("-> B", "edge '->' is missing a variable"),
-    ("1X -> B", "bad variable name '1X'"),
-    ("A.b -> C", "bad variable name 'A.b'"),
-    ("A -> A", "self-loop A -> A"),
-    ("A <-> A", "self-loop A <-> A"),
-    ("A -> B; B -> A", "contradictory edges A -> B and B -> A"),
-    ("A -> B -> C -> A", "directed cycle A -> B -> C -> A"),
-    ("A -> B\nB -> C\nC -> A", "directed cycle A -> B -> C -> A"),
-    ("A -> B; A -> B", "duplicate edge A -> B"),
-    ("A -> B; B <- A", "duplicate edge A -> B"),
-    ("A <-> B; B <-> A", "duplicate edge B <-> A"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("A ~ B", "unknown token '~' in 'A ~ B'"),
+        ("A => B", "unknown token '='"),
+        ("A <-- B", "unknown token '-'"),
+        ("X -> Y\nY -> Z\nZ ~ Q", "unknown token '~' on line 3"),
+        ("A -- B", "undirected edge '--'"),
+        ("X --", "undirected edge '--'"),
+        ("X -- Y --", "undirected edge '--'"),
+        ("A B", "unexpected 'B' in 'A B'"),
+        ("A -> B C", "unexpected 'C'"),
+        ("A ->", "edge A -> has no target"),
+        ("A -> B ->", "edge B -> has no target"),
+        ("A -> -> B", "edge '->' is missing a variable"),
+        ("-> B", "edge '->' is missing a variable"),
+        ("1X -> B", "bad variable name '1X'"),
+        ("A.b -> C", "bad variable name 'A.b'"),
+        ("A -> A", "self-loop A -> A"),
+        ("A <-> A", "self-loop A <-> A"),
+        ("A -> B; B -> A", "contradictory edges A -> B and B -> A"),
+        ("A -> B -> C -> A", "directed cycle A -> B -> C -> A"),
+        ("A -> B\nB -> C\nC -> A", "directed cycle A -> B -> C -> A"),
+        ("A -> B; A -> B", "duplicate edge A -> B"),
+        ("A -> B; B <- A", "duplicate edge A -> B"),
+        ("A <-> B; B <-> A", "duplicate edge B <-> A"),
+    ],
+)
 def test_parse_errors_name_the_problem(text, message):
     with pytest.raises(GraphError) as err:
         parse_graph(text)
@@ -114,8 +117,15 @@ def test_build_adds_edge_endpoints_in_order():
 
 
 # ---------------------------------------------------------------------- printing / JSON
-ROUND_TRIP = [FRONT_DOOR, NAPKIN, "X -> Y; X <-> Y", "Z -> X -> Y; Z -> Y", "A; B; C",
-              "Y <- X; Q; X <-> Q", "B -> A; C"]
+ROUND_TRIP = [
+    FRONT_DOOR,
+    NAPKIN,
+    "X -> Y; X <-> Y",
+    "Z -> X -> Y; Z -> Y",
+    "A; B; C",
+    "Y <- X; Q; X <-> Q",
+    "B -> A; C",
+]
 
 
 @pytest.mark.parametrize("text", ROUND_TRIP)
@@ -147,23 +157,31 @@ def test_random_graphs_round_trip():
 
 def test_to_json_format():
     assert parse_graph("B -> A; A <-> C").to_json() == {
-        "nodes": ["B", "A", "C"], "directed": [["B", "A"]], "bidirected": [["A", "C"]]}
+        "nodes": ["B", "A", "C"],
+        "directed": [["B", "A"]],
+        "bidirected": [["A", "C"]],
+    }
 
 
-@pytest.mark.parametrize("data, message", [
-    ("{not json", "not valid JSON"),
-    ([1, 2], "must be an object"),
-    ({"directed": []}, "must be an object"),
-    ({"nodes": ["A", "B"], "directed": [["A", "B", "C"]]}, "exactly two ends"),
-    ({"nodes": ["A", "B"], "directed": [1]}, "lists of two names"),
-    ({"nodes": ["A"], "directed": [["A", "B"]]}, "undeclared variable 'B'"),
-    ({"nodes": ["A", "B"], "directed": [["A", "B"], ["A", "B"]]}, "duplicate edge A -> B"),
-    ({"nodes": ["A", "B"], "bidirected": [["A", "B"], ["B", "A"]]}, "duplicate edge"),
-    ({"nodes": ["A", "B"], "directed": [["A", "B"], ["B", "A"]]}, "contradictory"),
-    ({"nodes": ["A", "A"]}, "declared twice"),
-    ({"nodes": ["A", "B", "C"], "directed": [["A", "B"], ["B", "C"], ["C", "A"]]},
-     "directed cycle"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ("{not json", "not valid JSON"),
+        ([1, 2], "must be an object"),
+        ({"directed": []}, "must be an object"),
+        ({"nodes": ["A", "B"], "directed": [["A", "B", "C"]]}, "exactly two ends"),
+        ({"nodes": ["A", "B"], "directed": [1]}, "lists of two names"),
+        ({"nodes": ["A"], "directed": [["A", "B"]]}, "undeclared variable 'B'"),
+        ({"nodes": ["A", "B"], "directed": [["A", "B"], ["A", "B"]]}, "duplicate edge A -> B"),
+        ({"nodes": ["A", "B"], "bidirected": [["A", "B"], ["B", "A"]]}, "duplicate edge"),
+        ({"nodes": ["A", "B"], "directed": [["A", "B"], ["B", "A"]]}, "contradictory"),
+        ({"nodes": ["A", "A"]}, "declared twice"),
+        (
+            {"nodes": ["A", "B", "C"], "directed": [["A", "B"], ["B", "C"], ["C", "A"]]},
+            "directed cycle",
+        ),
+    ],
+)
 def test_from_json_errors(data, message):
     with pytest.raises(GraphError, match=message):
         CausalGraph.from_json(data)
@@ -191,8 +209,13 @@ def test_topological_order_ties_follow_declaration():
 
 def test_unknown_variable_in_queries():
     g = parse_graph(FRONT_DOOR)
-    for call in (lambda: g.parents("Q"), lambda: g.ancestors(["Q"]), lambda: g.mutilate(["Q"]),
-                 lambda: g.subgraph(["C", "Q"]), lambda: g.d_separated(["C"], ["Q"])):
+    for call in (
+        lambda: g.parents("Q"),
+        lambda: g.ancestors(["Q"]),
+        lambda: g.mutilate(["Q"]),
+        lambda: g.subgraph(["C", "Q"]),
+        lambda: g.d_separated(["C"], ["Q"]),
+    ):
         with pytest.raises(GraphError, match="unknown variable 'Q'"):
             call()
 
@@ -204,8 +227,7 @@ def test_c_components():
     g = parse_graph("A -> B -> C -> D; A <-> C; B <-> D; E")
     assert g.c_components() == [frozenset("AC"), frozenset("BD"), frozenset("E")]
     # chains of confounders join into one component
-    assert parse_graph("A <-> B; B <-> C; D").c_components() == [frozenset("ABC"),
-                                                                 frozenset("D")]
+    assert parse_graph("A <-> B; B <-> C; D").c_components() == [frozenset("ABC"), frozenset("D")]
 
 
 def test_c_components_partition_random_graphs():
@@ -243,29 +265,32 @@ def test_subgraph():
 
 
 # ---------------------------------------------------------------------- d-separation
-@pytest.mark.parametrize("text, x, y, z, separated", [
-    ("X -> M -> Y", "X", "Y", "", False),                # chain
-    ("X -> M -> Y", "X", "Y", "M", True),
-    ("X <- M -> Y", "X", "Y", "", False),                # fork
-    ("X <- M -> Y", "X", "Y", "M", True),
-    ("X -> M <- Y", "X", "Y", "", True),                 # collider
-    ("X -> M <- Y", "X", "Y", "M", False),
-    ("X -> M <- Y; M -> D", "X", "Y", "D", False),       # descendant of a collider
-    ("X <-> Y", "X", "Y", "", False),                    # latent confounder
-    ("X <-> M <-> Y", "X", "Y", "", True),               # M is a collider of two latents
-    ("X <-> M <-> Y", "X", "Y", "M", False),
-    ("X -> M <-> Y", "X", "Y", "", True),
-    ("X -> M <-> Y", "X", "Y", "M", False),
-    ("X <- A -> M <- B -> Y", "X", "Y", "", True),       # M-bias
-    ("X <- A -> M <- B -> Y", "X", "Y", "M", False),
-    ("X <- A -> M <- B -> Y", "X", "Y", "MA", True),
-    ("Z -> X -> Y; Z -> Y", "Z", "Y", "X", False),       # back-door
-    (NAPKIN, "W", "X", "Z", False),
-    (NAPKIN, "Z", "Y", "X", False),                      # Z -> X <-> W <-> Y, X collider
-    (NAPKIN, "Z", "Y", "WX", False),                     # X and W are open colliders
-    ("Z -> X -> Y; W <-> X; W <-> Y", "Z", "Y", "X", True),  # W is a closed collider
-    ("Z -> X -> Y; W <-> X; W <-> Y", "Z", "W", "", True),
-])
+@pytest.mark.parametrize(
+    "text, x, y, z, separated",
+    [
+        ("X -> M -> Y", "X", "Y", "", False),  # chain
+        ("X -> M -> Y", "X", "Y", "M", True),
+        ("X <- M -> Y", "X", "Y", "", False),  # fork
+        ("X <- M -> Y", "X", "Y", "M", True),
+        ("X -> M <- Y", "X", "Y", "", True),  # collider
+        ("X -> M <- Y", "X", "Y", "M", False),
+        ("X -> M <- Y; M -> D", "X", "Y", "D", False),  # descendant of a collider
+        ("X <-> Y", "X", "Y", "", False),  # latent confounder
+        ("X <-> M <-> Y", "X", "Y", "", True),  # M is a collider of two latents
+        ("X <-> M <-> Y", "X", "Y", "M", False),
+        ("X -> M <-> Y", "X", "Y", "", True),
+        ("X -> M <-> Y", "X", "Y", "M", False),
+        ("X <- A -> M <- B -> Y", "X", "Y", "", True),  # M-bias
+        ("X <- A -> M <- B -> Y", "X", "Y", "M", False),
+        ("X <- A -> M <- B -> Y", "X", "Y", "MA", True),
+        ("Z -> X -> Y; Z -> Y", "Z", "Y", "X", False),  # back-door
+        (NAPKIN, "W", "X", "Z", False),
+        (NAPKIN, "Z", "Y", "X", False),  # Z -> X <-> W <-> Y, X collider
+        (NAPKIN, "Z", "Y", "WX", False),  # X and W are open colliders
+        ("Z -> X -> Y; W <-> X; W <-> Y", "Z", "Y", "X", True),  # W is a closed collider
+        ("Z -> X -> Y; W <-> X; W <-> Y", "Z", "W", "", True),
+    ],
+)
 def test_d_separation_textbook(text, x, y, z, separated):
     g = parse_graph(text)
     assert g.d_separated(list(x), list(y), list(z)) is separated

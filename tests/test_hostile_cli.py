@@ -25,19 +25,41 @@ from mdcm.plan import PlanError, make_plan
 
 NAMES = ["X", "Y", "Z", "W", "M", "C", "N", "_a", "x1", "A_B"]
 BAD_NAMES = ["1X", "X-Y", "é", "X.Y", "", " ", "a" * 70, "X;Y", "<->", "->", "--", "#"]
-TOKENS = NAMES + BAD_NAMES + ["->", "<-", "<->", "--", ";", "\n", "#c", " ", ",", "(", ")",
-                              "<", ">", "-", "=", "\t", "\x00", "✓"]
+TOKENS = (
+    NAMES
+    + BAD_NAMES
+    + [
+        "->",
+        "<-",
+        "<->",
+        "--",
+        ";",
+        "\n",
+        "#c",
+        " ",
+        ",",
+        "(",
+        ")",
+        "<",
+        ">",
+        "-",
+        "=",
+        "\t",
+        "\x00",
+        "✓",
+    ]
+)
 
 graph_text = st.one_of(
     st.lists(st.sampled_from(TOKENS), max_size=25).map(" ".join),
     st.lists(st.sampled_from(TOKENS), max_size=25).map("".join),
     st.text(max_size=60),
 )
-name_sets = st.lists(st.frozensets(st.sampled_from(NAMES + BAD_NAMES[:4]), max_size=3),
-                     max_size=3)
+name_sets = st.lists(st.frozensets(st.sampled_from(NAMES + BAD_NAMES[:4]), max_size=3), max_size=3)
 DOCUMENTED = (GraphError, PlanError, IdentificationError)
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @SETTINGS
@@ -52,21 +74,26 @@ def test_parse_and_plan_raise_only_documented_errors(text: str, regimes: list, j
     except DOCUMENTED:
         return
     trained = [v for s in plan.stages for v in s.trains]
-    assert sorted(trained) == sorted(graph.nodes)      # every mechanism trained exactly once
+    assert sorted(trained) == sorted(graph.nodes)  # every mechanism trained exactly once
 
 
 @SETTINGS
-@given(text=graph_text, x=st.frozensets(st.sampled_from(NAMES), max_size=2),
-       y=st.frozensets(st.sampled_from(NAMES), max_size=2),
-       z=st.frozensets(st.sampled_from(NAMES), max_size=2), regimes=name_sets)
+@given(
+    text=graph_text,
+    x=st.frozensets(st.sampled_from(NAMES), max_size=2),
+    y=st.frozensets(st.sampled_from(NAMES), max_size=2),
+    z=st.frozensets(st.sampled_from(NAMES), max_size=2),
+    regimes=name_sets,
+)
 def test_identify_raises_only_documented_errors(text, x, y, z, regimes):
     try:
         graph = parse_graph(text)
     except GraphError:
         return
     try:
-        result = identify(graph, sorted(x), sorted(y), given=sorted(z),
-                          interventions=[sorted(r) for r in regimes])
+        result = identify(
+            graph, sorted(x), sorted(y), given=sorted(z), interventions=[sorted(r) for r in regimes]
+        )
     except DOCUMENTED:
         return
     payload = result.to_json()
@@ -84,7 +111,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 rc = main(argv)
-            except SystemExit as exc:           # main() should return, but accept an exit too
+            except SystemExit as exc:  # main() should return, but accept an exit too
                 rc = exc.code if isinstance(exc.code, int) else 2
     finally:
         os.chdir(here)
@@ -107,13 +134,58 @@ def _remove_scratch():
     yield
     shutil.rmtree(_TMP, ignore_errors=True)
 
+
 MISSING = str(_TMP / "no-such-dir")
-VALUES = NAMES + BAD_NAMES + ["X=1", "X=", "=1", "X==1", "X=a", "X=1,2", "Y=999999",
-                              "C -> X -> N; C <-> N", "X -> Y; X <-> Y", "-1", "0", "1e999",
-                              "nan", "--", MISSING, "@" + MISSING, "napkin_typo", "cpu", "gpu"]
-FLAGS = ["--graph", "--intervention", "--joint", "--json", "--treatment", "--outcome",
-         "--given", "--do", "-n", "--out", "--model", "--seed", "--steps", "--size", "--n",
-         "--root", "--bogus", "-x", "--plan", "--device", "--study", "--run-dir", "--resume"]
+VALUES = (
+    NAMES
+    + BAD_NAMES
+    + [
+        "X=1",
+        "X=",
+        "=1",
+        "X==1",
+        "X=a",
+        "X=1,2",
+        "Y=999999",
+        "C -> X -> N; C <-> N",
+        "X -> Y; X <-> Y",
+        "-1",
+        "0",
+        "1e999",
+        "nan",
+        "--",
+        MISSING,
+        "@" + MISSING,
+        "napkin_typo",
+        "cpu",
+        "gpu",
+    ]
+)
+FLAGS = [
+    "--graph",
+    "--intervention",
+    "--joint",
+    "--json",
+    "--treatment",
+    "--outcome",
+    "--given",
+    "--do",
+    "-n",
+    "--out",
+    "--model",
+    "--seed",
+    "--steps",
+    "--size",
+    "--n",
+    "--root",
+    "--bogus",
+    "-x",
+    "--plan",
+    "--device",
+    "--study",
+    "--run-dir",
+    "--resume",
+]
 COMMANDS = ["plan", "identify", "sample", "export-example", "runs", "bogus", "", "train"]
 
 
@@ -124,14 +196,23 @@ def _is_harmless(argv: list[str]) -> bool:
     return True
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(argv=st.tuples(st.sampled_from(COMMANDS),
-                      st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES)),
-                               max_size=8)).map(lambda t: [t[0], *t[1]]).filter(_is_harmless))
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(
+    argv=st.tuples(
+        st.sampled_from(COMMANDS),
+        st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(VALUES)), max_size=8),
+    )
+    .map(lambda t: [t[0], *t[1]])
+    .filter(_is_harmless)
+)
 def test_cli_random_arguments(argv: list[str]):
     rc, out, err = run_cli(argv)
-    if rc == 0:   # a random but valid plan/identify/runs call: fine, and quiet on stderr
+    if rc == 0:  # a random but valid plan/identify/runs call: fine, and quiet on stderr
         assert "error" not in err
         return
     assert_one_line_error(rc, err, argv)
@@ -141,7 +222,7 @@ BAD_CALLS = [
     [],
     ["plan"],
     ["plan", "--graph", "X -> -> Y"],
-    ["plan", "--graph", "X -> Y; Y -> X"],                 # a directed cycle
+    ["plan", "--graph", "X -> Y; Y -> X"],  # a directed cycle
     ["plan", "--graph", "X -> Y", "--intervention", "Q"],  # unknown variable
     ["plan", "--graph", "X -> Y", "--intervention", "X,,Y"],
     ["plan", "--graph", ""],
@@ -153,11 +234,11 @@ BAD_CALLS = [
     ["sample", "--model", MISSING, "-n", "5", "--out", str(_TMP / "s")],
     ["sample", "--model", MISSING, "-n", "0", "--out", str(_TMP / "s")],
     ["sample", "--model", MISSING, "-n", "x", "--out", str(_TMP / "s")],
-    ["sample", "--model", str(_TMP), "-n", "3", "--out", str(_TMP / "s")],   # not a model
+    ["sample", "--model", str(_TMP), "-n", "3", "--out", str(_TMP / "s")],  # not a model
     ["export-example", "no_such_example", "--out", str(_TMP / "e")],
     ["export-example", "napkin", "--out", str(_TMP / "e"), "--size", "huge"],
-    ["train", "--example", "napkin"],                                      # no --out
-    ["train", "--out", str(_TMP / "m")],                                   # no source
+    ["train", "--example", "napkin"],  # no --out
+    ["train", "--out", str(_TMP / "m")],  # no source
     ["train", "--study", MISSING, "--out", str(_TMP / "m")],
     ["train", "--example", "napkin", "--out", str(_TMP / "m"), "--steps", "-3"],
     ["train", "--example", "napkin", "--out", str(_TMP / "m"), "--time-limit", "nan"],

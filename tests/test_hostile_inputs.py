@@ -42,18 +42,36 @@ from study_files import make_study
 
 import mdcm.train as train_mod
 from mdcm import runs
-from mdcm.data import DataError, load_study, read_csv_upload, save_study
+from mdcm.checkpoints import CKPT_OPTIM, CKPT_STATE, CKPT_WEIGHTS
+from mdcm.data import DataError, load_study, save_study
 from mdcm.model import DCM, ModelConfig, ModelFileError, load_model, save_model
 from mdcm.plan import make_plan
+from mdcm.readers import read_csv_upload
 from mdcm.runs import RunError
-from mdcm.train import CKPT_OPTIM, CKPT_STATE, CKPT_WEIGHTS, TrainConfig, TrainingError, train
+from mdcm.train import TrainConfig, TrainingError, train
 
-SMALL = ModelConfig(noise_dim=4, image_noise_dim=8, confounder_dim=3, hidden=16, image_hidden=32,
-                    image_channels=8, code_dim=4)
-TINY = dict(steps=6, batch_size=32, check_every=3, checkpoint_every=2, check_samples=256,
-            mmd_batch=64, coder_steps=5, device="cpu", seed=0)
+SMALL = ModelConfig(
+    noise_dim=4,
+    image_noise_dim=8,
+    confounder_dim=3,
+    hidden=16,
+    image_hidden=32,
+    image_channels=8,
+    code_dim=4,
+)
+TINY = dict(
+    steps=6,
+    batch_size=32,
+    check_every=3,
+    checkpoint_every=2,
+    check_samples=256,
+    mmd_batch=64,
+    coder_steps=5,
+    device="cpu",
+    seed=0,
+)
 CAT2 = {"kind": "categorical", "classes": 2}
-DEEP_JSON = "[" * 100_000 + "]" * 100_000          # valid JSON, nested past the recursion limit
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # valid JSON, nested past the recursion limit
 
 
 # ====================================================================== helpers
@@ -70,8 +88,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def header_only_png(width: int, height: int) -> bytes:
     """A ~60-byte PNG whose IHDR declares ``width x height`` 8-bit grey pixels (a bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def load_error(root: Path) -> str:
@@ -147,19 +169,27 @@ def test_data_2_single_row_dataset_loads_and_trains(tmp_path):
     root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n1,0\n"}, {"X": CAT2, "Y": CAT2})
     study = load_study(root)
     assert study.observational.n == 1
-    res = train(fresh(study), make_plan(study.graph), study,
-                TrainConfig(**{**TINY, "steps": 2, "check_samples": 64, "mmd_batch": 16}))
+    res = train(
+        fresh(study),
+        make_plan(study.graph),
+        study,
+        TrainConfig(**{**TINY, "steps": 2, "check_samples": 64, "mmd_batch": 16}),
+    )
     assert [s.steps for s in res.stages] == [2, 2]
 
 
-@pytest.mark.parametrize("cell,message", [
-    ("NA", "obs/data.csv: row 2, column 'Y': 'NA' is not a number"),
-    ("N/A", "obs/data.csv: row 2, column 'Y': 'N/A' is not a number"),
-    ("", "obs/data.csv: row 2, column 'Y': '' is not a number"),
-    ("1e999", "obs/data.csv: row 2, column 'Y': '1e999' is not a finite number"),
-    ("Infinity", "obs/data.csv: row 2, column 'Y': 'Infinity' is not a finite number"),
-    ('"1,5"', "obs/data.csv: row 2, column 'Y': '1,5' is not a number"),
-], ids=["NA", "N/A", "empty", "overflow-1e999", "Infinity", "decimal-comma-quoted"])
+@pytest.mark.parametrize(
+    "cell,message",
+    [
+        ("NA", "obs/data.csv: row 2, column 'Y': 'NA' is not a number"),
+        ("N/A", "obs/data.csv: row 2, column 'Y': 'N/A' is not a number"),
+        ("", "obs/data.csv: row 2, column 'Y': '' is not a number"),
+        ("1e999", "obs/data.csv: row 2, column 'Y': '1e999' is not a finite number"),
+        ("Infinity", "obs/data.csv: row 2, column 'Y': 'Infinity' is not a finite number"),
+        ('"1,5"', "obs/data.csv: row 2, column 'Y': '1,5' is not a number"),
+    ],
+    ids=["NA", "N/A", "empty", "overflow-1e999", "Infinity", "decimal-comma-quoted"],
+)
 def test_data_3_missing_and_non_finite_continuous_cells(tmp_path, cell, message):
     """Missing values in a continuous column are refused (not silently imputed), row named."""
     vars_ = {"X": CAT2, "Y": {"kind": "continuous", "shape": [1]}}
@@ -173,8 +203,9 @@ def test_data_4_quoted_newline_keeps_row_and_line_numbers_apart(tmp_path):
     p.write_text('X,Note\n0,"two\nlines, one field"\n1,a,extra\n')
     with pytest.raises(DataError) as info:
         read_csv_upload(p, where="obs/data.csv")
-    assert str(info.value) == ("obs/data.csv: row 2 (line 4) has 3 field(s), the header has 2 "
-                               "(X, Note)")
+    assert str(info.value) == (
+        "obs/data.csv: row 2 (line 4) has 3 field(s), the header has 2 (X, Note)"
+    )
     p.write_text('X,Note\n0,"two\nlines, one field"\n')
     assert read_csv_upload(p)[1] == [["0", "two\nlines, one field"]]
 
@@ -186,8 +217,9 @@ def test_data_5_utf16_csv_from_a_spreadsheet_is_named(tmp_path):
 
 
 def test_data_6_integral_floats_are_cleaned_to_class_indices(tmp_path):
-    root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n1.0, 0\n 0 ,1e0\n"},
-                      {"X": CAT2, "Y": CAT2})
+    root = make_study(
+        tmp_path / "s", "X -> Y", {"obs": "X,Y\n1.0, 0\n 0 ,1e0\n"}, {"X": CAT2, "Y": CAT2}
+    )
     ds = load_study(root).observational
     assert ds.columns["X"].tolist() == [1, 0] and ds.columns["Y"].tolist() == [0, 1]
     assert ds.columns["X"].dtype == np.int64
@@ -207,32 +239,46 @@ def test_data_6b_wide_header_is_answered_in_linear_time(tmp_path):
 
 
 def test_data_6c_giant_single_field_is_refused_with_its_line(tmp_path):
-    root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n0,1\n1," + "1" * 200_000 + "\n"},
-                      {"X": CAT2, "Y": CAT2})
-    assert load_error(root) == ("obs/data.csv: line 3: malformed CSV (field larger than field "
-                                "limit (131072))")
+    root = make_study(
+        tmp_path / "s",
+        "X -> Y",
+        {"obs": "X,Y\n0,1\n1," + "1" * 200_000 + "\n"},
+        {"X": CAT2, "Y": CAT2},
+    )
+    assert load_error(root) == (
+        "obs/data.csv: line 3: malformed CSV (field larger than field limit (131072))"
+    )
 
 
 IMG = {"X": CAT2, "I": {"kind": "image", "shape": [1, 8, 8]}}
 
 
 def image_study(tmp_path: Path, second: str = "im/b.png", variables=None) -> Path:
-    root = make_study(tmp_path / "s", "X -> I", {"obs": f"X,I\n0,im/a.png\n1,{second}\n"},
-                      variables or IMG)
+    root = make_study(
+        tmp_path / "s", "X -> I", {"obs": f"X,I\n0,im/a.png\n1,{second}\n"}, variables or IMG
+    )
     png(root / "obs" / "im" / "a.png", np.zeros((8, 8), np.uint8))
     return root
 
 
-@pytest.mark.parametrize("mode,array", [
-    ("P", None), ("LA", np.zeros((8, 8, 2), np.uint8)), ("I;16", np.zeros((8, 8), np.uint16)),
-], ids=["palette", "grey+alpha", "16-bit"])
+@pytest.mark.parametrize(
+    "mode,array",
+    [
+        ("P", None),
+        ("LA", np.zeros((8, 8, 2), np.uint8)),
+        ("I;16", np.zeros((8, 8), np.uint16)),
+    ],
+    ids=["palette", "grey+alpha", "16-bit"],
+)
 def test_data_7_image_modes_other_than_L_and_RGB(tmp_path, mode, array):
     root = image_study(tmp_path)
     b = root / "obs" / "im" / "b.png"
     (Image.new("P", (8, 8)) if array is None else Image.fromarray(array)).save(b)
     assert Image.open(b).mode == mode
-    assert (f"obs/data.csv: row 2, column 'I': image 'b.png' has mode {mode!r}; use 'L' "
-            "(grayscale) or 'RGB'") in load_error(root)
+    assert (
+        f"obs/data.csv: row 2, column 'I': image 'b.png' has mode {mode!r}; use 'L' "
+        "(grayscale) or 'RGB'"
+    ) in load_error(root)
 
 
 def test_data_8_header_only_png_declaring_10_gigapixels_is_refused_fast(tmp_path):
@@ -259,18 +305,22 @@ def test_data_8b_png_text_chunk_bomb_is_refused_fast(tmp_path):
     t0 = time.monotonic()
     msg = load_error(root)
     assert time.monotonic() - t0 < 5
-    assert ("obs/data.csv: row 2, column 'I': image 'b.png' cannot be read (Decompressed data "
-            "too large" in msg), msg
+    assert (
+        "obs/data.csv: row 2, column 'I': image 'b.png' cannot be read (Decompressed data "
+        "too large" in msg
+    ), msg
 
 
 def test_data_9_truncated_png_is_named(tmp_path):
     root = image_study(tmp_path)
-    good = png(tmp_path / "full.png", np.random.default_rng(0).integers(0, 256, (8, 8),
-                                                                        dtype=np.uint8))
+    good = png(
+        tmp_path / "full.png", np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    )
     data = good.read_bytes()
     (root / "obs" / "im" / "b.png").write_bytes(data[: len(data) // 2])
-    assert ("obs/data.csv: row 2, column 'I': image 'b.png' cannot be read (image file is "
-            "truncated") in load_error(root)
+    assert (
+        "obs/data.csv: row 2, column 'I': image 'b.png' cannot be read (image file is truncated"
+    ) in load_error(root)
 
 
 def test_data_10_png_path_that_is_a_folder(tmp_path):
@@ -283,24 +333,50 @@ def test_data_10_png_path_that_is_a_folder(tmp_path):
 def test_data_11_mixed_sizes_when_the_shape_is_inferred_from_the_first_image(tmp_path):
     root = image_study(tmp_path, variables={"X": CAT2, "I": "image"})
     png(root / "obs" / "im" / "b.png", np.zeros((9, 9), np.uint8))
-    assert ("obs/data.csv: row 2, column 'I': image 'b.png' is 9x9 (HxW); expected 8x8"
-            in load_error(root))
+    assert (
+        "obs/data.csv: row 2, column 'I': image 'b.png' is 9x9 (HxW); expected 8x8"
+        in load_error(root)
+    )
 
 
-@pytest.mark.parametrize("study_json,message", [
-    ('{"graph": "X -> Y -> Z -> X"}', "study.json: graph: directed cycle X -> Y -> Z -> X"),
-    ('{"graph": "X -> Y", "variables": {"X": 5}}',
-     "study.json: variable 'X': expected a kind or an object"),
-    ('{"graph": "X -> Y", "variables": {"X": {"kind": "categorical", "classes": 1}}}',
-     "study.json: variable 'X': a categorical variable needs 'classes' between 2 and 1000, got 1"),
-    ('{"graph": "X -> Y", "variables": {"X": {"kind": "categorical", "classes": 1000000000}}}',
-     "study.json: variable 'X': a categorical variable needs 'classes' between 2 and 1000"),
-    ('{"graph": "X -> Y", "variables": {"Y": {"kind": "image", "shape": [1, 40000, 40000]}}}',
-     "study.json: variable 'Y': an image has shape [C, H, W] with C 1 or 3 and 4 <= H, W <= 512"),
-    ('{"graph": "X -> Y", "variables": {"Y": {"kind": "continuous", "shape": ["1"]}}}',
-     "study.json: variable 'Y': 'shape' must be a list of integers"),
-], ids=["cyclic-graph", "kind-not-text", "one-class", "1e9-classes", "giant-image",
-        "shape-strings"])
+@pytest.mark.parametrize(
+    "study_json,message",
+    [
+        ('{"graph": "X -> Y -> Z -> X"}', "study.json: graph: directed cycle X -> Y -> Z -> X"),
+        (
+            '{"graph": "X -> Y", "variables": {"X": 5}}',
+            "study.json: variable 'X': expected a kind or an object",
+        ),
+        (
+            '{"graph": "X -> Y", "variables": {"X": {"kind": "categorical", "classes": 1}}}',
+            "study.json: variable 'X': a categorical variable needs 'classes' between 2 and 1000, "
+            "got 1",
+        ),
+        (
+            '{"graph": "X -> Y", '
+            '"variables": {"X": {"kind": "categorical", "classes": 1000000000}}}',
+            "study.json: variable 'X': a categorical variable needs 'classes' between 2 and 1000",
+        ),
+        (
+            '{"graph": "X -> Y", '
+            '"variables": {"Y": {"kind": "image", "shape": [1, 40000, 40000]}}}',
+            "study.json: variable 'Y': an image has shape [C, H, W] with C 1 or 3 and "
+            "4 <= H, W <= 512",
+        ),
+        (
+            '{"graph": "X -> Y", "variables": {"Y": {"kind": "continuous", "shape": ["1"]}}}',
+            "study.json: variable 'Y': 'shape' must be a list of integers",
+        ),
+    ],
+    ids=[
+        "cyclic-graph",
+        "kind-not-text",
+        "one-class",
+        "1e9-classes",
+        "giant-image",
+        "shape-strings",
+    ],
+)
 def test_data_12_study_json_schema_attacks(tmp_path, study_json, message):
     root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n0,1\n"}, {})
     (root / "study.json").write_text(study_json)
@@ -315,17 +391,21 @@ def test_data_13_study_json_nested_past_the_recursion_limit(tmp_path):
     assert load_error(root).startswith("study.json: ")
 
 
-@pytest.mark.parametrize("do,message", [
-    ({"X": True}, "do1/intervention.json: do(X=True) must be a class index 0 … 1"),
-    ({"X": 1.0}, "do1/intervention.json: do(X=1.0) must be a class index 0 … 1"),
-    ({"Y": float("nan")}, "do1/intervention.json: do(Y=nan) must be 1 finite number(s)"),
-    ({"Y": [1.0, 2.0]}, "do1/intervention.json: do(Y=[1.0, 2.0]) must be 1 finite number(s)"),
-    ({"X": 1, "../Q": 0}, "do1/intervention.json: intervention on unknown variable '../Q'"),
-], ids=["bool", "float-class", "NaN", "wrong-length", "unknown-among-good"])
+@pytest.mark.parametrize(
+    "do,message",
+    [
+        ({"X": True}, "do1/intervention.json: do(X=True) must be a class index 0 … 1"),
+        ({"X": 1.0}, "do1/intervention.json: do(X=1.0) must be a class index 0 … 1"),
+        ({"Y": float("nan")}, "do1/intervention.json: do(Y=nan) must be 1 finite number(s)"),
+        ({"Y": [1.0, 2.0]}, "do1/intervention.json: do(Y=[1.0, 2.0]) must be 1 finite number(s)"),
+        ({"X": 1, "../Q": 0}, "do1/intervention.json: intervention on unknown variable '../Q'"),
+    ],
+    ids=["bool", "float-class", "NaN", "wrong-length", "unknown-among-good"],
+)
 def test_data_14_intervention_values(tmp_path, do, message):
     vars_ = {"X": CAT2, "Y": {"kind": "continuous", "shape": [1]}}
     root = make_study(tmp_path / "s", "X -> Y", {"do1": "X,Y\n1,0.5\n"}, vars_)
-    (root / "do1" / "intervention.json").write_text(json.dumps({"do": do}))   # NaN as JSON NaN
+    (root / "do1" / "intervention.json").write_text(json.dumps({"do": do}))  # NaN as JSON NaN
     assert message in load_error(root)
 
 
@@ -333,8 +413,9 @@ def test_data_15_image_intervention_path_cannot_leave_the_dataset(tmp_path):
     root = image_study(tmp_path)
     png(root / "obs" / "im" / "b.png", np.zeros((8, 8), np.uint8))
     (root / "obs" / "intervention.json").write_text(json.dumps({"do": {"I": "../../x.png"}}))
-    assert ("obs/intervention.json: do(I=…) for an image must be a relative PNG path"
-            in load_error(root))
+    assert "obs/intervention.json: do(I=…) for an image must be a relative PNG path" in load_error(
+        root
+    )
 
 
 def test_data_16_intervention_json_nested_past_the_recursion_limit(tmp_path):
@@ -346,14 +427,15 @@ def test_data_16_intervention_json_nested_past_the_recursion_limit(tmp_path):
 def test_data_17_save_study_refuses_a_dataset_name_that_is_a_path(tmp_path):
     from mdcm.data import Dataset, Study
 
-    study = load_study(make_study(tmp_path / "src", "X -> Y", {"obs": "X,Y\n0,1\n"},
-                                  {"X": CAT2, "Y": CAT2}))
+    study = load_study(
+        make_study(tmp_path / "src", "X -> Y", {"obs": "X,Y\n0,1\n"}, {"X": CAT2, "Y": CAT2})
+    )
     evil = Study(study.schema, (Dataset("../../evil", study.observational.columns),))
     (tmp_path / "out").mkdir()
     before = tree(tmp_path)
     with pytest.raises(DataError, match=r"dataset name '../../evil' cannot be a folder name"):
         save_study(evil, tmp_path / "out" / "study")
-    assert tree(tmp_path) == before                     # nothing written, no temp folder left
+    assert tree(tmp_path) == before  # nothing written, no temp folder left
 
 
 @pytest.fixture()
@@ -374,8 +456,11 @@ def test_data_18_app_zip_upload_with_traversal_writes_nothing_outside_the_study(
         zf.writestr("ds/../../../../escaped.txt", "pwned")
     raw = uploads.store_raw(sid, "../../evil name.zip", buf.getvalue())
     assert raw.parent == state.study_dir(sid) / "uploads" and "/" not in raw.name
-    with pytest.raises(DataError, match=r"entry 'ds/\.\./\.\./\.\./\.\./escaped.txt': path "
-                                        r"traversal \('\.\.'\) refused"):
+    with pytest.raises(
+        DataError,
+        match=r"entry 'ds/\.\./\.\./\.\./\.\./escaped.txt': path "
+        r"traversal \('\.\.'\) refused",
+    ):
         uploads.import_dataset_zip(sid, schema, raw, "trial")
     with pytest.raises(DataError, match=r"dataset name '\.\./trial': use 1-64 letters"):
         uploads.import_dataset_zip(sid, schema, raw, "../trial")
@@ -386,11 +471,11 @@ def test_data_18_app_zip_upload_with_traversal_writes_nothing_outside_the_study(
     assert [p.name for p in (state.study_dir(sid) / "uploads").iterdir()] == [raw.name]
 
 
-@pytest.mark.parametrize("bad", ["../x", "/etc", "", "a/b", ".", "..",
-                                 "x" * 300,
-                                 "a\x00b"],
-                         ids=["dotdot", "absolute", "empty", "slash", "dot", "dotdot-only",
-                              "300-chars", "NUL"])
+@pytest.mark.parametrize(
+    "bad",
+    ["../x", "/etc", "", "a/b", ".", "..", "x" * 300, "a\x00b"],
+    ids=["dotdot", "absolute", "empty", "slash", "dot", "dotdot-only", "300-chars", "NUL"],
+)
 def test_data_19_app_study_ids_cannot_escape_or_overflow(app_home, bad):
     from mdcm_app import state
 
@@ -415,15 +500,18 @@ def _same_samples(a: DCM, b: DCM) -> bool:
 def test_model_1_pickle_payload_is_refused_and_never_runs(saved, tmp_path, protocol):
     _, path = saved
     proof = tmp_path / "proof"
-    pickle.loads(payload(proof, protocol))               # the oracle: this payload runs code
+    pickle.loads(payload(proof, protocol))  # the oracle: this payload runs code
     assert proof.exists()
     marker = tmp_path / "pwned"
     (path / "model.safetensors").write_bytes(payload(marker, protocol))
     meta = json.loads((path / "model.json").read_text())
-    meta["sha256"] = sha(payload(marker, protocol))      # even with a matching recorded hash
+    meta["sha256"] = sha(payload(marker, protocol))  # even with a matching recorded hash
     (path / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFileError, match=r"model.safetensors .*(pickle|not a valid "
-                                             r"safetensors)"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"model.safetensors .*(pickle|not a valid "
+        r"safetensors)",
+    ):
         load_model(path)
     assert not marker.exists()
 
@@ -438,7 +526,7 @@ def test_model_2_empty_weights_file(saved):
 def test_model_3_absurd_header_length(saved):
     _, path = saved
     data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes((2 ** 63).to_bytes(8, "little") + data[8:])
+    (path / "model.safetensors").write_bytes((2**63).to_bytes(8, "little") + data[8:])
     with pytest.raises(ModelFileError, match="is not a valid safetensors file"):
         load_model(path)
 
@@ -447,8 +535,15 @@ def test_model_3b_header_declaring_a_4_terabyte_tensor(saved):
     """A well-formed safetensors header whose single tensor claims 4 TB: refused from the
     offsets, nothing allocated."""
     _, path = saved
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1_000_000_000, 1000],
-                               "data_offsets": [0, 4_000_000_000_000]}}).encode()
+    header = json.dumps(
+        {
+            "w": {
+                "dtype": "F32",
+                "shape": [1_000_000_000, 1000],
+                "data_offsets": [0, 4_000_000_000_000],
+            }
+        }
+    ).encode()
     blob = len(header).to_bytes(8, "little") + header + b"\0" * 64
     (path / "model.safetensors").write_bytes(blob)
     meta = json.loads((path / "model.json").read_text())
@@ -485,13 +580,21 @@ def test_model_5_model_json_edited_to_another_schema(saved):
         load_model(path)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m.update(graph="X -> Y -> X") or m["schema"].update(graph="X -> Y; Y -> X"),
-     "model.json: bad schema or config"),
-    (lambda m: m["schema"]["variables"].update(Y={"kind": "widget"}),
-     "model.json: bad schema or config"),
-    (lambda m: m.pop("schema"), "model.json: bad schema or config"),
-], ids=["cyclic-graph", "unknown-kind", "no-schema"])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda m: m.update(graph="X -> Y -> X") or m["schema"].update(graph="X -> Y; Y -> X"),
+            "model.json: bad schema or config",
+        ),
+        (
+            lambda m: m["schema"]["variables"].update(Y={"kind": "widget"}),
+            "model.json: bad schema or config",
+        ),
+        (lambda m: m.pop("schema"), "model.json: bad schema or config"),
+    ],
+    ids=["cyclic-graph", "unknown-kind", "no-schema"],
+)
 def test_model_6_model_json_with_a_broken_schema(saved, edit, message):
     _, path = saved
     meta = json.loads((path / "model.json").read_text())
@@ -539,8 +642,7 @@ def test_model_10_weights_entry_cannot_redirect_the_loader(saved, tmp_path):
 
 
 @pytest.mark.parametrize("fail_at", ["weights", "json"])
-def test_model_11_disk_full_while_replacing_a_model_keeps_the_old_one(saved, monkeypatch,
-                                                                       fail_at):
+def test_model_11_disk_full_while_replacing_a_model_keeps_the_old_one(saved, monkeypatch, fail_at):
     """Saving over a good model when the disk fills up: the old model must still load (and no
     temp file is left), whichever of the two files fails."""
     old, path = saved
@@ -608,7 +710,7 @@ def test_run_3_a_pid_written_in_run_json_is_never_signalled(tmp_path):
         info = runs.stop_run(run)
         assert info.stop_requested and (run / "stop").is_file()
         time.sleep(0.3)
-        assert bystander.poll() is None                  # still alive
+        assert bystander.poll() is None  # still alive
     finally:
         bystander.kill()
         bystander.wait()
@@ -668,22 +770,30 @@ def test_train_1_diverging_critic_stops_and_the_checkpoint_stays_good(tmp_path, 
     def on_event(e):
         events.append(e)
         if e.kind == "checkpoint":
-            last.update({f: (ck / f).read_bytes() for f in (CKPT_WEIGHTS, CKPT_OPTIM,
-                                                            CKPT_STATE)}, event=e)
+            last.update(
+                {f: (ck / f).read_bytes() for f in (CKPT_WEIGHTS, CKPT_OPTIM, CKPT_STATE)}, event=e
+            )
 
     with pytest.raises(TrainingError) as info:
         train(fresh(study), plan, study, cfg, on_event=on_event, checkpoint_dir=ck)
     msg = str(info.value)
     assert "critic" in msg and "diverged" in msg, msg
     assert events[-1].kind == "error" and events[-1].message == msg
-    assert last["event"].step > 0                        # a mid-stage checkpoint was written
-    for f in (CKPT_WEIGHTS, CKPT_OPTIM, CKPT_STATE):     # ... and is exactly what is on disk
+    assert last["event"].step > 0  # a mid-stage checkpoint was written
+    for f in (CKPT_WEIGHTS, CKPT_OPTIM, CKPT_STATE):  # ... and is exactly what is on disk
         assert (ck / f).read_bytes() == last[f], f
     assert no_tmp(ck) == []
     monkeypatch.setattr(train_mod, "gradient_penalty", real_gp)
     resumed = []
-    res = train(fresh(study, seed=5), plan, study, cfg, on_event=resumed.append,
-                checkpoint_dir=ck, resume=True)
+    res = train(
+        fresh(study, seed=5),
+        plan,
+        study,
+        cfg,
+        on_event=resumed.append,
+        checkpoint_dir=ck,
+        resume=True,
+    )
     assert [s.steps for s in res.stages] == [8, 8]
     first = next(e for e in resumed if e.kind in ("step", "check") and e.stage >= 0)
     assert (first.stage, first.step) > (last["event"].stage, last["event"].step)
@@ -693,8 +803,12 @@ def test_train_1b_diverging_critic_message_names_the_stage(monkeypatch):
     study = napkin()
     _exploding_critic(monkeypatch)
     with pytest.raises(TrainingError) as info:
-        train(fresh(study), make_plan(study.graph), study,
-              TrainConfig(**{**TINY, "objective": "wgan", "steps": 8}))
+        train(
+            fresh(study),
+            make_plan(study.graph),
+            study,
+            TrainConfig(**{**TINY, "objective": "wgan", "steps": 8}),
+        )
     assert "critic" in str(info.value) and "stage 0" in str(info.value), str(info.value)
 
 
@@ -707,15 +821,24 @@ def _oom_train(monkeypatch, where: str, exc: BaseException, **cfg):
     monkeypatch.setattr(train_mod._Trainer, where, boom)
     events = []
     with pytest.raises(TrainingError) as info:
-        train(fresh(study), make_plan(study.graph), study, TrainConfig(**{**TINY, **cfg}),
-              on_event=events.append)
+        train(
+            fresh(study),
+            make_plan(study.graph),
+            study,
+            TrainConfig(**{**TINY, **cfg}),
+            on_event=events.append,
+        )
     return str(info.value), events
 
 
 def test_train_2_gpu_oom_in_the_critic_step_is_actionable(monkeypatch):
-    msg, events = _oom_train(monkeypatch, "_critic_step",
-                             torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
-                             objective="wgan", batch_size=32)
+    msg, events = _oom_train(
+        monkeypatch,
+        "_critic_step",
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+        objective="wgan",
+        batch_size=32,
+    )
     assert "batch_size=32" in msg and "smaller batch" in msg and "batch_size=16" in msg, msg
     assert events[-1].kind == "error" and events[-1].message == msg
 
@@ -728,10 +851,15 @@ def test_train_3_gpu_oom_in_the_fit_check_is_actionable(monkeypatch):
 def test_train_4_cpu_allocator_failure_is_actionable(monkeypatch):
     """On a CPU machine torch reports exhausted RAM as a RuntimeError from its allocator; that
     too must become the actionable TrainingError (smaller batch), not a raw traceback."""
-    msg, _ = _oom_train(monkeypatch, "_gen_step", RuntimeError(
-        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-        "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate "
-        "memory)"))
+    msg, _ = _oom_train(
+        monkeypatch,
+        "_gen_step",
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate "
+            "memory)"
+        ),
+    )
     assert "smaller batch" in msg and "batch_size=" in msg, msg
 
 
@@ -745,9 +873,29 @@ def test_train_5_oom_in_a_run_is_recorded_as_failed_with_the_advice(tmp_path, mo
     run_dir = tmp_path / "runs" / "oom_run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["train", "--example", "napkin", "--n", "300", "--run-dir", str(run_dir),
-                   "--steps", "4", "--batch-size", "32", "--device", "cpu", "--progress", "off",
-                   "--set", "check_samples=256", "--set", "mmd_batch=64"])
+        rc = main(
+            [
+                "train",
+                "--example",
+                "napkin",
+                "--n",
+                "300",
+                "--run-dir",
+                str(run_dir),
+                "--steps",
+                "4",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--progress",
+                "off",
+                "--set",
+                "check_samples=256",
+                "--set",
+                "mmd_batch=64",
+            ]
+        )
     lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("mdcm: error:")]
     assert rc == 2 and len(lines) == 1 and "smaller batch" in lines[0], err.getvalue()
     info = runs.run_status(run_dir)
@@ -756,7 +904,8 @@ def test_train_5_oom_in_a_run_is_recorded_as_failed_with_the_advice(tmp_path, mo
 
 
 def test_train_6_disk_full_at_the_first_checkpoint_leaves_nothing_half_written(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     study = napkin()
     plan = make_plan(study.graph)
     ck = tmp_path / "ck"
@@ -780,19 +929,33 @@ def test_train_6_disk_full_at_the_first_checkpoint_leaves_nothing_half_written(
 
 def _resume(ck: Path):
     study = napkin()
-    return train(fresh(study), make_plan(study.graph), study, TrainConfig(**TINY),
-                 checkpoint_dir=ck, resume=True)
+    return train(
+        fresh(study),
+        make_plan(study.graph),
+        study,
+        TrainConfig(**TINY),
+        checkpoint_dir=ck,
+        resume=True,
+    )
 
 
-@pytest.mark.parametrize("spoil,message", [
-    (lambda ck: (ck / CKPT_STATE).write_text('{"stage_index": 1, '),
-     "checkpoint.json is not valid JSON"),
-    (lambda ck: (ck / CKPT_STATE).write_text("[1, 2, 3]"), "checkpoint.json"),
-    (lambda ck: (ck / CKPT_STATE).write_text(DEEP_JSON), "checkpoint.json"),
-    (lambda ck: (ck / CKPT_WEIGHTS).write_bytes((ck / CKPT_WEIGHTS).read_bytes()[:-7]),
-     "checkpoint.safetensors is missing or does not match checkpoint.json"),
-    (lambda ck: (ck / CKPT_OPTIM).unlink(), "optim.pt is missing or does not match"),
-], ids=["truncated-json", "json-list", "deep-json", "truncated-weights", "missing-optim"])
+@pytest.mark.parametrize(
+    "spoil,message",
+    [
+        (
+            lambda ck: (ck / CKPT_STATE).write_text('{"stage_index": 1, '),
+            "checkpoint.json is not valid JSON",
+        ),
+        (lambda ck: (ck / CKPT_STATE).write_text("[1, 2, 3]"), "checkpoint.json"),
+        (lambda ck: (ck / CKPT_STATE).write_text(DEEP_JSON), "checkpoint.json"),
+        (
+            lambda ck: (ck / CKPT_WEIGHTS).write_bytes((ck / CKPT_WEIGHTS).read_bytes()[:-7]),
+            "checkpoint.safetensors is missing or does not match checkpoint.json",
+        ),
+        (lambda ck: (ck / CKPT_OPTIM).unlink(), "optim.pt is missing or does not match"),
+    ],
+    ids=["truncated-json", "json-list", "deep-json", "truncated-weights", "missing-optim"],
+)
 def test_train_7_spoiled_checkpoint_gives_a_clear_error(good_ckpt, tmp_path, spoil, message):
     ck = tmp_path / "ck"
     shutil.copytree(good_ckpt, ck)
@@ -823,8 +986,7 @@ def test_train_8_pickle_payload_in_the_optimizer_state_never_runs(good_ckpt, tmp
     assert not marker.exists()
 
 
-def test_train_8b_pickle_payload_in_the_optimizer_state_is_a_training_error(good_ckpt,
-                                                                            tmp_path):
+def test_train_8b_pickle_payload_in_the_optimizer_state_is_a_training_error(good_ckpt, tmp_path):
     ck, _ = _optim_payload(good_ckpt, tmp_path)
     with pytest.raises(Exception) as info:  # noqa: B017
         _resume(ck)
@@ -934,15 +1096,17 @@ def test_concurrency_5_two_sessions_upload_the_same_dataset_name_at_once(app_hom
 
     sid = state.new_study(example="bow").study_id
     schema = state.load_meta(sid).schema()
-    raws = [uploads.store_raw(sid, "a.csv", b"X,Y\n0,0\n0,1\n"),
-            uploads.store_raw(sid, "b.csv", b"X,Y\n1,1\n1,0\n1,1\n")]
+    raws = [
+        uploads.store_raw(sid, "a.csv", b"X,Y\n0,0\n0,1\n"),
+        uploads.store_raw(sid, "b.csv", b"X,Y\n1,1\n1,0\n1,1\n"),
+    ]
     both_validated = threading.Barrier(2)
     real = uploads.load_dataset
 
     def slow_validation(*a, **k):
         out = real(*a, **k)
         with contextlib.suppress(threading.BrokenBarrierError):
-            both_validated.wait(timeout=5)             # both sessions are past the name check
+            both_validated.wait(timeout=5)  # both sessions are past the name check
         return out
 
     monkeypatch.setattr(uploads, "load_dataset", slow_validation)
@@ -969,8 +1133,16 @@ def test_concurrency_6_a_page_reloading_during_a_real_run_sees_consistent_states
     """What a reloaded page does (list runs, read status and events) while a real background
     run trains: never an error, statuses only move forward, events only grow."""
     root = tmp_path / "runs"
-    cfg = {"steps": 6, "batch_size": 32, "seed": 0, "device": "cpu", "check_every": 3,
-           "checkpoint_every": 3, "check_samples": 512, "mmd_batch": 64}
+    cfg = {
+        "steps": 6,
+        "batch_size": 32,
+        "seed": 0,
+        "device": "cpu",
+        "check_every": 3,
+        "checkpoint_every": 3,
+        "check_samples": 512,
+        "mmd_batch": 64,
+    }
     info = runs.start_run(root, example="napkin", example_n=500, train_config=cfg)
     seen: list[str] = []
     prev: list[dict] = []
@@ -1006,8 +1178,21 @@ def test_cli_1_train_on_a_hostile_study_is_one_line_naming_the_row(tmp_path):
     root = make_study(tmp_path / "s", "X -> Y", {"obs": "X,Y\n0,1\n1,7\n"}, {"X": CAT2, "Y": CAT2})
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["train", "--study", str(root), "--out", str(tmp_path / "m"), "--steps", "2",
-                   "--device", "cpu", "--progress", "off"])
+        rc = main(
+            [
+                "train",
+                "--study",
+                str(root),
+                "--out",
+                str(tmp_path / "m"),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--progress",
+                "off",
+            ]
+        )
     assert rc == 2 and err.getvalue().count("\n") == 1, err.getvalue()
     assert err.getvalue().startswith("mdcm: error: ")
     assert "obs/data.csv: row 2, column 'Y': class 7 is out of range" in err.getvalue()

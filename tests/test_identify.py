@@ -27,44 +27,164 @@ from mdcm.identify import (
 TEXTBOOK = [
     ("back-door", "C -> X -> Y; C -> Y", "X", "Y", "", [], True, "Pearl 2009, Thm 3.3.2"),
     ("front-door", "X -> M -> Y; X <-> Y", "X", "Y", "", [], True, "Pearl 2009, Thm 3.3.4"),
-    ("napkin", "W -> Z -> X -> Y; W <-> X; W <-> Y", "X", "Y", "", [], True,
-     "Pearl & Mackenzie 2018; Shpitser & Pearl 2006"),
+    (
+        "napkin",
+        "W -> Z -> X -> Y; W <-> X; W <-> Y",
+        "X",
+        "Y",
+        "",
+        [],
+        True,
+        "Pearl & Mackenzie 2018; Shpitser & Pearl 2006",
+    ),
     ("no confounding", "X -> Y; Z -> Y", "X", "Y", "", [], True, "rule 2"),
     ("no causal path", "X <-> Y; Z -> Y; Y -> X", "X", "Y", "", [], True, "rule 3"),
     ("bow", "X -> Y; X <-> Y", "X", "Y", "", [], False, "Pearl 2009, Sec. 3.5"),
-    ("IV with confounding", "Z -> X -> Y; X <-> Y", "X", "Y", "", [], False,
-     "Pearl 2009, Fig. 3.8; Shpitser & Pearl 2006"),
-    ("extended bow", "X -> Z -> Y; X <-> Y; Z <-> Y", "X", "Y", "", [], False,
-     "Shpitser & Pearl 2006, Fig. 1"),
-    ("confounded treatment-mediator", "X -> Z -> Y; X <-> Z", "X", "Y", "", [], False,
-     "bow on X -> Z; y0 agrees"),
+    (
+        "IV with confounding",
+        "Z -> X -> Y; X <-> Y",
+        "X",
+        "Y",
+        "",
+        [],
+        False,
+        "Pearl 2009, Fig. 3.8; Shpitser & Pearl 2006",
+    ),
+    (
+        "extended bow",
+        "X -> Z -> Y; X <-> Y; Z <-> Y",
+        "X",
+        "Y",
+        "",
+        [],
+        False,
+        "Shpitser & Pearl 2006, Fig. 1",
+    ),
+    (
+        "confounded treatment-mediator",
+        "X -> Z -> Y; X <-> Z",
+        "X",
+        "Y",
+        "",
+        [],
+        False,
+        "bow on X -> Z; y0 agrees",
+    ),
     ("same graph, do(Z)", "X -> Z -> Y; X <-> Z", "Z", "Y", "", [], True, "back-door via X"),
-    ("Z <-> X and Z <-> Y, Z -> X", "Z -> X -> Y; Z <-> X; Z <-> Y", "X", "Y", "", [],
-     False, "hedge {Z, X, Y} / {Y}"),
+    (
+        "Z <-> X and Z <-> Y, Z -> X",
+        "Z -> X -> Y; Z <-> X; Z <-> Y",
+        "X",
+        "Y",
+        "",
+        [],
+        False,
+        "hedge {Z, X, Y} / {Y}",
+    ),
     # IDC (Shpitser & Pearl 2006b)
-    ("back-door | W (child of X)", "C -> X -> Y; C -> Y; X -> W", "X", "Y", "W", [], True,
-     "rule 2 on W"),
-    ("back-door | W (child of C)", "C -> X -> Y; C -> Y; C -> W", "X", "Y", "W", [], True,
-     "IDC normalisation"),
+    (
+        "back-door | W (child of X)",
+        "C -> X -> Y; C -> Y; X -> W",
+        "X",
+        "Y",
+        "W",
+        [],
+        True,
+        "rule 2 on W",
+    ),
+    (
+        "back-door | W (child of C)",
+        "C -> X -> Y; C -> Y; C -> W",
+        "X",
+        "Y",
+        "W",
+        [],
+        True,
+        "IDC normalisation",
+    ),
     ("front-door | M", "X -> M -> Y; X <-> Y", "X", "Y", "M", [], True, "rule 2 on M"),
     ("bow | Z", "X -> Y; X <-> Y; Z -> Y", "X", "Y", "Z", [], False, "bow stays"),
-    ("conditioning on a confounded collider", "X -> Y; X -> W; Y -> W; W <-> Y", "X", "Y",
-     "W", [], True, "ID line 6 on P(Y, W | do(X)), then normalise; y0 agrees"),
-    ("front-door | Y-side confounded W", "X -> M -> Y; X <-> Y; Y -> W; X <-> W", "X", "Y",
-     "W", [], True, "y0 agrees"),
+    (
+        "conditioning on a confounded collider",
+        "X -> Y; X -> W; Y -> W; W <-> Y",
+        "X",
+        "Y",
+        "W",
+        [],
+        True,
+        "ID line 6 on P(Y, W | do(X)), then normalise; y0 agrees",
+    ),
+    (
+        "front-door | Y-side confounded W",
+        "X -> M -> Y; X <-> Y; Y -> W; X <-> W",
+        "X",
+        "Y",
+        "W",
+        [],
+        True,
+        "y0 agrees",
+    ),
     # gID (Lee, Correa & Bareinboim 2019)
-    ("bow + do(X) data", "X -> Y; X <-> Y", "X", "Y", "", [["X"]], True,
-     "P(Y | do(X)) = P_do(X)(Y)"),
-    ("bow + do(Y) data", "X -> Y; X <-> Y", "X", "Y", "", [["Y"]], False,
-     "Y's own mechanism is cut"),
-    ("Z <-> X, Z <-> Y + do(Z) data", "Z -> X -> Y; Z <-> X; Z <-> Y", "X", "Y", "",
-     [["Z"]], True, "surrogate experiment: P(Y | do(X)) = P_do(Z)(Y | X)"),
-    ("confounded chain + do(Z) data", "X -> Z -> Y; X <-> Z; Z <-> Y", "X", "Y", "",
-     [["Z"]], False, "Q[Z, Y] needs Z's mechanism"),
-    ("confounded chain + do(X) data", "X -> Z -> Y; X <-> Z; Z <-> Y", "X", "Y", "",
-     [["X"]], True, "P_do(X)(Y)"),
-    ("IV + do(Z) data", "Z -> X -> Y; X <-> Y", "X", "Y", "", [["Z"]], False,
-     "do(Z) leaves X <-> Y"),
+    (
+        "bow + do(X) data",
+        "X -> Y; X <-> Y",
+        "X",
+        "Y",
+        "",
+        [["X"]],
+        True,
+        "P(Y | do(X)) = P_do(X)(Y)",
+    ),
+    (
+        "bow + do(Y) data",
+        "X -> Y; X <-> Y",
+        "X",
+        "Y",
+        "",
+        [["Y"]],
+        False,
+        "Y's own mechanism is cut",
+    ),
+    (
+        "Z <-> X, Z <-> Y + do(Z) data",
+        "Z -> X -> Y; Z <-> X; Z <-> Y",
+        "X",
+        "Y",
+        "",
+        [["Z"]],
+        True,
+        "surrogate experiment: P(Y | do(X)) = P_do(Z)(Y | X)",
+    ),
+    (
+        "confounded chain + do(Z) data",
+        "X -> Z -> Y; X <-> Z; Z <-> Y",
+        "X",
+        "Y",
+        "",
+        [["Z"]],
+        False,
+        "Q[Z, Y] needs Z's mechanism",
+    ),
+    (
+        "confounded chain + do(X) data",
+        "X -> Z -> Y; X <-> Z; Z <-> Y",
+        "X",
+        "Y",
+        "",
+        [["X"]],
+        True,
+        "P_do(X)(Y)",
+    ),
+    (
+        "IV + do(Z) data",
+        "Z -> X -> Y; X <-> Y",
+        "X",
+        "Y",
+        "",
+        [["Z"]],
+        False,
+        "do(Z) leaves X <-> Y",
+    ),
 ]
 
 
@@ -85,8 +205,9 @@ def test_front_door_estimand_is_the_textbook_formula():
 
 def test_napkin_estimand_is_the_textbook_ratio():
     r = identify(parse_graph("W -> Z -> X -> Y; W <-> X; W <-> Y"), ["X"], ["Y"])
-    assert r.estimand == ("[Σ_{W} P(W) P(X, Y | W, Z)] / [Σ_{W} P(W) P(X | W, Z)]"
-                          "  (for any value of Z)")
+    assert r.estimand == (
+        "[Σ_{W} P(W) P(X, Y | W, Z)] / [Σ_{W} P(W) P(X | W, Z)]  (for any value of Z)"
+    )
 
 
 def test_back_door_and_rule2_shortcut():
@@ -103,8 +224,7 @@ def test_gid_estimands_and_reasons():
     r = identify(g, ["X"], ["Y"], interventions=[["X"]])
     assert r.estimand == "P_{do(X)}(Y)"
     assert "gID" in r.reason and "Q[Y] from P_{do(X)}" in r.reason
-    r = identify(parse_graph("X -> Z -> Y; X <-> Z; Z <-> Y"), ["X"], ["Y"],
-                 interventions=[["X"]])
+    r = identify(parse_graph("X -> Z -> Y; X <-> Z; Z <-> Y"), ["X"], ["Y"], interventions=[["X"]])
     assert r.estimand == "P_{do(X)}(Y)"
     r = identify(parse_graph("Z -> X -> Y; Z <-> X; Z <-> Y"), "X", "Y", interventions=[["Z"]])
     assert r.estimand == "P_{do(Z)}(Y | X)  (for any value of Z)"
@@ -116,8 +236,7 @@ def test_not_identifiable_reasons_name_the_witness():
     assert r.witness == (frozenset("XY"), frozenset("Y"))
     r = identify(parse_graph("X -> Z -> Y; X <-> Y; Z <-> Y"), ["X"], ["Y"])
     assert "F = {X, Z, Y}" in r.reason and "F' = {Z, Y}" in r.reason
-    r = identify(parse_graph("X -> Z -> Y; X <-> Z; Z <-> Y"), ["X"], ["Y"],
-                 interventions=[["Z"]])
+    r = identify(parse_graph("X -> Z -> Y; X <-> Z; Z <-> Y"), ["X"], ["Y"], interventions=[["Z"]])
     assert "Q[Z, Y]" in r.reason and "P_{do(Z)} intervenes on {Z}" in r.reason
     assert r.to_json() == {"identifiable": False, "estimand": None, "reason": r.reason}
 
@@ -128,16 +247,19 @@ def test_identification_equality_ignores_expression():
     assert a == b and a.to_json() == {"identifiable": True, "estimand": "P(Y)", "reason": "r"}
 
 
-@pytest.mark.parametrize("args, needle", [
-    ((["Q"], ["Y"]), "'Q'"),
-    ((["X"], ["Nope"]), "'Nope'"),
-    (([], ["Y"]), "treatment is empty"),
-    ((["X"], []), "outcome is empty"),
-    ((["X"], ["X"]), "X is both treatment and outcome"),
-    ((["X"], ["Y"], ["X"]), "X is both treatment and given"),
-    ((["X"], ["Y"], ["Y"]), "Y is both outcome and given"),
-    ((["X"], ["Y"], [], [["R"]]), "intervention set #1 names unknown variable 'R'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ((["Q"], ["Y"]), "'Q'"),
+        ((["X"], ["Nope"]), "'Nope'"),
+        (([], ["Y"]), "treatment is empty"),
+        ((["X"], []), "outcome is empty"),
+        ((["X"], ["X"]), "X is both treatment and outcome"),
+        ((["X"], ["Y"], ["X"]), "X is both treatment and given"),
+        ((["X"], ["Y"], ["Y"]), "Y is both outcome and given"),
+        ((["X"], ["Y"], [], [["R"]]), "intervention set #1 names unknown variable 'R'"),
+    ],
+)
 def test_bad_queries_raise(args, needle):
     with pytest.raises(IdentificationError, match=needle.replace("(", r"\(")):
         identify(parse_graph("X -> M -> Y; X <-> Y"), *args)
@@ -158,14 +280,20 @@ def random_scm_tables(g: CausalGraph, seed: int, regimes=()) -> tuple[dict, list
 
     def cpt(axes: list[int]) -> tuple[np.ndarray, list[int]]:
         # random table of the first axis given the others (positive: Dirichlet draws)
-        t = rng.dirichlet(np.full(shape_all[axes[0]], 0.7),
-                          size=int(np.prod([shape_all[a] for a in axes[1:]], dtype=int)))
+        t = rng.dirichlet(
+            np.full(shape_all[axes[0]], 0.7),
+            size=int(np.prod([shape_all[a] for a in axes[1:]], dtype=int)),
+        )
         t = t.reshape([shape_all[a] for a in axes[1:]] + [shape_all[axes[0]]])
         return np.moveaxis(t, -1, 0), axes
 
     priors = [cpt([n + k]) for k in range(m)]
-    mech = {v: cpt([ax[v]] + [ax[p] for p in g.parents(v)]
-                   + [n + k for k, e in enumerate(lat) if v in e]) for v in names}
+    mech = {
+        v: cpt(
+            [ax[v]] + [ax[p] for p in g.parents(v)] + [n + k for k, e in enumerate(lat) if v in e]
+        )
+        for v in names
+    }
     out = {}
     for regime in [frozenset()] + [frozenset(r) for r in regimes]:
         # Σ_u Π_k P(u_k) Π_{v ∉ I} P(v | pa(v), u_v): the truncated factorisation of do(I)
@@ -202,13 +330,18 @@ def assert_estimand_exact(g: CausalGraph, x, y, z=(), regimes=(), seed=0) -> Ide
         if v not in set(x) | set(y) | set(z) and full.shape[i] > 1:
             assert np.ptp(full, axis=i).max() < 1e-9, f"estimand depends on {v}"
             full = np.take(full, [0], axis=i)
-    np.testing.assert_allclose(full, np.broadcast_to(truth, full.shape), atol=1e-9,
-                               err_msg=f"{g} {x} {y} {z} {regimes}: {r.estimand}")
+    np.testing.assert_allclose(
+        full,
+        np.broadcast_to(truth, full.shape),
+        atol=1e-9,
+        err_msg=f"{g} {x} {y} {z} {regimes}: {r.estimand}",
+    )
     return r
 
 
-@pytest.mark.parametrize("case", [c for c in TEXTBOOK if c[6]], ids=[c[0] for c in TEXTBOOK
-                                                                      if c[6]])
+@pytest.mark.parametrize(
+    "case", [c for c in TEXTBOOK if c[6]], ids=[c[0] for c in TEXTBOOK if c[6]]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_textbook_estimands_match_exact_truth(case, seed):
     _, text, x, y, z, regimes, _, _ = case
@@ -280,8 +413,9 @@ def test_random_gid_estimands_match_exact_truth():
     for rng, g in _random_graphs(1500, seed=5, lo=4, hi=6):
         x, y, z = _random_query(rng, g, conditional=rng.random() < 0.3)
         cand = [v for v in g.nodes if v not in y]
-        regimes = [rng.sample(cand, min(len(cand), rng.randint(1, 3)))
-                   for _ in range(rng.randint(1, 2))]
+        regimes = [
+            rng.sample(cand, min(len(cand), rng.randint(1, 3))) for _ in range(rng.randint(1, 2))
+        ]
         r = identify(g, x, y, z, regimes)
         if not r.identifiable:
             continue
@@ -298,7 +432,11 @@ def test_random_gid_estimands_match_exact_truth():
         if needs_data >= 40 and no_superset >= 5 and conditional >= 5:
             break
     assert needs_data >= 40 and no_superset >= 5 and conditional >= 5, (
-        checked, needs_data, no_superset, conditional)
+        checked,
+        needs_data,
+        no_superset,
+        conditional,
+    )
 
 
 def test_gid_with_only_observational_data_agrees_with_id():
@@ -369,11 +507,12 @@ def test_verdicts_agree_with_y0_on_random_graphs():
         yg = y0_graph.NxMixedGraph.from_edges(
             nodes=[var[v] for v in g.nodes],
             directed=[(var[a], var[b]) for a, b in g.directed],
-            undirected=[(var[a], var[b]) for a, b in g.bidirected])
+            undirected=[(var[a], var[b]) for a, b in g.bidirected],
+        )
         try:
             theirs = y0_id.identify_outcomes(
-                yg, {var[v] for v in x}, {var[v] for v in y},
-                {var[v] for v in z} if z else None)
+                yg, {var[v] for v in x}, {var[v] for v in y}, {var[v] for v in z} if z else None
+            )
         except Exception:  # noqa: BLE001 - y0 raises on some graphs; count and skip them
             skipped += 1
             continue
@@ -389,10 +528,12 @@ def test_verdicts_agree_with_y0_on_random_graphs():
             assert err > 1e-4, (str(g), x, y, z, str(theirs))
             y0_wrong.append((str(g), x, y, z, str(theirs)))
     elapsed = time.perf_counter() - start
-    print(f"y0 cross-check: {compared} compared ({n_id} identifiable, {n_cond} conditional), "
-          f"{skipped} skipped (y0 exceptions), {len(y0_misses)} identified only by us "
-          f"(estimand exact), {len(y0_wrong)} identified only by y0 (its estimand wrong), "
-          f"{elapsed:.1f} s")
+    print(
+        f"y0 cross-check: {compared} compared ({n_id} identifiable, {n_cond} conditional), "
+        f"{skipped} skipped (y0 exceptions), {len(y0_misses)} identified only by us "
+        f"(estimand exact), {len(y0_wrong)} identified only by y0 (its estimand wrong), "
+        f"{elapsed:.1f} s"
+    )
     assert compared >= 300
     assert len(y0_misses) + len(y0_wrong) <= 0.02 * compared  # disagreements stay rare
     assert all(len(d[3]) >= 2 for d in y0_misses + y0_wrong)  # only with 2+ given variables
@@ -409,11 +550,9 @@ def test_y0_estimand_matches_truth_where_both_identify():
     from y0.graph import NxMixedGraph
 
     w, z, x, y = (Variable(v) for v in "WZXY")
-    napkin = NxMixedGraph.from_edges(directed=[(w, z), (z, x), (x, y)],
-                                     undirected=[(w, x), (w, y)])
+    napkin = NxMixedGraph.from_edges(directed=[(w, z), (z, x), (x, y)], undirected=[(w, x), (w, y)])
     g = parse_graph("W -> Z -> X -> Y; W <-> X; W <-> Y")
-    assert _error_vs_truth(g, _from_y0(identify_outcomes(napkin, x, y)), ["X"], ["Y"], [],
-                           0) > 1e-3
+    assert _error_vs_truth(g, _from_y0(identify_outcomes(napkin, x, y)), ["X"], ["Y"], [], 0) > 1e-3
     assert _error_vs_truth(g, identify(g, "X", "Y").expression, ["X"], ["Y"], [], 0) < 1e-12
     m = Variable("M")
     fd = NxMixedGraph.from_edges(directed=[(x, m), (m, y)], undirected=[(x, y)])
@@ -424,13 +563,22 @@ def test_y0_estimand_matches_truth_where_both_identify():
 # Conditional queries found by a 4,000-graph run where y0 0.2 returns an estimand and IDC does
 # not identify; y0's estimand drops a given variable and is wrong on random SCMs.
 Y0_IDC_WRONG = [
-    ("V3 -> V1; V4 -> V5; V5 -> V3; V6 -> V0; V7 -> V0; V7 -> V1; V7 -> V2; V7 -> V3; "
-     "V0 <-> V2; V0 <-> V4; V0 <-> V6; V0 <-> V7; V1 <-> V2; V1 <-> V3; V2 <-> V5; V3 <-> V6; "
-     "V3 <-> V7; V4 <-> V5", ["V3"], ["V5"], ["V0", "V1"]),
-    ("V0 -> V7; V1 -> V3; V2 -> V7; V3 -> V2; V3 -> V6; V4 -> V0; V4 -> V1; V4 -> V5; "
-     "V4 -> V6; V6 -> V7; V0 <-> V3; V0 <-> V4; V0 <-> V5; V0 <-> V6; V1 <-> V2; V1 <-> V5; "
-     "V1 <-> V7; V2 <-> V3; V2 <-> V5; V3 <-> V4; V3 <-> V5; V3 <-> V6; V4 <-> V7",
-     ["V1", "V3"], ["V0", "V4"], ["V2", "V5"]),
+    (
+        "V3 -> V1; V4 -> V5; V5 -> V3; V6 -> V0; V7 -> V0; V7 -> V1; V7 -> V2; V7 -> V3; "
+        "V0 <-> V2; V0 <-> V4; V0 <-> V6; V0 <-> V7; V1 <-> V2; V1 <-> V3; V2 <-> V5; V3 <-> V6; "
+        "V3 <-> V7; V4 <-> V5",
+        ["V3"],
+        ["V5"],
+        ["V0", "V1"],
+    ),
+    (
+        "V0 -> V7; V1 -> V3; V2 -> V7; V3 -> V2; V3 -> V6; V4 -> V0; V4 -> V1; V4 -> V5; "
+        "V4 -> V6; V6 -> V7; V0 <-> V3; V0 <-> V4; V0 <-> V5; V0 <-> V6; V1 <-> V2; V1 <-> V5; "
+        "V1 <-> V7; V2 <-> V3; V2 <-> V5; V3 <-> V4; V3 <-> V5; V3 <-> V6; V4 <-> V7",
+        ["V1", "V3"],
+        ["V0", "V4"],
+        ["V2", "V5"],
+    ),
 ]
 
 
@@ -445,11 +593,12 @@ def test_y0_idc_disagreements_are_settled_by_the_oracle(text, x, y, z):
     from y0.graph import NxMixedGraph
 
     var = {v: Variable(v) for v in g.nodes}
-    yg = NxMixedGraph.from_edges(nodes=list(var.values()),
-                                 directed=[(var[a], var[b]) for a, b in g.directed],
-                                 undirected=[(var[a], var[b]) for a, b in g.bidirected])
-    theirs = identify_outcomes(yg, {var[v] for v in x}, {var[v] for v in y},
-                               {var[v] for v in z})
+    yg = NxMixedGraph.from_edges(
+        nodes=list(var.values()),
+        directed=[(var[a], var[b]) for a, b in g.directed],
+        undirected=[(var[a], var[b]) for a, b in g.bidirected],
+    )
+    theirs = identify_outcomes(yg, {var[v] for v in x}, {var[v] for v in y}, {var[v] for v in z})
     if theirs is not None:  # y0 claims a formula: it must disagree with the exact truth
         assert max(_error_vs_truth(g, _from_y0(theirs), x, y, z, s) for s in (0, 1)) > 1e-3
 

@@ -12,13 +12,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from mechanisms import HandSet
 
 from mdcm.graph import CausalGraph
 from mdcm.model import (
     DCM,
     ModelConfig,
     ModelFileError,
+    NoiseStreams,
     StaleModelError,
     load_model,
     save_model,
@@ -26,8 +27,15 @@ from mdcm.model import (
 from mdcm.nets import Critic, gradient_penalty, mmd2
 from mdcm.variables import Schema, Variable
 
-SMALL = ModelConfig(noise_dim=4, image_noise_dim=8, confounder_dim=3, hidden=16, image_hidden=32,
-                    image_channels=8, code_dim=4)
+SMALL = ModelConfig(
+    noise_dim=4,
+    image_noise_dim=8,
+    confounder_dim=3,
+    hidden=16,
+    image_hidden=32,
+    image_channels=8,
+    code_dim=4,
+)
 
 
 def schema_of(text: str, **kinds: Variable) -> Schema:
@@ -35,22 +43,24 @@ def schema_of(text: str, **kinds: Variable) -> Schema:
     return Schema(g, tuple(kinds.get(v, Variable(v, "categorical", classes=2)) for v in g.nodes))
 
 
-class NoiseSlice(nn.Module):
+class NoiseSlice(HandSet):
     """Hand-set mechanism: outputs columns [a, b) of its noise input (scaled)."""
 
     def __init__(self, a: int, b: int, scale: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(SMALL.noise_dim)
         self.a, self.b, self.scale = a, b, scale
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.scale * noise[:, self.a:self.b]
+        return self.scale * noise[:, self.a : self.b]
 
 
-class Const(nn.Module):
+class Const(HandSet):
     """Hand-set categorical mechanism: always class ``k`` (logits +-30); counts its calls."""
 
+    categorical = True
+
     def __init__(self, k: int, classes: int) -> None:
-        super().__init__()
+        super().__init__(SMALL.noise_dim)
         self.k, self.classes, self.calls = k, classes, 0
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -60,18 +70,22 @@ class Const(nn.Module):
         return out
 
 
-class Copy(nn.Module):
+class Copy(HandSet):
     """Hand-set categorical mechanism: copies its (one-hot) parent."""
+
+    categorical = True
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return 60.0 * cond - 30.0
 
 
 def test_shapes_and_kinds() -> None:
-    s = schema_of("C -> I -> Y; C -> Z -> Y; C <-> Y",
-                  I=Variable("I", "image", shape=(3, 8, 8)),
-                  Z=Variable("Z", "continuous", shape=(2,)),
-                  C=Variable("C", "categorical", classes=3))
+    s = schema_of(
+        "C -> I -> Y; C -> Z -> Y; C <-> Y",
+        I=Variable("I", "image", shape=(3, 8, 8)),
+        Z=Variable("Z", "continuous", shape=(2,)),
+        C=Variable("C", "categorical", classes=3),
+    )
     torch.manual_seed(0)
     m = DCM(s, SMALL)
     assert m.parents == {"C": (), "I": ("C",), "Z": ("C",), "Y": ("I", "Z")}
@@ -96,11 +110,10 @@ def test_latent_image_mechanism_decodes_its_code() -> None:
         m.coders["I"].mean.fill_(0.5)
         m.coders["I"].std.fill_(2.0)
     cond = m.encode("C", 1, 6)
-    gen = torch.Generator().manual_seed(0)
-    vals = m.forward_values(6, {"C": cond}, ["I"], gen=gen)
-    gen.manual_seed(0)
+    vals = m.forward_values(6, {"C": cond}, ["I"], noise_seed=5)
+    gen = NoiseStreams(m, None, 5).own("I")  # the stream forward_values gave I
     eps = torch.randn(6, 4, generator=gen)
-    code = m.generators["I"].sample(cond, cond[:, :0], eps, 1.0, gen)
+    code = m.generators["I"].sample_code(cond, cond[:, :0], eps, gen)
     assert code.shape == (6, 4)
     assert torch.allclose(vals["I"], m.coders["I"].decode_raw(code * 2.0 + 0.5), atol=1e-6)
 
@@ -115,8 +128,9 @@ def test_latent_mixture_log_prob_and_sampling_match_torch_distributions() -> Non
     mix = LatentMixture(cond_dim=2, conf_dim=1, code_dim=3, components=4, hidden=16)
     cond, conf = torch.randn(5, 2), torch.randn(5, 1)
     logits, mu, log_s = mix.params(cond, conf)
-    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits),
-                                 dist.Independent(dist.Normal(mu, log_s.exp()), 1))
+    ref = dist.MixtureSameFamily(
+        dist.Categorical(logits=logits), dist.Independent(dist.Normal(mu, log_s.exp()), 1)
+    )
     x = torch.randn(5, 3)
     assert torch.allclose(mix.log_prob(cond, conf, x), ref.log_prob(x), atol=1e-5)
     # sampling: component frequencies follow softmax(logits) (20k draws, 4 sigma)
@@ -124,7 +138,7 @@ def test_latent_mixture_log_prob_and_sampling_match_torch_distributions() -> Non
     c1, f1 = cond[:1].expand(n, -1), conf[:1].expand(n, -1)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        z = mix.sample(c1, f1, torch.zeros(n, 3), 1.0, gen)      # eps = 0: the component means
+        z = mix.sample_code(c1, f1, torch.zeros(n, 3), gen)  # eps = 0: the component means
     hits = (z[:, None, :] - mu[0][None]).abs().sum(-1).argmin(1)
     p = torch.softmax(logits[0], 0)
     freq = torch.bincount(hits, minlength=4).float() / n
@@ -145,13 +159,13 @@ def test_shared_confounder_noise_is_shared() -> None:
     m = DCM(s, SMALL)
     z, u = SMALL.noise_dim, SMALL.confounder_dim
     # noise layout: [Z_V, U of each touching edge in edge order]; edges: (A,B), (B,C)
-    m.generators["A"] = NoiseSlice(z, z + 1)              # U_AB
-    m.generators["B"] = NoiseSlice(z, z + 1)              # U_AB (first edge of B)
-    m.generators["C"] = NoiseSlice(z, z + 1)              # U_BC
+    m.generators["A"] = NoiseSlice(z, z + 1)  # U_AB
+    m.generators["B"] = NoiseSlice(z, z + 1)  # U_AB (first edge of B)
+    m.generators["C"] = NoiseSlice(z, z + 1)  # U_BC
     out = m.sample(4000, seed=0)
     a, b, c = (out[v][:, 0].numpy() for v in "ABC")
-    assert np.array_equal(a, b)                       # the SAME U sample reached both ends
-    assert abs(np.corrcoef(a, c)[0, 1]) < 0.06        # another edge's U is independent
+    assert np.array_equal(a, b)  # the SAME U sample reached both ends
+    assert abs(np.corrcoef(a, c)[0, 1]) < 0.06  # another edge's U is independent
     # B's second edge U_BC equals what C reads
     m.generators["B"] = NoiseSlice(z + u, z + u + 1)
     out = m.sample(4000, seed=0)
@@ -173,9 +187,9 @@ def test_do_cuts_parents_and_children_read_the_value() -> None:
     calls = gx.calls
     out = m.sample(100, {"X": 1}, seed=0)
     assert out["X"].eq(1).all() and out["Y"].eq(1).all()
-    assert gx.calls == calls                          # X's mechanism was not run
+    assert gx.calls == calls  # X's mechanism was not run
     per = torch.tensor([0, 1] * 50)
-    out = m.sample(100, {"X": per}, seed=0)           # per-sample do
+    out = m.sample(100, {"X": per}, seed=0)  # per-sample do
     assert torch.equal(out["Y"], per) and torch.equal(out["X"], per)
     with pytest.raises(ValueError, match="class must be in 0..1"):
         m.sample(10, {"X": 2})
@@ -202,7 +216,9 @@ def test_do_with_an_image_value() -> None:
 def test_categorical_samples_follow_softmax() -> None:
     m = DCM(schema_of("X", X=Variable("X", "categorical", classes=3)), SMALL)
 
-    class Fixed(nn.Module):
+    class Fixed(HandSet):
+        categorical = True
+
         def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             return torch.log(torch.tensor([[0.2, 0.5, 0.3]])).expand(noise.shape[0], 3)
 
@@ -215,7 +231,7 @@ def test_categorical_samples_follow_softmax() -> None:
 def test_stale_model_is_refused() -> None:
     m = DCM(schema_of("X -> Y; Z"), SMALL)
     m.sample(5, seed=0)
-    m.schema = schema_of("X -> Y; Z -> Y")            # the graph changed after building
+    m.schema = schema_of("X -> Y; Z -> Y")  # the graph changed after building
     with pytest.raises(StaleModelError, match="Y: built with parents \\['X'\\]"):
         m.sample(5, seed=0)
     m.schema = schema_of("X -> Y; Z", Z=Variable("Z", "continuous", shape=(1,)))
@@ -242,7 +258,7 @@ def test_save_load_round_trip(saved) -> None:
     m2 = load_model(path, expect_schema=m.schema)
     a, b = m.sample(50, {"C": 1}, seed=5), m2.sample(50, {"C": 1}, seed=5)
     assert all(torch.equal(a[v], b[v]) for v in a)
-    assert m2.config == dataclasses.replace(m.config, image_net="latent")   # "auto" resolved
+    assert m2.config == dataclasses.replace(m.config, image_net="latent")  # "auto" resolved
     # no temp files left behind
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
 
@@ -253,7 +269,8 @@ def test_load_reads_files_from_when_auto_meant_pixel_generators(tmp_path) -> Non
     m = DCM(s, dataclasses.replace(SMALL, image_net="mlp"))
     path = save_model(m, tmp_path / "old")
     meta = json.loads((path / "model.json").read_text())
-    meta["config"]["image_net"] = "auto"             # as written before the latent default
+    meta["format"] = "mdcm-model/1"  # as written before the latent default
+    meta["config"]["image_net"] = "auto"
     del meta["config"]["coder_mlp_max"]
     (path / "model.json").write_text(json.dumps(meta))
     old = load_model(path)
@@ -275,7 +292,7 @@ def test_load_refuses_tampered_weights(saved) -> None:
     _, path = saved
     w = path / "model.safetensors"
     data = bytearray(w.read_bytes())
-    data[-3] ^= 0xFF                                   # flip a byte inside a tensor
+    data[-3] ^= 0xFF  # flip a byte inside a tensor
     w.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="sha256"):
         load_model(path)

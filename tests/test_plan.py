@@ -19,9 +19,15 @@ OBS = Regime()
 
 def summary(plan: Plan) -> list[tuple]:
     """(trains, depends_on, level, [(regime label, matches, given, frozen)]) per stage."""
-    return [(s.trains, s.depends_on, s.level,
-             [(t.regime.label, t.matches, t.given, t.frozen) for t in s.targets])
-            for s in plan.stages]
+    return [
+        (
+            s.trains,
+            s.depends_on,
+            s.level,
+            [(t.regime.label, t.matches, t.given, t.frozen) for t in s.targets],
+        )
+        for s in plan.stages
+    ]
 
 
 # ---------------------------------------------------------------------- known answers
@@ -36,8 +42,9 @@ def test_front_door_worked_example():
     assert plan.stages[0].targets[0].is_conditional
     reasons = plan.stages[1].reasons
     assert "C and N train jointly: confounded by a latent (same c-component)" in reasons
-    assert ("X joins A: do-parent X is a descendant of C (R1, conditioning would not equal "
-            "intervening)") in reasons
+    assert (
+        "X joins A: do-parent X is a descendant of C (R1, conditioning would not equal intervening)"
+    ) in reasons
 
 
 def test_back_door_all_plain_conditionals_in_parallel():
@@ -66,9 +73,12 @@ def test_bow_is_one_stage():
 def test_merge_of_a_dependency_cycle():
     plan = make_plan(parse_graph("A -> B -> C -> D; A <-> C; B <-> D"))
     assert summary(plan) == [
-        (("A", "B", "C", "D"), (), 0, [("observational", ("A", "B", "C", "D"), (), ())])]
-    assert any(r.startswith("{A,C} and {B,D} merged: each needs the other trained first "
-                            "(dependency cycle") for r in plan.stages[0].reasons)
+        (("A", "B", "C", "D"), (), 0, [("observational", ("A", "B", "C", "D"), (), ())])
+    ]
+    assert any(
+        r.startswith("{A,C} and {B,D} merged: each needs the other trained first (dependency cycle")
+        for r in plan.stages[0].reasons
+    )
 
 
 def test_ancestor_confounded_with_a_frozen_variable_joins():
@@ -80,8 +90,10 @@ def test_ancestor_confounded_with_a_frozen_variable_joins():
     assert last.targets[0].matches == ("Y", "F", "Z", "Q", "P")
     assert last.targets[0].given == ()
     assert set(last.depends_on) == {plan.stage_of("F").id, plan.stage_of("P").id}
-    assert any("do-parent P has an ancestor Q that shares a latent confounder with F" in r
-               for r in last.reasons)
+    assert any(
+        "do-parent P has an ancestor Q that shares a latent confounder with F" in r
+        for r in last.reasons
+    )
     assert not check_plan(plan)
 
 
@@ -95,9 +107,12 @@ def test_r2_pulls_in_component_ancestors():
     st = plan.stage_of("Y")
     assert st.trains == ("Y", "Y2") and st.depends_on == (plan.stage_of("M").id,)
     assert [(t.matches, t.given, t.frozen) for t in st.targets] == [
-        (("Y", "V", "Y2", "P"), (), ("V", "P"))]
-    assert ("P joins A: ancestor of frozen V within its c-component {V,P,M} (R2, a frozen part "
-            "must be pinned down by its earlier stage)") in st.reasons
+        (("Y", "V", "Y2", "P"), (), ("V", "P"))
+    ]
+    assert (
+        "P joins A: ancestor of frozen V within its c-component {V,P,M} (R2, a frozen part "
+        "must be pinned down by its earlier stage)"
+    ) in st.reasons
     assert not check_plan(plan)
 
 
@@ -108,8 +123,12 @@ def test_interventional_regime_front_door():
     assert [r.label for r in plan.regimes] == ["observational", "do(X)"]
     assert summary(plan) == [
         (("X",), (), 0, [("observational", ("X",), ("C",), ())]),  # X intervened: no do(X)
-        (("C", "N"), (0,), 1, [("observational", ("C", "X", "N"), (), ("X",)),
-                               ("do(X)", ("C", "N"), ("X",), ())]),
+        (
+            ("C", "N"),
+            (0,),
+            1,
+            [("observational", ("C", "X", "N"), (), ("X",)), ("do(X)", ("C", "N"), ("X",), ())],
+        ),
     ]
     only = make_plan(g, [["X"]], observational=False)
     assert summary(only) == [  # same level: topological order
@@ -127,8 +146,9 @@ def test_regime_unusable_when_r2_needs_an_intervened_variable():
     plan = make_plan(g, [["X"]])
     st = plan.stage_of("W")
     assert [t.regime.label for t in st.targets] == ["observational"]
-    assert any(r.startswith("regime do(X) not used: frozen Y needs its ancestor X")
-               for r in st.reasons)
+    assert any(
+        r.startswith("regime do(X) not used: frozen Y needs its ancestor X") for r in st.reasons
+    )
     assert least_target(g, {"W", "V"}, frozenset({"X"})) is None
     assert not check_plan(plan)
 
@@ -145,15 +165,18 @@ def test_regime_label_and_json_follow_graph_order():
     assert [x.label for x in plan.regimes] == ["observational", "do(X, W)", "do(X)", "do(Y)"]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda g: make_plan(g, [["Q"]]), "unknown variable 'Q'"),
-    (lambda g: make_plan(g, "X"), "list of intervened sets"),
-    (lambda g: make_plan(g, (), observational=False), "no data regime"),
-    (lambda g: make_plan("X -> Y"), "needs a CausalGraph"),
-    (lambda g: joint_plan(g, [["Q"]]), "unknown variable 'Q'"),
-    (lambda g: make_plan(g).stage_of("Q"), "no stage trains 'Q'"),
-    (lambda g: Regime.from_json(["X"]), "regime must be"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda g: make_plan(g, [["Q"]]), "unknown variable 'Q'"),
+        (lambda g: make_plan(g, "X"), "list of intervened sets"),
+        (lambda g: make_plan(g, (), observational=False), "no data regime"),
+        (lambda g: make_plan("X -> Y"), "needs a CausalGraph"),
+        (lambda g: joint_plan(g, [["Q"]]), "unknown variable 'Q'"),
+        (lambda g: make_plan(g).stage_of("Q"), "no stage trains 'Q'"),
+        (lambda g: Regime.from_json(["X"]), "regime must be"),
+    ],
+)
 def test_errors(call, message):
     g = parse_graph("C -> X -> N; C <-> N")
     with pytest.raises(PlanError, match=message):
@@ -166,9 +189,14 @@ def test_joint_plan():
     g = parse_graph("C -> X -> N; C <-> N")
     plan = joint_plan(g, [["X"]])
     assert plan.joint and make_plan(g, [["X"]], joint=True) == plan
-    assert summary(plan) == [(("C", "X", "N"), (), 0, [
-        ("observational", ("C", "X", "N"), (), ()),
-        ("do(X)", ("C", "N"), ("X",), ())])]
+    assert summary(plan) == [
+        (
+            ("C", "X", "N"),
+            (),
+            0,
+            [("observational", ("C", "X", "N"), (), ()), ("do(X)", ("C", "N"), ("X",), ())],
+        )
+    ]
     assert not check_plan(plan)
     assert "Joint (NCM-style) plan" in plan.describe()
 
@@ -182,18 +210,36 @@ def test_to_json_contract_exactly():
         "joint": False,
         "regimes": ["observational", {"do": ["X"]}],
         "stages": [
-            {"id": 0, "trains": ["X"], "depends_on": [], "level": 0,
-             "targets": [{"regime": "observational", "matches": ["X"], "given": ["C"],
-                          "frozen": []}],
-             "reasons": []},
-            {"id": 1, "trains": ["C", "N"], "depends_on": [0], "level": 1,
-             "targets": [{"regime": "observational", "matches": ["C", "X", "N"], "given": [],
-                          "frozen": ["X"]},
-                         {"regime": {"do": ["X"]}, "matches": ["C", "N"], "given": ["X"],
-                          "frozen": []}],
-             "reasons": ["C and N train jointly: confounded by a latent (same c-component)",
-                         "X joins A: do-parent X is a descendant of C (R1, conditioning would "
-                         "not equal intervening) (in observational)"]},
+            {
+                "id": 0,
+                "trains": ["X"],
+                "depends_on": [],
+                "level": 0,
+                "targets": [
+                    {"regime": "observational", "matches": ["X"], "given": ["C"], "frozen": []}
+                ],
+                "reasons": [],
+            },
+            {
+                "id": 1,
+                "trains": ["C", "N"],
+                "depends_on": [0],
+                "level": 1,
+                "targets": [
+                    {
+                        "regime": "observational",
+                        "matches": ["C", "X", "N"],
+                        "given": [],
+                        "frozen": ["X"],
+                    },
+                    {"regime": {"do": ["X"]}, "matches": ["C", "N"], "given": ["X"], "frozen": []},
+                ],
+                "reasons": [
+                    "C and N train jointly: confounded by a latent (same c-component)",
+                    "X joins A: do-parent X is a descendant of C (R1, conditioning would "
+                    "not equal intervening) (in observational)",
+                ],
+            },
         ],
     }
 
@@ -248,22 +294,20 @@ def test_oracle_catches_broken_plans():
     s0, s1 = good.stages
     # {C,N} matched given X: the front-door mistake (R1 fails).
     naive = Target(OBS, ("C", "N"), ("X",), ())
-    bad = dataclasses.replace(good, stages=(s0, dataclasses.replace(s1, targets=(naive,),
-                                                                    depends_on=())))
+    bad = dataclasses.replace(
+        good, stages=(s0, dataclasses.replace(s1, targets=(naive,), depends_on=()))
+    )
     assert any("R1 fails" in p for p in check_plan(bad))
     # Wrong order: {C,N} first (R3 fails).
-    swapped = (dataclasses.replace(s1, id=0, depends_on=(), level=0),
-               dataclasses.replace(s0, id=1))
+    swapped = (dataclasses.replace(s1, id=0, depends_on=(), level=0), dataclasses.replace(s0, id=1))
     assert any("R3 fails" in p for p in check_plan(dataclasses.replace(good, stages=swapped)))
     # A stage missing: X never trained.
-    assert any("never trained" in p for p in check_plan(dataclasses.replace(good,
-                                                                            stages=(s0,))))
+    assert any("never trained" in p for p in check_plan(dataclasses.replace(good, stages=(s0,))))
     # R2: drop P from the frozen part of the R2 graph's second stage.
     p2 = make_plan(parse_graph(R2_GRAPH))
     st = p2.stage_of("Y")
     cut = Target(OBS, ("Y", "V", "Y2"), ("P",), ("V",))
-    broken = tuple(dataclasses.replace(s, targets=(cut,)) if s is st else s
-                   for s in p2.stages)
+    broken = tuple(dataclasses.replace(s, targets=(cut,)) if s is st else s for s in p2.stages)
     problems = check_plan(dataclasses.replace(p2, stages=broken))
     assert any("R2 fails" in p for p in problems)
     assert not any("R1 fails" in p for p in problems)

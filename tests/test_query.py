@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from mechanisms import HandSet
 
 from mdcm.data import Dataset, Study
 from mdcm.graph import CausalGraph
@@ -28,11 +28,13 @@ from mdcm.variables import Schema, Variable
 SMALL = ModelConfig(noise_dim=2, confounder_dim=2, hidden=8, code_dim=4, image_hidden=16)
 
 
-class Table(nn.Module):
+class Table(HandSet):
     """Categorical mechanism given by a table P(V | parents) indexed by parent classes."""
 
+    categorical = True
+
     def __init__(self, table: np.ndarray, parent_classes: list[int]) -> None:
-        super().__init__()
+        super().__init__(SMALL.noise_dim)
         self.logits = torch.log(torch.as_tensor(table, dtype=torch.float32).clamp_min(1e-12))
         self.pc = parent_classes
 
@@ -40,7 +42,7 @@ class Table(nn.Module):
         idx = torch.zeros(cond.shape[0], dtype=torch.long)
         off = 0
         for k in self.pc:
-            idx = idx * k + cond[:, off:off + k].argmax(1)
+            idx = idx * k + cond[:, off : off + k].argmax(1)
             off += k
         flat = self.logits.reshape(-1, self.logits.shape[-1])
         return flat[idx]
@@ -48,7 +50,7 @@ class Table(nn.Module):
 
 # Z -> X -> Y; Z -> Y (all binary); tables
 PZ = np.array([0.3, 0.7])
-PX_Z = np.array([[0.8, 0.2], [0.25, 0.75]])                     # [z, x]
+PX_Z = np.array([[0.8, 0.2], [0.25, 0.75]])  # [z, x]
 PY_XZ = np.array([[[0.9, 0.1], [0.6, 0.4]], [[0.5, 0.5], [0.15, 0.85]]])  # [x, z, y]
 
 
@@ -57,7 +59,7 @@ def backdoor_dcm() -> DCM:
     m = DCM(Schema(g, tuple(Variable(v, "categorical", classes=2) for v in g.nodes)), SMALL)
     m.generators["Z"] = Table(PZ, [])
     m.generators["X"] = Table(PX_Z, [2])
-    assert m.parents["Y"] == ("Z", "X")             # declaration order
+    assert m.parents["Y"] == ("Z", "X")  # declaration order
     m.generators["Y"] = Table(PY_XZ.transpose(1, 0, 2), [2, 2])
     return m
 
@@ -91,11 +93,14 @@ def test_interventional_matches_exact() -> None:
     assert tvd(exact({"X": 1}, {}, "Y"), exact({}, {"X": 1}, "Y")) > 0.05
 
 
-@pytest.mark.parametrize(("do", "given", "outcome"), [
-    ({"X": 1}, {"Z": 0}, "Y"),      # evidence on a non-descendant
-    ({"Z": 1}, {"Y": 0}, "X"),      # evidence on a descendant (Bayes inversion)
-    ({}, {"Y": 1}, "Z"),            # plain observational conditional
-])
+@pytest.mark.parametrize(
+    ("do", "given", "outcome"),
+    [
+        ({"X": 1}, {"Z": 0}, "Y"),  # evidence on a non-descendant
+        ({"Z": 1}, {"Y": 0}, "X"),  # evidence on a descendant (Bayes inversion)
+        ({}, {"Y": 1}, "Z"),  # plain observational conditional
+    ],
+)
 def test_rejection_sampling_matches_exact(do, given, outcome) -> None:
     m = backdoor_dcm()
     r = interventional_distribution(m, outcome, do, n=15000, seed=3, given=given)
@@ -110,7 +115,7 @@ def test_rejection_sampling_matches_exact(do, given, outcome) -> None:
 
 def test_rare_evidence_is_an_error() -> None:
     m = backdoor_dcm()
-    m.generators["Y"] = Table(np.array([[[1.0, 0.0]] * 2] * 2), [2, 2])   # Y is never 1
+    m.generators["Y"] = Table(np.array([[[1.0, 0.0]] * 2] * 2), [2, 2])  # Y is never 1
     with pytest.raises(QueryError, match="too rare"):
         interventional_distribution(m, "X", {}, n=500, given={"Y": 1})
 
@@ -158,9 +163,14 @@ def test_non_identifiable_query_warns() -> None:
 
 def test_overlap_warning_fires_only_without_overlap() -> None:
     g = CausalGraph.parse("D -> M -> A; D <-> A")
-    schema = Schema(g, (Variable("D", "categorical", classes=3),
-                        Variable("M", "categorical", classes=3),
-                        Variable("A", "categorical", classes=2)))
+    schema = Schema(
+        g,
+        (
+            Variable("D", "categorical", classes=3),
+            Variable("M", "categorical", classes=3),
+            Variable("A", "categorical", classes=2),
+        ),
+    )
     rng = np.random.default_rng(0)
     d = rng.integers(0, 3, 3000)
     a = rng.integers(0, 2, 3000)
@@ -176,6 +186,6 @@ def test_predictability_of_images() -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(0, 2, 800)
     ims = rng.normal(0, 0.3, (800, 1, 6, 6)).astype(np.float32)
-    ims[:, 0, 0, 0] += 3.0 * x                  # one pixel reveals x
+    ims[:, 0, 0, 0] += 3.0 * x  # one pixel reveals x
     assert predictability(x, ims, "image") > 0.95
     assert predictability(x, rng.normal(size=(800, 1, 6, 6)), "image") < 0.7

@@ -15,8 +15,16 @@ import pytest
 from mdcm import runs
 from mdcm.runs import RunError, RunRecorder
 
-TINY = {"steps": 6, "batch_size": 32, "seed": 0, "device": "cpu", "check_every": 3,
-        "checkpoint_every": 3, "check_samples": 512, "mmd_batch": 64}
+TINY = {
+    "steps": 6,
+    "batch_size": 32,
+    "seed": 0,
+    "device": "cpu",
+    "check_every": 3,
+    "checkpoint_every": 3,
+    "check_samples": 512,
+    "mmd_batch": 64,
+}
 
 
 @pytest.fixture
@@ -36,12 +44,19 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _fake_run(root: Path, *, status: str = "running", pid: int | None = None,
-              events: list[dict] | None = None, created: float | None = None) -> Path:
+def _fake_run(
+    root: Path,
+    *,
+    status: str = "running",
+    pid: int | None = None,
+    events: list[dict] | None = None,
+    created: float | None = None,
+) -> Path:
     path = runs.create_run(root, {"plan": "modular", "train": {}, "example": {"name": "napkin"}})
     data = json.loads((path / "run.json").read_text())
-    data.update(status=status, pid=pid if pid is not None else _dead_pid(),
-                launched=time.time() - 60)
+    data.update(
+        status=status, pid=pid if pid is not None else _dead_pid(), launched=time.time() - 60
+    )
     if created is not None:
         data["created"] = created
     (path / "run.json").write_text(json.dumps(data))
@@ -51,8 +66,9 @@ def _fake_run(root: Path, *, status: str = "running", pid: int | None = None,
 
 
 # ---------------------------------------------------------------------- ids and paths
-@pytest.mark.parametrize("bad", ["", "..", "../x", "a/b", "a\\b", "x" * 65, "é", "a b", ".",
-                                 "/etc", "run\x00", None, 7])
+@pytest.mark.parametrize(
+    "bad", ["", "..", "../x", "a/b", "a\\b", "x" * 65, "é", "a b", ".", "/etc", "run\x00", None, 7]
+)
 def test_bad_run_ids_are_refused(tmp_path: Path, bad):
     with pytest.raises(RunError):
         runs.run_path(tmp_path, bad)
@@ -77,8 +93,13 @@ def test_new_ids_are_valid_and_distinct():
 
 # ---------------------------------------------------------------------- events and status
 def test_read_events_tolerates_truncated_and_corrupt_lines(tmp_path: Path):
-    run = _fake_run(tmp_path, events=[{"kind": "stage_start", "stage": 0, "step": 0},
-                                      {"kind": "step", "stage": 0, "step": 1}])
+    run = _fake_run(
+        tmp_path,
+        events=[
+            {"kind": "stage_start", "stage": 0, "step": 0},
+            {"kind": "step", "stage": 0, "step": 1},
+        ],
+    )
     with open(run / "events.jsonl", "a") as f:
         f.write('not json\n{"kind": 3}\n[1, 2]\n{"kind": "step", "stage": 0, "st')  # cut mid-write
     evs = runs.read_events(run)
@@ -87,12 +108,15 @@ def test_read_events_tolerates_truncated_and_corrupt_lines(tmp_path: Path):
     assert runs.read_events(tmp_path / "nowhere") == []
 
 
-@pytest.mark.parametrize("events,model,expect", [
-    ([], False, "interrupted"),
-    ([{"kind": "checkpoint", "stage": 0, "step": 5}], False, "interrupted"),
-    ([{"kind": "error", "stage": 0, "step": 5, "message": "loss is NaN"}], False, "failed"),
-    ([{"kind": "done", "stage": 1, "step": 9}], True, "done"),
-])
+@pytest.mark.parametrize(
+    "events,model,expect",
+    [
+        ([], False, "interrupted"),
+        ([{"kind": "checkpoint", "stage": 0, "step": 5}], False, "interrupted"),
+        ([{"kind": "error", "stage": 0, "step": 5, "message": "loss is NaN"}], False, "failed"),
+        ([{"kind": "done", "stage": 1, "step": 9}], True, "done"),
+    ],
+)
 def test_dead_process_status_is_reconciled(tmp_path: Path, events, model, expect):
     run = _fake_run(tmp_path, events=events)
     if model:
@@ -130,21 +154,23 @@ def test_list_runs_newest_first_and_skips_corrupt_folders(tmp_path: Path):
     a = _fake_run(tmp_path, created=now - 30, status="done")
     b = _fake_run(tmp_path, created=now - 10, status="failed")
     c = _fake_run(tmp_path, created=now - 20, status="stopped")
-    (tmp_path / "empty").mkdir()                                     # half-created
+    (tmp_path / "empty").mkdir()  # half-created
     (tmp_path / "badjson").mkdir()
     (tmp_path / "badjson" / "run.json").write_text('{"status": "run')  # truncated
     (tmp_path / "notdict").mkdir()
     (tmp_path / "notdict" / "run.json").write_text("[1, 2, 3]")
     (tmp_path / "weird_status").mkdir()
     (tmp_path / "weird_status" / "run.json").write_text(
-        json.dumps({"status": "exploded", "created": now, "config": {}}))
+        json.dumps({"status": "exploded", "created": now, "config": {}})
+    )
     (tmp_path / "stray_file.txt").write_text("hi")
     (tmp_path / "bad id!").mkdir()
     infos, skipped = runs.scan_runs(tmp_path)
     assert [i.path for i in infos] == [b, c, a]
     assert [i.status for i in infos] == ["failed", "stopped", "done"]
     assert sorted(f for f, _ in skipped) == sorted(
-        ["empty", "badjson", "notdict", "weird_status", "stray_file.txt", "bad id!"])
+        ["empty", "badjson", "notdict", "weird_status", "stray_file.txt", "bad id!"]
+    )
     assert all(reason for _, reason in skipped)
     assert runs.list_runs(tmp_path / "does-not-exist") == []
 
@@ -172,15 +198,18 @@ def test_recorder_throttles_step_events_but_keeps_the_rest(tmp_path: Path):
     evs = runs.read_events(run)
     steps = [e for e in evs if e["kind"] == "step"]
     assert 1 <= len(steps) < 100
-    assert [e["kind"] for e in evs if e["kind"] != "step"] == ["stage_start", "checkpoint",
-                                                                 "stage_end"]
-    assert steps[-1]["step"] == 500          # the stage's last step is always written
+    assert [e["kind"] for e in evs if e["kind"] != "step"] == [
+        "stage_start",
+        "checkpoint",
+        "stage_end",
+    ]
+    assert steps[-1]["step"] == 500  # the stage's last step is always written
     assert all("time" in e for e in evs)
 
 
 def test_start_run_rejects_bad_config(tmp_path: Path):
     with pytest.raises(RunError):
-        runs.start_run(tmp_path, train_config={})                       # no source
+        runs.start_run(tmp_path, train_config={})  # no source
     with pytest.raises(RunError):
         runs.start_run(tmp_path, example="napkin", study_dir=tmp_path, train_config={})
     with pytest.raises(RunError):
@@ -198,8 +227,9 @@ def test_unknown_training_setting_is_refused(root: Path):
     with pytest.raises(RunError):
         runs.start_run(root, example="napkin", train_config={"not a name": 3})
     # the run process checks again (start_run may run without the trainer loaded)
-    path = runs.create_run(root, {"plan": "modular", "example": {"name": "napkin", "n": 500},
-                                  "train": {"stepz": 3}})
+    path = runs.create_run(
+        root, {"plan": "modular", "example": {"name": "napkin", "n": 500}, "train": {"stepz": 3}}
+    )
     rc, _, err = _main("train", "--run-dir", str(path))
     assert rc == 2 and "stepz" in err and err.count("\n") == 1
     info = runs.run_status(path)
@@ -238,9 +268,14 @@ def _main(*argv: str) -> tuple[int, str, str]:
 
 def test_runs_command_line(tmp_path: Path):
     old = _fake_run(tmp_path, created=time.time() - 100, status="done")
-    live = _fake_run(tmp_path, pid=os.getpid(),
-                     events=[{"kind": "stage_start", "stage": 0, "step": 0},
-                             {"kind": "check", "stage": 0, "step": 40, "quality": 0.1}])
+    live = _fake_run(
+        tmp_path,
+        pid=os.getpid(),
+        events=[
+            {"kind": "stage_start", "stage": 0, "step": 0},
+            {"kind": "check", "stage": 0, "step": 40, "quality": 0.1},
+        ],
+    )
     (tmp_path / "junk").mkdir()
     rc, out, err = _main("runs", "list", "--root", str(tmp_path))
     assert rc == 0
@@ -267,9 +302,8 @@ def test_runs_command_line(tmp_path: Path):
 def test_real_background_runs_finish_separately(root: Path):
     t0 = time.monotonic()
     a = runs.start_run(root, example="napkin", train_config={**TINY, "seed": 1}, example_n=2000)
-    b = runs.start_run(root, example="backdoor", train_config={**TINY, "seed": 2},
-                       example_n=2000)
-    assert time.monotonic() - t0 < 5          # start_run returns at once
+    b = runs.start_run(root, example="backdoor", train_config={**TINY, "seed": 2}, example_n=2000)
+    assert time.monotonic() - t0 < 5  # start_run returns at once
     assert a.status in ("queued", "running") and a.path != b.path
     fa, fb = runs.wait_run(a.path, 120), runs.wait_run(b.path, 120)
     assert fa.status == "done", (fa.message, (a.path / "stderr.log").read_text()[-2000:])
@@ -290,14 +324,15 @@ def test_real_background_runs_finish_separately(root: Path):
     assert sorted(load_model(fa.model_dir).schema.names) == ["W", "X", "Y", "Z"]
     assert sorted(load_model(fb.model_dir).schema.names) == ["X", "Y", "Z"]
     listed = runs.list_runs(root)
-    assert [i.run_id for i in listed] == [b.run_id, a.run_id]     # newest first
+    assert [i.run_id for i in listed] == [b.run_id, a.run_id]  # newest first
     with pytest.raises(RunError):
-        runs.resume_run(fa.path)                                    # already done
+        runs.resume_run(fa.path)  # already done
 
 
 def test_real_run_stops_on_flag_and_resumes(root: Path):
-    info = runs.start_run(root, example="napkin", example_n=2000,
-                          train_config={**TINY, "steps": 100000})
+    info = runs.start_run(
+        root, example="napkin", example_n=2000, train_config={**TINY, "steps": 100000}
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if runs.read_events(info.path, kinds=("step", "check")):
@@ -305,7 +340,7 @@ def test_real_run_stops_on_flag_and_resumes(root: Path):
         assert runs.run_status(info.path).active, (info.path / "stderr.log").read_text()
         time.sleep(0.2)
     with pytest.raises(RunError):
-        runs.resume_run(info.path)                      # still running
+        runs.resume_run(info.path)  # still running
     runs.stop_run(info.path)
     final = runs.wait_run(info.path, 60)
     assert final.status == "stopped", (final.message, (info.path / "stderr.log").read_text())

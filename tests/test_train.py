@@ -10,17 +10,33 @@ import pytest
 import torch
 
 import mdcm.train as train_mod
+from mdcm.checkpoints import CKPT_STATE, CKPT_WEIGHTS
 from mdcm.data import Dataset, Study
 from mdcm.examples import load_example
 from mdcm.model import DCM, ModelConfig
 from mdcm.plan import joint_plan, make_plan
 from mdcm.query import tvd
-from mdcm.train import CKPT_STATE, CKPT_WEIGHTS, TrainConfig, TrainingError, pick_device, train
+from mdcm.train import TrainConfig, TrainingError, pick_device, train
 
-SMALL = ModelConfig(noise_dim=4, image_noise_dim=8, confounder_dim=3, hidden=32, image_hidden=64,
-                    image_channels=8, code_dim=4)
-FAST = TrainConfig(steps=12, batch_size=16, mmd_batch=64, check_every=5, check_samples=256,
-                   coder_steps=20, log_every=5, tolerance=0.0)
+SMALL = ModelConfig(
+    noise_dim=4,
+    image_noise_dim=8,
+    confounder_dim=3,
+    hidden=32,
+    image_hidden=64,
+    image_channels=8,
+    code_dim=4,
+)
+FAST = TrainConfig(
+    steps=12,
+    batch_size=16,
+    mmd_batch=64,
+    check_every=5,
+    check_samples=256,
+    coder_steps=20,
+    log_every=5,
+    tolerance=0.0,
+)
 
 
 def xray(n: int = 300):
@@ -42,7 +58,7 @@ def test_image_study_events_and_summaries() -> None:
     assert kinds.count("stage_start") == 2 and kinds.count("stage_end") == 2
     assert "check" in kinds and "step" in kinds
     assert [s.trains for s in res.stages] == [("X",), ("C", "N")]
-    assert [s.objective for s in res.stages] == ["mle", "mmd"]   # "auto" with latent images
+    assert [s.objective for s in res.stages] == ["mle", "mmd"]  # "auto" with latent images
     assert all(s.steps == 12 and s.stopped_by == "steps" for s in res.stages)
     assert all(s.quality is not None and 0.0 <= s.quality <= 1.0 for s in res.stages)
     checks = [e for e in events if e.kind == "check"]
@@ -68,8 +84,15 @@ def test_discrete_fit_reaches_the_data() -> None:
     """A confounded pair (bow graph): MMD training matches the joint P(X, Y) of the data."""
     ex = load_example("bow", n=3000, seed=0)
     m = fresh(ex.study)
-    cfg = TrainConfig(steps=300, mmd_batch=128, check_every=25, tolerance=0.02, stable_checks=2,
-                      seed=1, check_samples=2000)
+    cfg = TrainConfig(
+        steps=300,
+        mmd_batch=128,
+        check_every=25,
+        tolerance=0.02,
+        stable_checks=2,
+        seed=1,
+        check_samples=2000,
+    )
     res = train(m, make_plan(ex.study.graph), ex.study, cfg)
     obs = ex.study.observational.columns
     data = np.bincount(obs["X"] * 2 + obs["Y"], minlength=4) / len(obs["X"])
@@ -81,9 +104,12 @@ def test_discrete_fit_reaches_the_data() -> None:
 def test_early_stop_and_time_limit() -> None:
     ex = load_example("bow", n=500, seed=0)
     plan = make_plan(ex.study.graph)
-    res = train(fresh(ex.study), plan, ex.study,
-                TrainConfig(steps=100, check_every=5, tolerance=1.0, stable_checks=2,
-                            check_samples=200))
+    res = train(
+        fresh(ex.study),
+        plan,
+        ex.study,
+        TrainConfig(steps=100, check_every=5, tolerance=1.0, stable_checks=2, check_samples=200),
+    )
     assert res.stages[0].stopped_by == "tolerance" and res.stages[0].steps == 10
     res = train(fresh(ex.study), plan, ex.study, TrainConfig(steps=100, time_limit_s=0.0))
     assert res.stages[0].stopped_by == "time" and res.stages[0].steps == 0
@@ -96,22 +122,30 @@ def _state(m: DCM) -> dict[str, torch.Tensor]:
 def test_checkpoint_resume_is_deterministic(tmp_path) -> None:
     ex = xray(200)
     plan = make_plan(ex.study.graph)
-    cfg = TrainConfig(steps=10, batch_size=16, mmd_batch=32, check_every=3, check_samples=128,
-                      coder_steps=10, checkpoint_every=4, seed=3)
+    cfg = TrainConfig(
+        steps=10,
+        batch_size=16,
+        mmd_batch=32,
+        check_every=3,
+        check_samples=128,
+        coder_steps=10,
+        checkpoint_every=4,
+        seed=3,
+    )
     ref = fresh(ex.study)
     train(ref, plan, ex.study, cfg, checkpoint_dir=tmp_path / "a")
     # Interrupt in the middle of stage 0 (after 6 steps), then resume in a NEW process-like model.
     polls = {"n": 0}
 
-    def stop() -> bool:
+    def stop() -> bool:  # polled once per coder-fit step too
         polls["n"] += 1
-        return polls["n"] > 6
+        return polls["n"] > 6 + cfg.coder_steps
 
     m = fresh(ex.study)
     res = train(m, plan, ex.study, cfg, should_stop=stop, checkpoint_dir=tmp_path / "b")
     assert res.stopped and res.stages[-1].stopped_by == "stop" and res.stages[-1].steps == 6
     assert (tmp_path / "b" / CKPT_STATE).exists()
-    m2 = fresh(ex.study, seed=99)                     # different init: everything must come back
+    m2 = fresh(ex.study, seed=99)  # different init: everything must come back
     res2 = train(m2, plan, ex.study, cfg, checkpoint_dir=tmp_path / "b", resume=True)
     assert not res2.stopped and [s.steps for s in res2.stages] == [10, 10]
     a, b = _state(ref), _state(m2)
@@ -142,9 +176,14 @@ def test_nan_loss_raises_and_keeps_the_good_checkpoint(tmp_path, monkeypatch) ->
 
     events = []
     with pytest.raises(TrainingError, match="diverged"):
-        train(fresh(ex.study), make_plan(ex.study.graph), ex.study,
-              TrainConfig(steps=20, checkpoint_every=4, check_every=100),
-              on_event=lambda e: (on_event(e), events.append(e)), checkpoint_dir=tmp_path)
+        train(
+            fresh(ex.study),
+            make_plan(ex.study.graph),
+            ex.study,
+            TrainConfig(steps=20, checkpoint_every=4, check_every=100),
+            on_event=lambda e: (on_event(e), events.append(e)),
+            checkpoint_dir=tmp_path,
+        )
     assert (tmp_path / CKPT_WEIGHTS).read_bytes() == saved["bytes"]
     assert events[-1].kind == "error" and "diverged" in events[-1].message
 
@@ -175,8 +214,9 @@ def test_pretrained_mechanism_fills_the_conditional_stage() -> None:
     # the latent mechanism's codes mean something only with its coder: that came along too
     ca, cb = first.coders["X"].state_dict(), second.coders["X"].state_dict()
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
-    assert torch.equal(first.sample(16, {"C": 1}, seed=3)["X"],
-                       second.sample(16, {"C": 1}, seed=3)["X"])
+    assert torch.equal(
+        first.sample(16, {"C": 1}, seed=3)["X"], second.sample(16, {"C": 1}, seed=3)["X"]
+    )
     # ...so a bare module cannot stand in for a latent mechanism
     with pytest.raises(TrainingError, match="latent"):
         train(fresh(ex.study), plan, ex.study, FAST, pretrained={"X": first.generators["X"]})
@@ -190,8 +230,7 @@ def test_pretrained_mechanism_fills_the_conditional_stage() -> None:
     a = donor.generators["X"].state_dict()
     assert torch.equal(third.generators["X"].state_dict()["net.0.weight"], a["net.0.weight"])
     with pytest.raises(TrainingError, match="does not fit"):
-        train(fresh(ex.study, pix), plan, ex.study, FAST,
-              pretrained={"X": torch.nn.Linear(3, 3)})
+        train(fresh(ex.study, pix), plan, ex.study, FAST, pretrained={"X": torch.nn.Linear(3, 3)})
     # a stage that is not a plain conditional cannot be pre-trained
     with pytest.raises(TrainingError, match="plain conditional"):
         train(fresh(ex.study), plan, ex.study, FAST, pretrained={"N": first})
@@ -223,19 +262,19 @@ def test_input_errors() -> None:
         train(fresh(ex.study), make_plan(ex.study.graph), ex.study, FAST, resume=True)
 
 
-def test_fit_check_table_tvd() -> None:
-    from mdcm.train import _table_tvd
+def test_fit_checktable_tvd() -> None:
+    from mdcm.fitcheck import table_tvd
 
     rng = np.random.default_rng(0)
     g = rng.integers(0, 2, 5000)
     a = rng.integers(0, 3, 5000)
-    assert _table_tvd([g, a], [g, a.copy()], 1) == 0.0
+    assert table_tvd([g, a], [g, a.copy()], 1) == 0.0
     zeros = np.zeros(5000, np.int64)
-    assert _table_tvd([g, zeros], [g, zeros + 1], 1) == pytest.approx(1.0)
+    assert table_tvd([g, zeros], [g, zeros + 1], 1) == pytest.approx(1.0)
     # a quarter of the rows moved from class 0 to class 1: TVD 0.25
     moved = zeros.copy()
     moved[:1250] = 1
-    assert _table_tvd([g, zeros], [g, moved], 1) == pytest.approx(0.25)
+    assert table_tvd([g, zeros], [g, moved], 1) == pytest.approx(0.25)
 
 
 def test_config_and_event_json_round_trip() -> None:
@@ -244,14 +283,21 @@ def test_config_and_event_json_round_trip() -> None:
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="adam")
     e = train_mod.Event("check", 1, 20, 3.5, {"generator": 0.1}, 0.02, "ok")
-    assert e.to_json() == {"kind": "check", "stage": 1, "step": 20, "elapsed_s": 3.5,
-                           "losses": {"generator": 0.1}, "quality": 0.02, "message": "ok"}
+    assert e.to_json() == {
+        "kind": "check",
+        "stage": 1,
+        "step": 20,
+        "elapsed_s": 3.5,
+        "losses": {"generator": 0.1},
+        "quality": 0.02,
+        "message": "ok",
+    }
 
 
 def test_plateau_rule() -> None:
-    from mdcm.train import _plateau
+    from mdcm.fitcheck import plateau
 
-    assert not _plateau([0.5, 0.4, 0.3], 2)                 # still improving
-    assert _plateau([0.5, 0.2, 0.3, 0.25], 2)              # no new best in the last 2 checks
-    assert not _plateau([0.5, 0.2, 0.3, 0.1], 2)
-    assert not _plateau([None, 0.3], 2)                    # too few checks
+    assert not plateau([0.5, 0.4, 0.3], 2)  # still improving
+    assert plateau([0.5, 0.2, 0.3, 0.25], 2)  # no new best in the last 2 checks
+    assert not plateau([0.5, 0.2, 0.3, 0.1], 2)
+    assert not plateau([None, 0.3], 2)  # too few checks

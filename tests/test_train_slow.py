@@ -46,7 +46,7 @@ def test_front_door_effect_matches_truth(name: str) -> None:
         errs.append(tvd(p, truth))
         naive_errs.append(tvd(ex.naive(y, {x: v}), truth))
     assert max(errs) < 0.05, (errs, res)
-    assert max(naive_errs) > max(errs) + 0.03, (errs, naive_errs)   # naive is measurably worse
+    assert max(naive_errs) > max(errs) + 0.03, (errs, naive_errs)  # naive is measurably worse
     eff = effect_table(model, ex.study, x, y, n=4000)
     assert eff.identification.identifiable and eff.overlap is None
 
@@ -56,9 +56,10 @@ def test_generated_images_have_the_right_features(name: str) -> None:
     ex, model, res = trained(name)
     image = IMAGES[name]
     cols, hidden = ex.sample(5000, seed=123)
-    probe, acc = fit_image_probe(cols[image], {f: hidden[f] for f in ex.feature_names[image]},
-                                 ex.feature_classes, seed=0)
-    assert min(acc.values()) > 0.95, acc           # the probe itself must be trustworthy
+    probe, acc = fit_image_probe(
+        cols[image], {f: hidden[f] for f in ex.feature_names[image]}, ex.feature_classes, seed=0
+    )
+    assert min(acc.values()) > 0.95, acc  # the probe itself must be trustworthy
     worst = {}
     for v in range(model.schema[ex.treatment].classes):
         s = model.sample(4000, {ex.treatment: v}, seed=v)

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdcm.data import (
-    DataError,
-    UploadLimits,
-    find_study_dir,
-    load_study,
-    read_csv_upload,
-    read_png,
-    safe_extract_zip,
-)
+from mdcm.data import DataError, UploadLimits, load_study
 from mdcm.examples import export_example
+from mdcm.readers import read_csv_upload, read_png
+from mdcm.safezip import find_study_dir, safe_extract_zip
 
 
 @pytest.fixture()
@@ -32,8 +26,11 @@ def box(tmp_path):
     sandbox.mkdir()
     (tmp_path / "outside.txt").write_text("keep")
     yield sandbox
-    outside = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
-                     if not str(p.relative_to(tmp_path)).startswith("box"))
+    outside = sorted(
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*")
+        if not str(p.relative_to(tmp_path)).startswith("box")
+    )
     assert outside == ["outside.txt"], outside
     assert (tmp_path / "outside.txt").read_text() == "keep"
     for p in sandbox.rglob("*"):
@@ -41,16 +38,22 @@ def box(tmp_path):
         assert rel.parts[0] in ("upload.zip", "dest", "src"), rel
 
 
-def make_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]],
-             compression=zipfile.ZIP_DEFLATED) -> Path:
+def make_zip(
+    path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], compression=zipfile.ZIP_DEFLATED
+) -> Path:
     with zipfile.ZipFile(path, "w", compression) as zf:
         for name, data in entries:
             zf.writestr(name, data)
     return path
 
 
-def refuse(box: Path, entries, message: str, limits: UploadLimits = UploadLimits(),
-           raw: bytes | None = None) -> None:
+def refuse(
+    box: Path,
+    entries,
+    message: str,
+    limits: UploadLimits = UploadLimits(),
+    raw: bytes | None = None,
+) -> None:
     z = box / "upload.zip"
     if raw is not None:
         z.write_bytes(raw)
@@ -59,22 +62,29 @@ def refuse(box: Path, entries, message: str, limits: UploadLimits = UploadLimits
     with pytest.raises(DataError) as info:
         safe_extract_zip(z, box / "dest", limits)
     assert message in str(info.value), str(info.value)
-    assert not (box / "dest").exists()                                  # partial output removed
+    assert not (box / "dest").exists()  # partial output removed
 
 
 def test_1_parent_traversal(box):
-    refuse(box, [("ok.txt", b"x"), ("../evil.txt", b"x")],
-           "upload.zip: entry '../evil.txt': path traversal ('..') refused")
+    refuse(
+        box,
+        [("ok.txt", b"x"), ("../evil.txt", b"x")],
+        "upload.zip: entry '../evil.txt': path traversal ('..') refused",
+    )
 
 
 def test_2_nested_traversal(box):
-    refuse(box, [("a/b/../../../evil.txt", b"x")],
-           "upload.zip: entry 'a/b/../../../evil.txt': path traversal ('..') refused")
+    refuse(
+        box,
+        [("a/b/../../../evil.txt", b"x")],
+        "upload.zip: entry 'a/b/../../../evil.txt': path traversal ('..') refused",
+    )
 
 
 def test_3_absolute_path(box):
-    refuse(box, [("/tmp/evil.txt", b"x")], "upload.zip: entry '/tmp/evil.txt': absolute path "
-                                           "refused")
+    refuse(
+        box, [("/tmp/evil.txt", b"x")], "upload.zip: entry '/tmp/evil.txt': absolute path refused"
+    )
 
 
 def test_4_drive_letter(box):
@@ -88,30 +98,47 @@ def test_5_backslash_traversal(box):
 def test_6_symlink_entry(box):
     info = zipfile.ZipInfo("link")
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    refuse(box, [("a.txt", b"x"), (info, b"/etc/passwd")],
-           "upload.zip: entry 'link': symbolic links are refused")
+    refuse(
+        box,
+        [("a.txt", b"x"), (info, b"/etc/passwd")],
+        "upload.zip: entry 'link': symbolic links are refused",
+    )
 
 
 def test_7_too_many_files(box):
-    refuse(box, [(f"f{i}.txt", b"x") for i in range(11)],
-           "upload.zip: 11 entries, more than the limit of 10 files", UploadLimits(max_files=10))
+    refuse(
+        box,
+        [(f"f{i}.txt", b"x") for i in range(11)],
+        "upload.zip: 11 entries, more than the limit of 10 files",
+        UploadLimits(max_files=10),
+    )
 
 
 def test_8_declared_file_too_big(box):
-    refuse(box, [("big.bin", b"0" * 5000)],
-           "upload.zip: entry 'big.bin': declares 5000 bytes, more than the per-file limit of 4096",
-           UploadLimits(max_file_bytes=4096))
+    refuse(
+        box,
+        [("big.bin", b"0" * 5000)],
+        "upload.zip: entry 'big.bin': declares 5000 bytes, more than the per-file limit of 4096",
+        UploadLimits(max_file_bytes=4096),
+    )
 
 
 def test_9_total_too_big(box):
-    refuse(box, [(f"f{i}.bin", os.urandom(3000)) for i in range(4)],
-           "upload.zip: declares 12000 bytes uncompressed, more than the limit of 10000",
-           UploadLimits(max_total_bytes=10_000))
+    refuse(
+        box,
+        [(f"f{i}.bin", os.urandom(3000)) for i in range(4)],
+        "upload.zip: declares 12000 bytes uncompressed, more than the limit of 10000",
+        UploadLimits(max_total_bytes=10_000),
+    )
 
 
 def test_10_zip_bomb_ratio(box):
-    refuse(box, [("zeros.bin", bytes(4 << 20))],
-           "upload.zip: entry 'zeros.bin': compression ratio", UploadLimits())
+    refuse(
+        box,
+        [("zeros.bin", bytes(4 << 20))],
+        "upload.zip: entry 'zeros.bin': compression ratio",
+        UploadLimits(),
+    )
 
 
 def test_11_header_lies_about_size(box):
@@ -120,10 +147,14 @@ def test_11_header_lies_about_size(box):
     make_zip(buf, [("lie.bin", os.urandom(100_000))])
     raw = bytearray(buf.getvalue())
     cd = raw.index(b"PK\x01\x02")
-    raw[cd + 24: cd + 28] = (10).to_bytes(4, "little")                   # uncompressed size
-    raw[26 - 4: 26] = (10).to_bytes(4, "little")                          # local header too
-    refuse(box, None, "upload.zip: entry 'lie.bin': corrupt or unsupported entry (Bad CRC-32",
-           raw=bytes(raw))
+    raw[cd + 24 : cd + 28] = (10).to_bytes(4, "little")  # uncompressed size
+    raw[26 - 4 : 26] = (10).to_bytes(4, "little")  # local header too
+    refuse(
+        box,
+        None,
+        "upload.zip: entry 'lie.bin': corrupt or unsupported entry (Bad CRC-32",
+        raw=bytes(raw),
+    )
 
 
 def test_12_nested_zip_too_deep(box):
@@ -131,9 +162,11 @@ def test_12_nested_zip_too_deep(box):
     make_zip(inner, [("deep.txt", b"x")])
     middle = io.BytesIO()
     make_zip(middle, [("inner.zip", inner.getvalue())])
-    refuse(box, [("middle.zip", middle.getvalue())],
-           "upload.zip/middle.zip: nested archive 'inner.zip' is deeper than the limit of 1 "
-           "level(s)")
+    refuse(
+        box,
+        [("middle.zip", middle.getvalue())],
+        "upload.zip/middle.zip: nested archive 'inner.zip' is deeper than the limit of 1 level(s)",
+    )
 
 
 def test_13_nested_zip_within_depth_is_extracted(box):
@@ -156,8 +189,11 @@ def test_14_duplicate_entries(box):
 
 
 def test_15_case_insensitive_duplicates(box):
-    refuse(box, [("Data.csv", b"1"), ("data.csv", b"2")],
-           "upload.zip: entry 'data.csv': duplicate entry name")
+    refuse(
+        box,
+        [("Data.csv", b"1"), ("data.csv", b"2")],
+        "upload.zip: entry 'data.csv': duplicate entry name",
+    )
 
 
 def test_16_not_a_zip(box):
@@ -169,10 +205,11 @@ def test_17_encrypted_entry(box):
     make_zip(buf, [("secret.txt", b"x" * 10)])
     raw = bytearray(buf.getvalue())
     cd = raw.index(b"PK\x01\x02")
-    raw[cd + 8] |= 0x1                                                   # general purpose flag
+    raw[cd + 8] |= 0x1  # general purpose flag
     raw[6] |= 0x1
-    refuse(box, None, "upload.zip: entry 'secret.txt': encrypted entries are refused",
-           raw=bytes(raw))
+    refuse(
+        box, None, "upload.zip: entry 'secret.txt': encrypted entries are refused", raw=bytes(raw)
+    )
 
 
 def test_18_file_and_folder_collide(box):
@@ -197,20 +234,23 @@ def test_20_special_file_entry(box):
 def test_21_png_that_is_text(tmp_path):
     p = tmp_path / "fake.png"
     p.write_text("<html>not an image</html>")
-    with pytest.raises(DataError, match="file 'fake.png' is not a PNG image \\(it starts with "
-                                        "text, not the PNG signature\\)"):
+    with pytest.raises(
+        DataError,
+        match="file 'fake.png' is not a PNG image \\(it starts with text, not the PNG signature\\)",
+    ):
         read_png(p, where="upload")
-    p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(20))                     # a JPEG header
+    p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(20))  # a JPEG header
     with pytest.raises(DataError, match="starts with binary data"):
         read_png(p, where="upload")
 
 
 def test_22_png_decompression_bomb_checked_before_decoding(tmp_path):
     p = tmp_path / "bomb.png"
-    Image.new("L", (2000, 2000)).save(p)                                 # tiny file, 4M pixels
+    Image.new("L", (2000, 2000)).save(p)  # tiny file, 4M pixels
     assert p.stat().st_size < 20_000
-    with pytest.raises(DataError, match="image 'bomb.png' is 2000x2000 pixels, more than the "
-                                        "limit of 1048576"):
+    with pytest.raises(
+        DataError, match="image 'bomb.png' is 2000x2000 pixels, more than the limit of 1048576"
+    ):
         read_png(p, where="upload")
 
 
@@ -220,8 +260,10 @@ def test_23_csv_cleaning(tmp_path):
     header, rows = read_csv_upload(p)
     assert header == ["X", "Y, with comma"] and rows == [["1", 'a "quoted" b']]
     p.write_text("X,Y\n1,2\n3,4,5\n")
-    with pytest.raises(DataError, match="data.csv: row 2 \\(line 3\\) has 3 field\\(s\\), the "
-                                        "header has 2 \\(X, Y\\)"):
+    with pytest.raises(
+        DataError,
+        match="data.csv: row 2 \\(line 3\\) has 3 field\\(s\\), the header has 2 \\(X, Y\\)",
+    ):
         read_csv_upload(p, where="data.csv")
     p.write_bytes(b"X,Y\n1,\x00\n")
     with pytest.raises(DataError, match="contains NUL bytes"):
@@ -243,8 +285,9 @@ def test_24_valid_study_upload_round_trip(box):
     study = load_study(find_study_dir(dest))
     assert study.observational.n == 30
     assert set(study.schema.names) == {"W", "Z", "X", "Y"}
-    np.testing.assert_array_equal(study.observational.columns["X"],
-                                  load_study(src).observational.columns["X"])
+    np.testing.assert_array_equal(
+        study.observational.columns["X"], load_study(src).observational.columns["X"]
+    )
 
 
 def test_25_find_study_dir_errors(tmp_path):
@@ -259,8 +302,11 @@ def test_25_find_study_dir_errors(tmp_path):
 
 def test_26_many_small_bombs_trip_the_archive_ratio(box):
     """Each member stays under the per-file ratio threshold, the archive as a whole does not."""
-    refuse(box, [(f"z{i}.bin", bytes(600_000)) for i in range(4)],
-           "upload.zip: 2400000 bytes packed into ")
+    refuse(
+        box,
+        [(f"z{i}.bin", bytes(600_000)) for i in range(4)],
+        "upload.zip: 2400000 bytes packed into ",
+    )
 
 
 def test_limits_are_configurable_from_the_environment():

@@ -30,17 +30,33 @@ from . import backdoor, bow, colored_digits, napkin, xray
 from ._scm import SCM, Example, Node
 from .semi_synthetic import build_mnist_frontdoor, build_pneumonia_frontdoor
 
-__all__ = ["EXAMPLES", "SIZES", "Example", "Node", "SCM", "load_example", "export_example",
-           "build_mnist_frontdoor", "build_pneumonia_frontdoor"]
+__all__ = [
+    "EXAMPLES",
+    "SIZES",
+    "Example",
+    "Node",
+    "SCM",
+    "load_example",
+    "export_example",
+    "build_mnist_frontdoor",
+    "build_pneumonia_frontdoor",
+]
 
 _MODULES = {m.NAME: m for m in (colored_digits, xray, napkin, backdoor, bow)}
 EXAMPLES: dict[str, str] = {name: m.DESCRIPTION for name, m in _MODULES.items()}
 SIZES = ("cpu", "gpu")
 
 
-def load_example(name: str, size: str = "cpu", n: int | None = None, seed: int = 0, *,
-                 variant: str | None = None, interventions: Sequence[Mapping[str, int]] = (),
-                 n_interventional: int | None = None) -> Example:
+def load_example(
+    name: str,
+    size: str = "cpu",
+    n: int | None = None,
+    seed: int = 0,
+    *,
+    variant: str | None = None,
+    interventions: Sequence[Mapping[str, int]] = (),
+    n_interventional: int | None = None,
+) -> Example:
     """Generate the built-in study ``name`` (``n`` observational rows drawn with ``seed``).
 
     ``size="cpu"`` uses small images (colored digits 3x14x14, X-ray 1x16x16), ``"gpu"`` 28x28;
@@ -52,12 +68,27 @@ def load_example(name: str, size: str = "cpu", n: int | None = None, seed: int =
         raise ValueError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; use 'cpu' or 'gpu'")
-    return _MODULES[name].build(size=size, n=n, seed=seed, variant=variant,
-                                interventions=interventions, n_interventional=n_interventional)
+    return _MODULES[name].build(
+        size=size,
+        n=n,
+        seed=seed,
+        variant=variant,
+        interventions=interventions,
+        n_interventional=n_interventional,
+    )
 
 
-def export_example(name: str, out_dir: Path | str, size: str = "cpu", n: int | None = None,
-                   seed: int = 0, *, variant: str | None = None, overwrite: bool = False) -> Path:
+def export_example(
+    name: str,
+    out_dir: Path | str,
+    size: str = "cpu",
+    n: int | None = None,
+    seed: int = 0,
+    *,
+    variant: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a built-in example as a study folder (``mdcm export-example NAME --out DIR``)."""
     return load_example(name, size=size, n=n, seed=seed, variant=variant).export(
-        out_dir, overwrite=overwrite)
+        out_dir, overwrite=overwrite
+    )

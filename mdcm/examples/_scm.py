@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Dataset, Study, images_to_uint8, uint8_to_images
+from ..data import Dataset, Study
+from ..readers import images_to_uint8, uint8_to_images
 from ..variables import Schema
 
 GH_DEGREE = 80
@@ -53,14 +54,14 @@ class Node:
 
     name: str
     parents: tuple[str, ...]
-    cpt: Callable[..., np.ndarray] | None   # parent arrays (M,) -> probabilities (M, classes)
+    cpt: Callable[..., np.ndarray] | None  # parent arrays (M,) -> probabilities (M, classes)
     classes: int | None
-    role: str = "observed"                  # "observed" | "latent" | "feature"
+    role: str = "observed"  # "observed" | "latent" | "feature"
 
 
 @dataclass(frozen=True)
 class SCM:
-    nodes: tuple[Node, ...]                 # topological order
+    nodes: tuple[Node, ...]  # topological order
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -76,12 +77,15 @@ class SCM:
         for n in self.nodes:
             if n.name == name:
                 return n
-        raise ValueError(f"unknown variable {name!r}; the generator has "
-                         f"{', '.join(n.name for n in self.nodes if n.role != 'latent')}")
+        raise ValueError(
+            f"unknown variable {name!r}; the generator has "
+            f"{', '.join(n.name for n in self.nodes if n.role != 'latent')}"
+        )
 
     # -------------------------------------------------------------- exact enumeration
-    def enumerate(self, do: Mapping[str, object] | None = None
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def enumerate(
+        self, do: Mapping[str, object] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """All joint states (each node a column) and their exact probabilities under ``do``."""
         do = dict(do or {})
         vals: dict[str, np.ndarray] = {}
@@ -89,8 +93,9 @@ class SCM:
         for node in self.nodes:
             m = len(w)
             if node.name in do:
-                vals[node.name] = np.full(m, do[node.name], dtype=np.float64
-                                          if node.classes is None else np.int64)
+                vals[node.name] = np.full(
+                    m, do[node.name], dtype=np.float64 if node.classes is None else np.int64
+                )
                 continue
             if node.classes is None:
                 x, q = np.polynomial.hermite_e.hermegauss(GH_DEGREE)
@@ -110,12 +115,17 @@ class SCM:
                 vals = {key: v[keep] for key, v in vals.items()}
         return vals, w
 
-    def marginal(self, outcome: str, do: Mapping[str, object] | None = None,
-                 given: Mapping[str, int] | None = None) -> np.ndarray:
+    def marginal(
+        self,
+        outcome: str,
+        do: Mapping[str, object] | None = None,
+        given: Mapping[str, int] | None = None,
+    ) -> np.ndarray:
         node = self.node(outcome)
         if node.classes is None:
-            raise ValueError(f"{outcome!r} is continuous; exact answers are for categorical "
-                             "outcomes")
+            raise ValueError(
+                f"{outcome!r} is continuous; exact answers are for categorical outcomes"
+            )
         vals, w = self.enumerate(do)
         for name, value in (given or {}).items():
             w = w * (vals[name] == value)
@@ -125,14 +135,16 @@ class SCM:
         return np.bincount(vals[outcome], weights=w, minlength=node.classes) / total
 
     # -------------------------------------------------------------- sampling
-    def sample(self, n: int, do: Mapping[str, object] | None, rng: np.random.Generator
-               ) -> dict[str, np.ndarray]:
+    def sample(
+        self, n: int, do: Mapping[str, object] | None, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         do = dict(do or {})
         out: dict[str, np.ndarray] = {}
         for node in self.nodes:
             if node.name in do:
-                out[node.name] = np.full(n, do[node.name], dtype=np.float64
-                                         if node.classes is None else np.int64)
+                out[node.name] = np.full(
+                    n, do[node.name], dtype=np.float64 if node.classes is None else np.int64
+                )
             elif node.classes is None:
                 out[node.name] = rng.standard_normal(n)
             else:
@@ -173,28 +185,37 @@ class Example:
         out: dict[str, object] = {}
         for name, value in (do or {}).items():
             if name in self.feature_names:
-                raise ValueError(f"{what}: {name!r} is an image; intervene on its features "
-                                 f"({', '.join(self.feature_names[name])}) instead")
+                raise ValueError(
+                    f"{what}: {name!r} is an image; intervene on its features "
+                    f"({', '.join(self.feature_names[name])}) instead"
+                )
             node = self.scm.node(name)
             if node.role == "latent":
                 raise ValueError(f"{what}: {name!r} is a hidden confounder")
             if node.classes is None:
                 if what != "do":
-                    raise ValueError(f"{what}: {name!r} is continuous; condition on categorical "
-                                     "variables only")
+                    raise ValueError(
+                        f"{what}: {name!r} is continuous; condition on categorical variables only"
+                    )
                 out[name] = float(np.asarray(value, np.float64).reshape(-1)[0])
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) \
-                    or not 0 <= int(value) < node.classes:
-                raise ValueError(f"{what}: {name}={value!r} must be a class index "
-                                 f"0 … {node.classes - 1}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or not 0 <= int(value) < node.classes
+            ):
+                raise ValueError(
+                    f"{what}: {name}={value!r} must be a class index 0 … {node.classes - 1}"
+                )
             out[name] = int(value)
         return out
 
     def _check_outcome(self, outcome: str) -> None:
         if outcome in self.feature_names:
-            raise ValueError(f"outcome {outcome!r} is an image; ask about its features "
-                             f"({', '.join(self.feature_names[outcome])}) instead")
+            raise ValueError(
+                f"outcome {outcome!r} is an image; ask about its features "
+                f"({', '.join(self.feature_names[outcome])}) instead"
+            )
 
     def truth(self, outcome: str, do: Mapping[str, int]) -> np.ndarray:
         """Exact P(outcome | do(...)) (probabilities over the outcome's classes)."""
@@ -206,8 +227,9 @@ class Example:
         self._check_outcome(outcome)
         return self.scm.marginal(outcome, given=self._check_do(given, "given"))
 
-    def sample(self, n: int, do: Mapping[str, int] | None = None, seed: int = 0, *,
-               render: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def sample(
+        self, n: int, do: Mapping[str, int] | None = None, seed: int = 0, *, render: bool = True
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Draw ``n`` rows under ``do``: ``(columns as in Dataset, hidden features and latents)``.
 
         ``render=False`` skips drawing images (fast Monte-Carlo checks of the labels); the label
@@ -239,13 +261,24 @@ class Example:
         return save_study(self.study, out_dir, overwrite=overwrite)
 
 
-def make_example(name: str, schema: Schema, scm: SCM, *, treatment: str, outcome: str,
-                 description: str, n: int, seed: int,
-                 features: Mapping[str, Mapping[str, int]] | None = None,
-                 renderers: Mapping[str, Renderer] | None = None, identifiable: bool = True,
-                 variant: str | None = None, path: Path | None = None,
-                 interventions: Sequence[Mapping[str, int]] = (),
-                 n_interventional: int | None = None) -> Example:
+def make_example(
+    name: str,
+    schema: Schema,
+    scm: SCM,
+    *,
+    treatment: str,
+    outcome: str,
+    description: str,
+    n: int,
+    seed: int,
+    features: Mapping[str, Mapping[str, int]] | None = None,
+    renderers: Mapping[str, Renderer] | None = None,
+    identifiable: bool = True,
+    variant: str | None = None,
+    path: Path | None = None,
+    interventions: Sequence[Mapping[str, int]] = (),
+    n_interventional: int | None = None,
+) -> Example:
     """Assemble an :class:`Example` and draw its observational dataset with ``seed``.
 
     Each entry of ``interventions`` (e.g. ``{"X": 1}``) adds an interventional dataset named
@@ -253,11 +286,18 @@ def make_example(name: str, schema: Schema, scm: SCM, *, treatment: str, outcome
     """
     features = dict(features or {})
     proto = Example(
-        name=name, study=Study(schema, (), path), treatment=treatment, outcome=outcome,
+        name=name,
+        study=Study(schema, (), path),
+        treatment=treatment,
+        outcome=outcome,
         description=description,
         feature_names={v: tuple(f) for v, f in features.items()},
         feature_classes={k: c for f in features.values() for k, c in f.items()},
-        scm=scm, renderers=dict(renderers or {}), identifiable=identifiable, variant=variant)
+        scm=scm,
+        renderers=dict(renderers or {}),
+        identifiable=identifiable,
+        variant=variant,
+    )
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     columns, _ = proto.sample(n, seed=seed)

@@ -20,8 +20,10 @@ from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid, table
 from .draw import COLOR_NAMES, render_digits
 
 NAME = "colored_digits"
-DESCRIPTION = ("Front-door with an image mediator: class D shifts the color and digit of image I, "
-               "attribute A reads the image; a hidden U drives both D and A.")
+DESCRIPTION = (
+    "Front-door with an image mediator: class D shifts the color and digit of image I, "
+    "attribute A reads the image; a hidden U drives both D and A."
+)
 DIGITS = (0, 1, 7)
 SHAPES = {"cpu": (3, 14, 14), "gpu": (3, 28, 28)}
 
@@ -41,25 +43,33 @@ def p_a(color: np.ndarray, digit: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def build_scm(variant: str | None = None, image: str = "I") -> SCM:
     p_color = P_COLOR_REVEAL if variant == "reveal" else P_COLOR_GIVEN_D
-    return SCM((
-        Node("U", (), lambda: P_U, 2, "latent"),
-        Node("D", ("U",), table(P_D_GIVEN_U), 3),
-        Node(f"{image}.color", ("D",), table(p_color), 3, "feature"),
-        Node(f"{image}.digit", ("D",), table(P_DIGIT_GIVEN_D), 3, "feature"),
-        Node("A", (f"{image}.color", f"{image}.digit", "U"), p_a, 2),
-    ))
+    return SCM(
+        (
+            Node("U", (), lambda: P_U, 2, "latent"),
+            Node("D", ("U",), table(P_D_GIVEN_U), 3),
+            Node(f"{image}.color", ("D",), table(p_color), 3, "feature"),
+            Node(f"{image}.digit", ("D",), table(P_DIGIT_GIVEN_D), 3, "feature"),
+            Node("A", (f"{image}.color", f"{image}.digit", "U"), p_a, 2),
+        )
+    )
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
-          **options) -> Example:
+def build(
+    size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None, **options
+) -> Example:
     if variant not in (None, "reveal"):
         raise ValueError(f"{NAME}: unknown variant {variant!r}; use None or 'reveal'")
     shape = SHAPES[size]
     n = n if n is not None else (4000 if size == "cpu" else 20000)
     graph = CausalGraph.parse("D -> I -> A; D <-> A")
-    schema = Schema(graph, (Variable("D", "categorical", classes=3),
-                            Variable("I", "image", shape=shape),
-                            Variable("A", "categorical", classes=2)))
+    schema = Schema(
+        graph,
+        (
+            Variable("D", "categorical", classes=3),
+            Variable("I", "image", shape=shape),
+            Variable("A", "categorical", classes=2),
+        ),
+    )
 
     def render(feats, rng):
         return render_digits(feats["I.digit"], feats["I.color"], DIGITS, shape, rng)
@@ -67,7 +77,17 @@ def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str |
     desc = DESCRIPTION + f" Colors {', '.join(COLOR_NAMES)}; digits {DIGITS}."
     if variant == "reveal":
         desc += " Variant 'reveal': the color equals D (no overlap; the effect is not learnable)."
-    return make_example(NAME, schema, build_scm(variant), treatment="D", outcome="A",
-                        description=desc, n=n, seed=seed,
-                        features={"I": {"I.color": 3, "I.digit": 3}}, renderers={"I": render},
-                        variant=variant, **options)
+    return make_example(
+        NAME,
+        schema,
+        build_scm(variant),
+        treatment="D",
+        outcome="A",
+        description=desc,
+        n=n,
+        seed=seed,
+        features={"I": {"I.color": 3, "I.digit": 3}},
+        renderers={"I": render},
+        variant=variant,
+        **options,
+    )

@@ -18,8 +18,9 @@ import numpy as np
 # Glyph space: x in [-0.5, 0.5] (right), y in [-0.8, 0.8] (down). Each glyph is a list of polylines.
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, k: int = 14,
-             t0: float = 0.0, t1: float = 2 * np.pi) -> list[tuple[float, float]]:
+def _ellipse(
+    cx: float, cy: float, rx: float, ry: float, k: int = 14, t0: float = 0.0, t1: float = 2 * np.pi
+) -> list[tuple[float, float]]:
     t = np.linspace(t0, t1, k + 1)
     return [(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in t]
 
@@ -27,22 +28,63 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, k: int = 14,
 GLYPHS: dict[int, list[list[tuple[float, float]]]] = {
     0: [_ellipse(0.0, 0.0, 0.42, 0.74)],
     1: [[(-0.2, -0.5), (0.05, -0.75), (0.05, 0.75)]],
-    2: [[(-0.4, -0.45), (-0.2, -0.72), (0.15, -0.75), (0.4, -0.5), (0.35, -0.2), (-0.4, 0.75),
-         (0.45, 0.75)]],
-    3: [[(-0.4, -0.7), (0.35, -0.7), (-0.05, -0.1), (0.35, 0.1), (0.4, 0.45), (0.1, 0.75),
-         (-0.4, 0.65)]],
+    2: [
+        [
+            (-0.4, -0.45),
+            (-0.2, -0.72),
+            (0.15, -0.75),
+            (0.4, -0.5),
+            (0.35, -0.2),
+            (-0.4, 0.75),
+            (0.45, 0.75),
+        ]
+    ],
+    3: [
+        [
+            (-0.4, -0.7),
+            (0.35, -0.7),
+            (-0.05, -0.1),
+            (0.35, 0.1),
+            (0.4, 0.45),
+            (0.1, 0.75),
+            (-0.4, 0.65),
+        ]
+    ],
     4: [[(0.2, 0.75), (0.2, -0.75), (-0.45, 0.3), (0.45, 0.3)]],
-    5: [[(0.4, -0.75), (-0.35, -0.75), (-0.4, -0.1), (0.1, -0.15), (0.4, 0.15), (0.4, 0.5),
-         (0.1, 0.75), (-0.4, 0.65)]],
-    6: [[(0.3, -0.75), (-0.2, -0.3), (-0.4, 0.3), (-0.3, 0.7), (0.2, 0.72), (0.4, 0.35),
-         (0.1, 0.05), (-0.35, 0.2)]],
+    5: [
+        [
+            (0.4, -0.75),
+            (-0.35, -0.75),
+            (-0.4, -0.1),
+            (0.1, -0.15),
+            (0.4, 0.15),
+            (0.4, 0.5),
+            (0.1, 0.75),
+            (-0.4, 0.65),
+        ]
+    ],
+    6: [
+        [
+            (0.3, -0.75),
+            (-0.2, -0.3),
+            (-0.4, 0.3),
+            (-0.3, 0.7),
+            (0.2, 0.72),
+            (0.4, 0.35),
+            (0.1, 0.05),
+            (-0.35, 0.2),
+        ]
+    ],
     7: [[(-0.45, -0.75), (0.45, -0.75), (-0.1, 0.75)]],
     8: [_ellipse(0.0, -0.4, 0.3, 0.35, 10), _ellipse(0.0, 0.38, 0.4, 0.38, 12)],
     9: [_ellipse(0.0, -0.35, 0.38, 0.38, 12), [(0.38, -0.35), (0.2, 0.75)]],
 }
 
-COLORS: tuple[tuple[float, float, float], ...] = ((1.0, 0.1, 0.1), (0.1, 1.0, 0.1),
-                                                  (0.15, 0.3, 1.0))
+COLORS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.1, 0.1),
+    (0.1, 1.0, 0.1),
+    (0.15, 0.3, 1.0),
+)
 COLOR_NAMES = ("red", "green", "blue")
 
 
@@ -50,8 +92,11 @@ def _segments(digits: tuple[int, ...]) -> np.ndarray:
     """``(len(digits), S, 4)`` segment table, padded with far-away degenerate segments."""
     segs = []
     for d in digits:
-        s = [(a[0], a[1], b[0], b[1]) for line in GLYPHS[d] for a, b in zip(line, line[1:],
-                                                                          strict=False)]
+        s = [
+            (a[0], a[1], b[0], b[1])
+            for line in GLYPHS[d]
+            for a, b in zip(line, line[1:], strict=False)
+        ]
         segs.append(s)
     m = max(len(s) for s in segs)
     out = np.full((len(digits), m, 4), 50.0)
@@ -67,8 +112,8 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return xx.ravel(), yy.ravel()
 
 
-FIELD_HALF = 2.0        # distance fields cover glyph space [-2, 2]^2 ...
-FIELD_SIZE = 401        # ... on a 0.01 grid
+FIELD_HALF = 2.0  # distance fields cover glyph space [-2, 2]^2 ...
+FIELD_SIZE = 401  # ... on a 0.01 grid
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,8 +133,14 @@ def _distance_fields(digits: tuple[int, ...]) -> np.ndarray:
     return out.reshape(len(digits), FIELD_SIZE, FIELD_SIZE)
 
 
-def glyph_intensity(digit_idx: np.ndarray, digits: tuple[int, ...], h: int, w: int,
-                    rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
+def glyph_intensity(
+    digit_idx: np.ndarray,
+    digits: tuple[int, ...],
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    chunk: int = 2048,
+) -> np.ndarray:
     """Anti-aliased stroke coverage ``(n, h, w)`` in [0, 1] for glyphs ``digits[digit_idx]``.
 
     Each pixel centre is mapped back to glyph space through the sample's pose (rotation, shear,
@@ -98,26 +149,35 @@ def glyph_intensity(digit_idx: np.ndarray, digits: tuple[int, ...], h: int, w: i
     """
     n = len(digit_idx)
     f32 = np.float32
-    theta = rng.uniform(-0.3, 0.3, n).astype(f32)[:, None]             # ~ ±17 degrees
+    theta = rng.uniform(-0.3, 0.3, n).astype(f32)[:, None]  # ~ ±17 degrees
     scale = (0.78 * rng.uniform(0.85, 1.1, n)).astype(f32)[:, None]
     shear = rng.uniform(-0.15, 0.15, n).astype(f32)[:, None]
     shift = rng.uniform(-0.12, 0.12, (n, 2)).astype(f32)
     half = (rng.uniform(0.08, 0.14, n) * (1.0 + 0.4 * (14.0 / max(h, w)))).astype(f32)[:, None]
     px, py = (a.astype(f32)[None] for a in _grid(h, w))
     out = np.empty((n, h * w), f32)
-    for lo in range(0, n, chunk):                                       # bounded memory
+    for lo in range(0, n, chunk):  # bounded memory
         sl = slice(lo, lo + chunk)
-        out[sl] = _coverage(np.asarray(digit_idx, np.int64)[sl], tuple(digits), px, py,
-                            theta[sl], scale[sl], shear[sl], shift[sl], half[sl],
-                            f32(2.0 / max(h, w)))
+        out[sl] = _coverage(
+            np.asarray(digit_idx, np.int64)[sl],
+            tuple(digits),
+            px,
+            py,
+            theta[sl],
+            scale[sl],
+            shear[sl],
+            shift[sl],
+            half[sl],
+            f32(2.0 / max(h, w)),
+        )
     return out.reshape(n, h, w)
 
 
 def _coverage(digit_idx, digits, px, py, theta, scale, shear, shift, half, pix) -> np.ndarray:
     c, s = np.cos(theta), np.sin(theta)
     x, y = px - shift[:, :1], py - shift[:, 1:]
-    gx, gy = c * x + s * y, -s * x + c * y                              # undo rotation
-    gx = (gx - shear * gy) / scale                                      # undo shear and scale
+    gx, gy = c * x + s * y, -s * x + c * y  # undo rotation
+    gx = (gx - shear * gy) / scale  # undo shear and scale
     gy = gy / scale
     step = 2 * FIELD_HALF / (FIELD_SIZE - 1)
     fx = np.clip((gx + FIELD_HALF) / step, 0, FIELD_SIZE - 1.001)
@@ -132,15 +192,19 @@ def _coverage(digit_idx, digits, px, py, theta, scale, shear, shift, half, pix) 
     return np.clip(0.5 + (half - dist) / pix, 0.0, 1.0)
 
 
-def render_digits(digit_idx: np.ndarray, color_idx: np.ndarray, digits: tuple[int, ...],
-                  shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+def render_digits(
+    digit_idx: np.ndarray,
+    color_idx: np.ndarray,
+    digits: tuple[int, ...],
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Colored digit images ``(n, 3, H, W)`` in [-1, 1] on a black background."""
     _, h, w = shape
     n = len(digit_idx)
     ink = glyph_intensity(digit_idx, digits, h, w, rng)
-    base = np.asarray(COLORS)[np.asarray(color_idx, np.int64)]           # (n, 3)
-    tint = np.clip(base + rng.uniform(-0.1, 0.1, (n, 3)), 0.0, 1.0) * rng.uniform(0.85, 1.0,
-                                                                                 (n, 1))
+    base = np.asarray(COLORS)[np.asarray(color_idx, np.int64)]  # (n, 3)
+    tint = np.clip(base + rng.uniform(-0.1, 0.1, (n, 3)), 0.0, 1.0) * rng.uniform(0.85, 1.0, (n, 1))
     img = ink[:, None] * tint.astype(np.float32)[:, :, None, None]
     return (2.0 * img - 1.0).astype(np.float32)
 
@@ -164,14 +228,15 @@ def _soft_ellipse(x: np.ndarray, y: np.ndarray, cx, cy, rx, ry, edge: float) -> 
     return 1.0 / (1.0 + np.exp((r - 1.0) / edge))
 
 
-def render_xray(opacity: np.ndarray, shape: tuple[int, int, int],
-                rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
+def render_xray(
+    opacity: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator, chunk: int = 2048
+) -> np.ndarray:
     """Chest-X-ray-like images ``(n, 1, H, W)`` in [-1, 1]; ``opacity`` 0 none, 1 small, 2 large."""
     _, h, w = shape
     opacity = np.asarray(opacity, np.int64)
     out = np.empty((len(opacity), 1, h, w), np.float32)
-    for lo in range(0, len(opacity), chunk):                            # bounded memory
-        out[lo:lo + chunk] = _xray_chunk(opacity[lo:lo + chunk], h, w, rng)
+    for lo in range(0, len(opacity), chunk):  # bounded memory
+        out[lo : lo + chunk] = _xray_chunk(opacity[lo : lo + chunk], h, w, rng)
     return out
 
 
@@ -179,7 +244,7 @@ def _xray_chunk(opacity: np.ndarray, h: int, w: int, rng: np.random.Generator) -
     n = len(opacity)
     px, py = _grid(h, w)
     x, y = px[None], py[None]
-    col = lambda a: np.asarray(a)[:, None]                               # noqa: E731
+    col = lambda a: np.asarray(a)[:, None]  # noqa: E731
     body_w = col(rng.uniform(0.78, 0.92, n))
     cx = col(rng.uniform(-0.06, 0.06, n))
     cy = col(rng.uniform(-0.05, 0.05, n))
@@ -198,10 +263,11 @@ def _xray_chunk(opacity: np.ndarray, h: int, w: int, rng: np.random.Generator) -
     side = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     bx = col(cx[:, 0] + side * lung_dx[:, 0] + rng.uniform(-0.1, 0.1, n))
     by = col(cy[:, 0] + rng.uniform(-0.3, 0.3, n))
-    radius = col(np.asarray(OPACITY_RADIUS)[np.asarray(opacity, np.int64)]
-                 * rng.uniform(0.9, 1.1, n))
-    r2 = ((x - bx) ** 2 + (y - by) ** 2) / np.maximum(radius ** 2, 1e-9)
-    blob = np.where(radius > 0, np.exp(-(r2 ** 2)), 0.0)          # soft-edged disc
+    radius = col(
+        np.asarray(OPACITY_RADIUS)[np.asarray(opacity, np.int64)] * rng.uniform(0.9, 1.1, n)
+    )
+    r2 = ((x - bx) ** 2 + (y - by) ** 2) / np.maximum(radius**2, 1e-9)
+    blob = np.where(radius > 0, np.exp(-(r2**2)), 0.0)  # soft-edged disc
     img = img + 1.5 * blob * np.maximum(lungs, 0.4)
     img = img * col(rng.uniform(0.9, 1.05, n)) + rng.normal(0.0, 0.03, img.shape)
     return np.clip(img, -1.0, 1.0).reshape(n, 1, h, w).astype(np.float32)

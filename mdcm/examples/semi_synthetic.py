@@ -12,7 +12,7 @@ pictures carry real-world nuisance (handwriting, anatomy).
 
 Both write the study folder through :func:`mdcm.data.save_study` and return an :class:`Example`
 whose ``study.path`` is that folder. Nothing here reads files; callers pass arrays (see
-:func:`mdcm.data.read_mnist_idx`, :func:`mdcm.data.read_medmnist_npz`).
+:func:`mdcm.readers.read_mnist_idx`, :func:`mdcm.readers.read_medmnist_npz`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ P_C_GIVEN_U = np.array([[0.8, 0.2], [0.2, 0.8]])
 P_LABEL_GIVEN_C = np.array([[0.75, 0.25], [0.3, 0.7]])
 
 
-def _pool(images: np.ndarray, labels: np.ndarray, wanted: tuple[int, ...], what: str
-          ) -> list[np.ndarray]:
+def _pool(
+    images: np.ndarray, labels: np.ndarray, wanted: tuple[int, ...], what: str
+) -> list[np.ndarray]:
     images, labels = np.asarray(images), np.asarray(labels).reshape(-1)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-        raise DataError(f"{what}: expected uint8 images (N, H, W[, C]) and N labels, got "
-                        f"{images.dtype} {images.shape} and {labels.shape}")
+        raise DataError(
+            f"{what}: expected uint8 images (N, H, W[, C]) and N labels, got "
+            f"{images.dtype} {images.shape} and {labels.shape}"
+        )
     out = []
     for lab in wanted:
         idx = np.flatnonzero(labels == lab)
@@ -61,9 +64,17 @@ def _downsample(a: np.ndarray, side: int | None) -> np.ndarray:
     return np.rint(b).astype(np.uint8)
 
 
-def build_mnist_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: Path | str,
-                          n: int = 4000, seed: int = 0, *, digits: tuple[int, ...] = (0, 1, 7),
-                          side: int | None = None, overwrite: bool = False) -> Example:
+def build_mnist_frontdoor(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path | str,
+    n: int = 4000,
+    seed: int = 0,
+    *,
+    digits: tuple[int, ...] = (0, 1, 7),
+    side: int | None = None,
+    overwrite: bool = False,
+) -> Example:
     """Colored-MNIST front-door study ``D -> I -> A; D <-> A`` over real handwritten digits.
 
     ``I.digit = j`` picks a uniformly random pool image with label ``digits[j]``; ``I.color``
@@ -78,9 +89,14 @@ def build_mnist_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: Path 
     if images.ndim != 3:
         raise DataError("MNIST pool: expected grayscale images (N, H, W)")
     shape = (3, images.shape[1], images.shape[2])
-    schema = Schema(CausalGraph.parse("D -> I -> A; D <-> A"),
-                    (Variable("D", "categorical", classes=3), Variable("I", "image", shape=shape),
-                     Variable("A", "categorical", classes=2)))
+    schema = Schema(
+        CausalGraph.parse("D -> I -> A; D <-> A"),
+        (
+            Variable("D", "categorical", classes=3),
+            Variable("I", "image", shape=shape),
+            Variable("A", "categorical", classes=2),
+        ),
+    )
 
     def render(feats, rng):
         digit = np.asarray(feats["I.digit"], np.int64)
@@ -90,29 +106,52 @@ def build_mnist_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: Path 
             pick[m] = rng.choice(pool, size=int(m.sum()))
         return colorize(images[pick], feats["I.color"], rng)
 
-    ex = make_example("mnist_frontdoor", schema, colored_digits.build_scm(), treatment="D",
-                      outcome="A", n=n, seed=seed,
-                      description=("Semi-synthetic front-door: a real MNIST digit (labels "
-                                   f"{tuple(digits)}), colorized, is the image mediator of "
-                                   "D -> A."),
-                      features={"I": {"I.color": 3, "I.digit": 3}}, renderers={"I": render})
+    ex = make_example(
+        "mnist_frontdoor",
+        schema,
+        colored_digits.build_scm(),
+        treatment="D",
+        outcome="A",
+        n=n,
+        seed=seed,
+        description=(
+            "Semi-synthetic front-door: a real MNIST digit (labels "
+            f"{tuple(digits)}), colorized, is the image mediator of "
+            "D -> A."
+        ),
+        features={"I": {"I.color": 3, "I.digit": 3}},
+        renderers={"I": render},
+    )
     path = save_study(ex.study, out_dir, overwrite=overwrite)
     return replace(ex, study=replace(ex.study, path=Path(path)))
 
 
 def build_pneumonia_scm() -> SCM:
-    return SCM((
-        Node("U", (), lambda: P_U, 2, "latent"),
-        Node("C", ("U",), table(P_C_GIVEN_U), 2),
-        Node("X.label", ("C",), table(P_LABEL_GIVEN_C), 2, "feature"),
-        Node("N", ("X.label", "U"),
-             lambda lab, u: bernoulli(sigmoid(-1.8 + 2.0 * lab + 2.2 * u)), 2),
-    ))
+    return SCM(
+        (
+            Node("U", (), lambda: P_U, 2, "latent"),
+            Node("C", ("U",), table(P_C_GIVEN_U), 2),
+            Node("X.label", ("C",), table(P_LABEL_GIVEN_C), 2, "feature"),
+            Node(
+                "N",
+                ("X.label", "U"),
+                lambda lab, u: bernoulli(sigmoid(-1.8 + 2.0 * lab + 2.2 * u)),
+                2,
+            ),
+        )
+    )
 
 
-def build_pneumonia_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: Path | str,
-                              n: int = 4000, seed: int = 0, *, side: int | None = None,
-                              overwrite: bool = False) -> Example:
+def build_pneumonia_frontdoor(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path | str,
+    n: int = 4000,
+    seed: int = 0,
+    *,
+    side: int | None = None,
+    overwrite: bool = False,
+) -> Example:
     """X-ray front-door study ``C -> X -> N; C <-> N`` over real chest X-rays.
 
     ``C`` (driven by a hidden ``U``) shifts the odds of the X-ray's label (P(label=1 | C) = 0.25,
@@ -122,9 +161,14 @@ def build_pneumonia_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: P
     images = _downsample(np.asarray(images), side)
     pools = _pool(images, labels, (0, 1), "X-ray pool")
     shape = (1, *images.shape[1:3]) if images.ndim == 3 else (images.shape[3], *images.shape[1:3])
-    schema = Schema(CausalGraph.parse("C -> X -> N; C <-> N"),
-                    (Variable("C", "categorical", classes=2), Variable("X", "image", shape=shape),
-                     Variable("N", "categorical", classes=2)))
+    schema = Schema(
+        CausalGraph.parse("C -> X -> N; C <-> N"),
+        (
+            Variable("C", "categorical", classes=2),
+            Variable("X", "image", shape=shape),
+            Variable("N", "categorical", classes=2),
+        ),
+    )
 
     def render(feats, rng):
         lab = np.asarray(feats["X.label"], np.int64)
@@ -135,10 +179,20 @@ def build_pneumonia_frontdoor(images: np.ndarray, labels: np.ndarray, out_dir: P
         a = images[pick].astype(np.float32) / 127.5 - 1.0
         return a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)
 
-    ex = make_example("pneumonia_frontdoor", schema, build_pneumonia_scm(), treatment="C",
-                      outcome="N", n=n, seed=seed,
-                      description=("Semi-synthetic front-door: a real chest X-ray chosen by its "
-                                   "label (pneumonia or not) is the image mediator of C -> N."),
-                      features={"X": {"X.label": 2}}, renderers={"X": render})
+    ex = make_example(
+        "pneumonia_frontdoor",
+        schema,
+        build_pneumonia_scm(),
+        treatment="C",
+        outcome="N",
+        n=n,
+        seed=seed,
+        description=(
+            "Semi-synthetic front-door: a real chest X-ray chosen by its "
+            "label (pneumonia or not) is the image mediator of C -> N."
+        ),
+        features={"X": {"X.label": 2}},
+        renderers={"X": render},
+    )
     path = save_study(ex.study, out_dir, overwrite=overwrite)
     return replace(ex, study=replace(ex.study, path=Path(path)))

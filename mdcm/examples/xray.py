@@ -16,8 +16,10 @@ from ._scm import SCM, Example, Node, bernoulli, make_example, sigmoid, table
 from .draw import OPACITY_NAMES, render_xray
 
 NAME = "xray"
-DESCRIPTION = ("Front-door with a chest-X-ray-like image: C shifts the lung opacity seen in X, the "
-               "finding N reads the opacity; a hidden U drives both C and N.")
+DESCRIPTION = (
+    "Front-door with a chest-X-ray-like image: C shifts the lung opacity seen in X, the "
+    "finding N reads the opacity; a hidden U drives both C and N."
+)
 SHAPES = {"cpu": (1, 16, 16), "gpu": (1, 28, 28)}
 
 P_U = np.array([[0.5, 0.5]])
@@ -31,28 +33,45 @@ def p_n(opacity: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def build_scm() -> SCM:
-    return SCM((
-        Node("U", (), lambda: P_U, 2, "latent"),
-        Node("C", ("U",), table(P_C_GIVEN_U), 2),
-        Node("X.opacity", ("C",), table(P_OPACITY_GIVEN_C), 3, "feature"),
-        Node("N", ("X.opacity", "U"), p_n, 2),
-    ))
+    return SCM(
+        (
+            Node("U", (), lambda: P_U, 2, "latent"),
+            Node("C", ("U",), table(P_C_GIVEN_U), 2),
+            Node("X.opacity", ("C",), table(P_OPACITY_GIVEN_C), 3, "feature"),
+            Node("N", ("X.opacity", "U"), p_n, 2),
+        )
+    )
 
 
-def build(size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None,
-          **options) -> Example:
+def build(
+    size: str = "cpu", n: int | None = None, seed: int = 0, variant: str | None = None, **options
+) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
     shape = SHAPES[size]
     n = n if n is not None else (4000 if size == "cpu" else 20000)
-    schema = Schema(CausalGraph.parse("C -> X -> N; C <-> N"),
-                    (Variable("C", "categorical", classes=2), Variable("X", "image", shape=shape),
-                     Variable("N", "categorical", classes=2)))
+    schema = Schema(
+        CausalGraph.parse("C -> X -> N; C <-> N"),
+        (
+            Variable("C", "categorical", classes=2),
+            Variable("X", "image", shape=shape),
+            Variable("N", "categorical", classes=2),
+        ),
+    )
 
     def render(feats, rng):
         return render_xray(feats["X.opacity"], shape, rng)
 
-    return make_example(NAME, schema, build_scm(), treatment="C", outcome="N",
-                        description=DESCRIPTION + f" Opacity classes: {', '.join(OPACITY_NAMES)}.",
-                        n=n, seed=seed, features={"X": {"X.opacity": 3}},
-                        renderers={"X": render}, **options)
+    return make_example(
+        NAME,
+        schema,
+        build_scm(),
+        treatment="C",
+        outcome="N",
+        description=DESCRIPTION + f" Opacity classes: {', '.join(OPACITY_NAMES)}.",
+        n=n,
+        seed=seed,
+        features={"X": {"X.opacity": 3}},
+        renderers={"X": render},
+        **options,
+    )

@@ -17,8 +17,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the Chromium tooling lives next to the browser tests
 
-from mdcm_app.serve import launch_chromium, streamlit_server, wait_idle  # noqa: E402
+from serve import launch_chromium, streamlit_server, wait_idle  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "screenshots"
 TITLES = {

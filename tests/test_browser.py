@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mdcm_app.serve import CHROMIUM, launch_chromium, streamlit_server, wait_idle
+from serve import CHROMIUM, launch_chromium, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 

@@ -275,50 +275,33 @@ def cmd_train(args: argparse.Namespace) -> int:
             given[key] = json.loads(text)
         except json.JSONDecodeError:
             given[key] = text
-    if recorder is not None and not (args.study or args.example):
-        if not (recorder.run_dir / runs.RUN_JSON).is_file():
-            raise CliError(
-                f"--run-dir {args.run_dir}: no run.json; give --study or --example "
-                "to start a new run there"
-            )
-        cfg = recorder.config()
-        cfg["train"] = {**cfg.get("train", {}), **given}
-        had = (cfg.get("model") or {}).get("image_net", "auto")
-        if args.image_net and args.image_net != had:
-            raise CliError(
-                f"--image-net {args.image_net}: this run's model was built with "
-                f"image_net={had}; start a new run to change it"
-            )
-    else:
+    new_cfg = None
+    if not (recorder is not None and not (args.study or args.example)):
         if bool(args.study) == bool(args.example):
             raise CliError("give exactly one of --study DIR and --example NAME")
-        cfg = {"plan": args.plan, "train": given}
+        new_cfg = {"plan": args.plan, "train": given}
         if args.image_net:
-            cfg["model"] = {"image_net": args.image_net}
+            new_cfg["model"] = {"image_net": args.image_net}
         if args.example:
-            cfg["example"] = {
+            new_cfg["example"] = {
                 "name": args.example,
                 "size": args.size,
                 "n": args.n,
                 "seed": args.data_seed,
             }
         else:
-            cfg["study_dir"] = str(Path(args.study).resolve())
-        if recorder is not None:
-            rd = recorder.run_dir
-            if (rd / runs.RUN_JSON).is_file():
-                if not args.resume:
-                    raise CliError(
-                        f"--run-dir {args.run_dir} already holds a run; "
-                        "add --resume or pick a new folder"
-                    )
-            else:
-                rid = runs.validate_run_id(rd.name)
-                if rd.is_dir() and not any(rd.iterdir()):
-                    rd.rmdir()  # an empty folder made by the user
-                elif rd.exists():
-                    raise CliError(f"--run-dir {args.run_dir} exists and is not a run folder")
-                runs.create_run(rd.parent, cfg, run_id=rid)
+            new_cfg["study_dir"] = str(Path(args.study).resolve())
+    if recorder is not None:
+        cfg = runs.attach_run(
+            recorder.run_dir,
+            new_cfg,
+            resume=bool(args.resume),
+            train_overrides=given,
+            image_net=args.image_net,
+        )
+    else:
+        assert new_cfg is not None
+        cfg = new_cfg
     if cfg.get("plan", "modular") not in ("modular", "joint"):
         raise CliError(f"unknown plan {cfg.get('plan')!r}; use modular or joint")
     out = Path(args.out) if args.out else (recorder.model_dir if recorder else None)
@@ -332,25 +315,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and ckpt is None:
         raise CliError("--resume needs --run-dir or --checkpoint-dir")
 
-    if recorder is not None:
-        info = runs.run_status(recorder.run_dir)
-        if info.status == "running" and info.pid not in (None, os.getpid()):
-            raise CliError(f"run {info.run_id} is already being trained by process {info.pid}")
-        recorder.mark_running()
-    try:
+    if recorder is None:
         with _StopSignals() as signals:
-            return _train(args, cfg, out, ckpt, recorder, signals)
-    except BaseException as exc:
-        if recorder is not None:
-            if isinstance(exc, KeyboardInterrupt):
-                recorder.finish("stopped", "interrupted by the user")
-            else:
-                msg = _one_line(exc)
-                recorder.on_event(
-                    {"kind": "error", "stage": -1, "step": 0, "elapsed_s": 0.0, "message": msg}
-                )
-                recorder.finish("failed", msg)
-        raise
+            return _train(args, cfg, out, ckpt, None, signals)
+    with recorder.training(_one_line), _StopSignals() as signals:
+        return _train(args, cfg, out, ckpt, recorder, signals)
 
 
 class _StopSignals:
@@ -886,7 +855,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         "mdcm.variables": "SchemaError",
         "mdcm.plan": "PlanError",
         "mdcm.identify": "IdentificationError",
-        "mdcm.data": "DataError",
+        "mdcm.limits": "DataError",
         "mdcm.model": "ModelFileError",
         "mdcm.train": "TrainingError",
         "mdcm.runs": "RunError",

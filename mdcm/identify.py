@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _callable_module
 from .graph import CausalGraph
 
 __all__ = [
@@ -668,3 +669,6 @@ def identify(
         return Identification(False, None, reason, witness=(fail.d_i,))
     via = ", ".join(f"Q[{_list(d_i, graph)}] from {_regime_text(r, graph)}" for d_i, r in used)
     return done(normalise(p), f"identified by gID (Lee, Correa & Bareinboim 2019): {via}{idc_note}")
+
+
+_callable_module(__name__)  # mdcm.identify(...) works whether mdcm.identify is the module or not

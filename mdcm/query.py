@@ -195,6 +195,19 @@ def sample_interventional(
     return out, rate
 
 
+def sample(
+    model: DCM,
+    n: int,
+    do: Mapping[str, Any] | None = None,
+    *,
+    given: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """``n`` samples of every variable from P(V | do(...)[, given]) (``mdcm.sample``): categorical
+    int64 ``(n,)``, continuous ``(n, d)``, images ``(n, C, H, W)`` in [-1, 1]."""
+    return sample_interventional(model, n, do, given=given, seed=seed)[0]
+
+
 def interventional_distribution(
     model: DCM,
     outcome: str,

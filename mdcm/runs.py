@@ -28,7 +28,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = [
     "RunInfo",
     "RunRecorder",
     "append_event",
+    "attach_run",
     "create_run",
     "default_root",
     "list_runs",
@@ -583,6 +584,53 @@ def resume_run(run_dir: Path | str) -> RunInfo:
     return run_status(run_dir)
 
 
+def attach_run(
+    run_dir: Path | str,
+    config: Mapping[str, Any] | None,
+    *,
+    resume: bool = False,
+    train_overrides: Mapping[str, Any] | None = None,
+    image_net: str | None = None,
+) -> dict:
+    """The config of the run a ``mdcm train --run-dir RUN`` process is about to train.
+
+    Without ``config``: the run already in ``run_dir`` (its run.json), with ``train_overrides``
+    on top of its training settings; ``image_net``, when given, must be the one the run's model
+    was built with. With ``config``: a new run created in ``run_dir`` (which must be missing or
+    empty), or — with ``resume`` — the run already there. Refusals are :class:`RunError` s.
+    """
+    run_dir = Path(run_dir)
+    exists = (run_dir / RUN_JSON).is_file()
+    if config is None:
+        if not exists:
+            raise RunError(
+                f"--run-dir {run_dir}: no {RUN_JSON}; give --study or --example to start a new "
+                "run there"
+            )
+        cfg = dict(_read_run_json(run_dir).get("config", {}))
+        cfg["train"] = {**cfg.get("train", {}), **dict(train_overrides or {})}
+        had = (cfg.get("model") or {}).get("image_net", "auto")
+        if image_net and image_net != had:
+            raise RunError(
+                f"--image-net {image_net}: this run's model was built with image_net={had}; "
+                "start a new run to change it"
+            )
+        return cfg
+    if exists:
+        if not resume:
+            raise RunError(
+                f"--run-dir {run_dir} already holds a run; add --resume or pick a new folder"
+            )
+        return dict(config)
+    rid = validate_run_id(run_dir.name)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # an empty folder made by the user
+    elif run_dir.exists():
+        raise RunError(f"--run-dir {run_dir} exists and is not a run folder")
+    create_run(run_dir.parent, config, run_id=rid)
+    return dict(config)
+
+
 # ---------------------------------------------------------------------- the run process's side
 class RunRecorder:
     """Used inside the training process: records status, events, stop requests and errors.
@@ -637,6 +685,27 @@ class RunRecorder:
 
     def should_stop(self) -> bool:
         return self._terminated or (self.run_dir / STOP_FLAG).exists()
+
+    @contextlib.contextmanager
+    def training(self, describe: Callable[[BaseException], str] = str) -> Iterator[None]:
+        """Hold the run as ``running`` by this process while the block trains. An exception
+        marks it ``failed`` with ``describe(exc)`` (Ctrl-C: ``stopped``) and is re-raised.
+        Refuses a run that another live process is training."""
+        info = run_status(self.run_dir)
+        if info.status == "running" and info.pid not in (None, os.getpid()):
+            raise RunError(f"run {info.run_id} is already being trained by process {info.pid}")
+        self.mark_running()
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish("stopped", "interrupted by the user")
+            raise
+        except BaseException as exc:
+            msg = describe(exc)
+            event = {"kind": "error", "stage": -1, "step": 0, "elapsed_s": 0.0, "message": msg}
+            self.on_event(event)
+            self.finish("failed", msg)
+            raise
 
     def finish(self, status: str, message: str = "") -> None:
         if status not in TERMINAL:

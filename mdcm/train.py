@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints
+from . import _callable_module, checkpoints
 from .data import Dataset, Study
 from .fitcheck import FitCheck, stop_reason
 from .model import DCM
@@ -1089,3 +1089,6 @@ def _finite(loss: torch.Tensor, what: str) -> None:
 def _plan_json(plan: Plan) -> Any:
     """The plan as it reads back from a checkpoint's JSON (lists, not tuples)."""
     return json.loads(json.dumps(plan.to_json()))
+
+
+_callable_module(__name__)  # mdcm.train(...) works whether mdcm.train is the module or not

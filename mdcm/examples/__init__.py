@@ -26,13 +26,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import backdoor, bow, colored_digits, napkin, xray
+from . import (
+    backdoor,
+    bow,
+    colored_digits,
+    experiment,
+    frontdoor_continuous,
+    napkin,
+    two_images,
+    xray,
+)
 from ._scm import SCM, Example, Node
 from .semi_synthetic import build_mnist_frontdoor, build_pneumonia_frontdoor
 
 __all__ = [
     "EXAMPLES",
     "SIZES",
+    "DEFAULT_ROWS",
+    "default_rows",
     "Example",
     "Node",
     "SCM",
@@ -42,9 +53,34 @@ __all__ = [
     "build_pneumonia_frontdoor",
 ]
 
-_MODULES = {m.NAME: m for m in (colored_digits, xray, napkin, backdoor, bow)}
+_MODULES = {
+    m.NAME: m
+    for m in (
+        colored_digits,
+        xray,
+        napkin,
+        backdoor,
+        bow,
+        frontdoor_continuous,
+        experiment,
+        two_images,
+    )
+}
 EXAMPLES: dict[str, str] = {name: m.DESCRIPTION for name, m in _MODULES.items()}
-SIZES = ("cpu", "gpu")
+#: the size ladder of the image examples: "cpu" (colored digits 3x14x14, X-ray 1x16x16), then
+#: side lengths 64, 128 and 256 px, each rendered at that size (never upscaled), with the same
+#: generating SCM and so the same exact truth; "gpu" (28 px) is kept for older scripts and runs.
+SIZES = ("cpu", "64", "128", "256", "gpu")
+#: default observational rows per size (image examples; label-only examples: 4000, "gpu" 20000)
+DEFAULT_ROWS = {"cpu": 4000, "64": 8000, "128": 8000, "256": 4000, "gpu": 20000}
+IMAGE_EXAMPLES = ("colored_digits", "xray")
+
+
+def default_rows(name: str, size: str) -> int:
+    """The default ``n`` of :func:`load_example` for example ``name`` at ``size``."""
+    if name in IMAGE_EXAMPLES:
+        return DEFAULT_ROWS[size]
+    return 20000 if size == "gpu" else 4000
 
 
 def load_example(
@@ -59,18 +95,20 @@ def load_example(
 ) -> Example:
     """Generate the built-in study ``name`` (``n`` observational rows drawn with ``seed``).
 
-    ``size="cpu"`` uses small images (colored digits 3x14x14, X-ray 1x16x16), ``"gpu"`` 28x28;
-    the default ``n`` is 4000 (cpu) or 20000 (gpu). ``interventions=[{"X": 1}]`` adds
+    ``size="cpu"`` uses small images (colored digits 3x14x14, X-ray 1x16x16); ``"64"``,
+    ``"128"`` and ``"256"`` render the same study at that side length, ``"gpu"`` at 28x28 (see
+    :data:`SIZES`; the default ``n`` is :func:`default_rows`). ``interventions=[{"X": 1}]`` adds
     interventional datasets (``do_X=1``) of ``n_interventional`` rows (default ``n``).
     ``variant="reveal"`` (colored_digits only) makes the image reveal the treatment.
     """
     if name not in _MODULES:
         raise ValueError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
+    size = str(size)
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; use 'cpu' or 'gpu'")
+        raise ValueError(f"unknown size {size!r}; use one of {', '.join(SIZES)}")
     return _MODULES[name].build(
         size=size,
-        n=n,
+        n=n if n is not None else default_rows(name, size),
         seed=seed,
         variant=variant,
         interventions=interventions,

@@ -50,13 +50,24 @@ def table(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 @dataclass(frozen=True)
 class Node:
-    """One SCM node. ``classes=None`` marks a standard normal root (a continuous variable)."""
+    """One SCM node. ``classes=None`` marks a continuous node: a standard normal root, or, with
+    ``fn``, a deterministic function of its parents (``fn(*parent arrays) -> (M,)``; its noise is
+    a standard normal root of its own, so the whole model stays enumerable)."""
 
     name: str
     parents: tuple[str, ...]
     cpt: Callable[..., np.ndarray] | None  # parent arrays (M,) -> probabilities (M, classes)
     classes: int | None
     role: str = "observed"  # "observed" | "latent" | "feature"
+    fn: Callable[..., np.ndarray] | None = None
+
+
+def _randomised(node: Node) -> Node:
+    """``node`` set by the experimenter uniformly at random, row by row (``"do": {"W": null}``)."""
+    if node.classes is None:
+        raise ValueError(f"{node.name}: only categorical variables can be randomised")
+    k = node.classes
+    return Node(node.name, (), lambda: np.full((1, k), 1.0 / k), k, node.role)
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,10 @@ class SCM:
             missing = [p for p in node.parents if p not in seen]
             if missing:
                 raise ValueError(f"node {node.name}: parent(s) {missing} must come first")
-            if node.classes is None and (node.parents or node.cpt is not None):
-                raise ValueError(f"node {node.name}: a normal node must be a root without a CPT")
+            if node.classes is None and node.cpt is not None:
+                raise ValueError(f"node {node.name}: a continuous node has no CPT")
+            if node.classes is None and node.parents and node.fn is None:
+                raise ValueError(f"node {node.name}: a normal node must be a root (or have fn)")
             seen.add(node.name)
 
     def node(self, name: str) -> Node:
@@ -92,10 +105,15 @@ class SCM:
         w = np.ones(1)
         for node in self.nodes:
             m = len(w)
-            if node.name in do:
+            if node.name in do and do[node.name] is None:  # randomised by the experimenter
+                node = _randomised(node)
+            elif node.name in do:
                 vals[node.name] = np.full(
                     m, do[node.name], dtype=np.float64 if node.classes is None else np.int64
                 )
+                continue
+            if node.fn is not None:
+                vals[node.name] = np.asarray(node.fn(*[vals[q] for q in node.parents]), float)
                 continue
             if node.classes is None:
                 x, q = np.polynomial.hermite_e.hermegauss(GH_DEGREE)
@@ -134,6 +152,27 @@ class SCM:
             raise ValueError(f"the event {dict(given or {})} has probability 0")
         return np.bincount(vals[outcome], weights=w, minlength=node.classes) / total
 
+    def moments(
+        self,
+        outcome: str,
+        do: Mapping[str, object] | None = None,
+        given: Mapping[str, int] | None = None,
+    ) -> tuple[float, float]:
+        """Exact (mean, standard deviation) of a continuous ``outcome`` under ``do``, given
+        categorical ``given`` (Gauss–Hermite nodes integrate the normal noise exactly for the
+        polynomial mechanisms of the built-ins)."""
+        if self.node(outcome).classes is not None:
+            raise ValueError(f"{outcome!r} is categorical; use marginal() for its distribution")
+        vals, w = self.enumerate(do)
+        for name, value in (given or {}).items():
+            w = w * (vals[name] == value)
+        total = w.sum()
+        if total <= 0:
+            raise ValueError(f"the event {dict(given or {})} has probability 0")
+        x = vals[outcome]
+        mean = float((w * x).sum() / total)
+        return mean, float(np.sqrt(max((w * (x - mean) ** 2).sum() / total, 0.0)))
+
     # -------------------------------------------------------------- sampling
     def sample(
         self, n: int, do: Mapping[str, object] | None, rng: np.random.Generator
@@ -141,10 +180,14 @@ class SCM:
         do = dict(do or {})
         out: dict[str, np.ndarray] = {}
         for node in self.nodes:
-            if node.name in do:
+            if node.name in do and do[node.name] is None:  # randomised by the experimenter
+                node = _randomised(node)
+            if node.name in do and do[node.name] is not None:
                 out[node.name] = np.full(
                     n, do[node.name], dtype=np.float64 if node.classes is None else np.int64
                 )
+            elif node.fn is not None:
+                out[node.name] = np.asarray(node.fn(*[out[q] for q in node.parents]), float)
             elif node.classes is None:
                 out[node.name] = rng.standard_normal(n)
             else:
@@ -192,6 +235,9 @@ class Example:
             node = self.scm.node(name)
             if node.role == "latent":
                 raise ValueError(f"{what}: {name!r} is a hidden confounder")
+            if value is None and what == "do" and node.classes is not None:
+                out[name] = None  # randomised row by row
+                continue
             if node.classes is None:
                 if what != "do":
                     raise ValueError(
@@ -227,6 +273,14 @@ class Example:
         self._check_outcome(outcome)
         return self.scm.marginal(outcome, given=self._check_do(given, "given"))
 
+    def truth_mean(self, outcome: str, do: Mapping[str, object]) -> tuple[float, float]:
+        """Exact (E, SD) of a continuous ``outcome`` under ``do(...)``."""
+        return self.scm.moments(outcome, do=self._check_do(do))
+
+    def naive_mean(self, outcome: str, given: Mapping[str, int]) -> tuple[float, float]:
+        """Exact observational (E, SD) of a continuous ``outcome`` given categorical ``given``."""
+        return self.scm.moments(outcome, given=self._check_do(given, "given"))
+
     def sample(
         self, n: int, do: Mapping[str, int] | None = None, seed: int = 0, *, render: bool = True
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -248,7 +302,9 @@ class Example:
                     feats = {f: vals[f] for f in self.feature_names[var.name]}
                     img = self.renderers[var.name](feats, rng)
                     # quantise to the 8-bit PNG grid so that save_study/load_study round-trips
-                    columns[var.name] = uint8_to_images(images_to_uint8(img))
+                    # (renderers may return uint8 pixels directly: large images, less memory)
+                    px = img if img.dtype == np.uint8 else images_to_uint8(img)
+                    columns[var.name] = uint8_to_images(px)
             elif var.kind == "continuous":
                 columns[var.name] = vals[var.name].astype(np.float32).reshape(n, 1)
             else:
@@ -306,7 +362,7 @@ def make_example(
         do = proto._check_do(do)
         sub_seed = int(np.random.SeedSequence([seed, i + 1]).generate_state(1)[0])
         cols, _ = proto.sample(n_interventional or n, do=do, seed=sub_seed)
-        name = "do_" + ",".join(f"{k}={v}" for k, v in do.items())
+        name = "do_" + ",".join(f"{k}={'random' if v is None else v}" for k, v in do.items())
         datasets.append(Dataset(name, cols, do))
     study = Study(schema, tuple(datasets), path)
     return replace(proto, study=study)

@@ -25,7 +25,14 @@ DESCRIPTION = (
     "attribute A reads the image; a hidden U drives both D and A."
 )
 DIGITS = (0, 1, 7)
-SHAPES = {"cpu": (3, 14, 14), "gpu": (3, 28, 28)}
+#: image shape per size of the ladder (mdcm.examples.SIZES); "gpu" is the older name of 28 px
+SHAPES = {
+    "cpu": (3, 14, 14),
+    "gpu": (3, 28, 28),
+    "64": (3, 64, 64),
+    "128": (3, 128, 128),
+    "256": (3, 256, 256),
+}
 
 P_U = np.array([[0.5, 0.5]])
 P_D_GIVEN_U = np.array([[0.65, 0.25, 0.10], [0.10, 0.25, 0.65]])
@@ -59,20 +66,24 @@ def build(
 ) -> Example:
     if variant not in (None, "reveal"):
         raise ValueError(f"{NAME}: unknown variant {variant!r}; use None or 'reveal'")
+    if size not in SHAPES:
+        raise ValueError(f"{NAME}: unknown size {size!r}; use one of {', '.join(SHAPES)}")
     shape = SHAPES[size]
     n = n if n is not None else (4000 if size == "cpu" else 20000)
     graph = CausalGraph.parse("D -> I -> A; D <-> A")
     schema = Schema(
         graph,
         (
-            Variable("D", "categorical", classes=3),
-            Variable("I", "image", shape=shape),
-            Variable("A", "categorical", classes=2),
+            Variable("D", "categorical", classes=3, label="class"),
+            Variable("I", "image", shape=shape, label="image"),
+            Variable(
+                "A", "categorical", classes=2, label="attribute", values=("absent", "present")
+            ),
         ),
     )
 
     def render(feats, rng):
-        return render_digits(feats["I.digit"], feats["I.color"], DIGITS, shape, rng)
+        return render_digits(feats["I.digit"], feats["I.color"], DIGITS, shape, rng, as_uint8=True)
 
     desc = DESCRIPTION + f" Colors {', '.join(COLOR_NAMES)}; digits {DIGITS}."
     if variant == "reveal":

@@ -20,7 +20,14 @@ DESCRIPTION = (
     "Front-door with a chest-X-ray-like image: C shifts the lung opacity seen in X, the "
     "finding N reads the opacity; a hidden U drives both C and N."
 )
-SHAPES = {"cpu": (1, 16, 16), "gpu": (1, 28, 28)}
+#: image shape per size of the ladder (mdcm.examples.SIZES); "gpu" is the older name of 28 px
+SHAPES = {
+    "cpu": (1, 16, 16),
+    "gpu": (1, 28, 28),
+    "64": (1, 64, 64),
+    "128": (1, 128, 128),
+    "256": (1, 256, 256),
+}
 
 P_U = np.array([[0.5, 0.5]])
 P_C_GIVEN_U = np.array([[0.8, 0.2], [0.2, 0.8]])
@@ -48,19 +55,23 @@ def build(
 ) -> Example:
     if variant is not None:
         raise ValueError(f"{NAME}: unknown variant {variant!r}")
+    if size not in SHAPES:
+        raise ValueError(f"{NAME}: unknown size {size!r}; use one of {', '.join(SHAPES)}")
     shape = SHAPES[size]
     n = n if n is not None else (4000 if size == "cpu" else 20000)
     schema = Schema(
         CausalGraph.parse("C -> X -> N; C <-> N"),
         (
-            Variable("C", "categorical", classes=2),
-            Variable("X", "image", shape=shape),
-            Variable("N", "categorical", classes=2),
+            Variable("C", "categorical", classes=2, label="symptom", values=("absent", "present")),
+            Variable("X", "image", shape=shape, label="chest X-ray"),
+            Variable(
+                "N", "categorical", classes=2, label="diagnosis", values=("negative", "positive")
+            ),
         ),
     )
 
     def render(feats, rng):
-        return render_xray(feats["X.opacity"], shape, rng)
+        return render_xray(feats["X.opacity"], shape, rng, as_uint8=True)
 
     return make_example(
         NAME,

@@ -6,6 +6,12 @@ A :class:`Variable` says what values one node of the causal graph takes:
 * ``continuous``: a float vector of length ``shape[0]`` (a scalar is ``shape == (1,)``);
 * ``image``: a float array ``shape == (C, H, W)`` with values in ``[-1, 1]`` (C is 1 or 3).
 
+Every variable may also carry words for people (all optional, so old ``study.json`` files stay
+valid): a ``label`` ("diagnosis"), one name per class for a categorical variable (``values``:
+``["negative", "positive"]``) and a one-line ``description``. They never change what a model is
+trained on (:meth:`Schema.to_json` with ``descriptions=False`` leaves them out); the app and
+:mod:`mdcm.explain` use them in every sentence, chart and table.
+
 A :class:`Schema` is a graph plus one variable per node. This module is pure (no torch, no IO), so
 the planner and the command line stay fast.
 """
@@ -21,6 +27,8 @@ Kind = Literal["categorical", "continuous", "image"]
 KINDS: tuple[str, ...] = ("categorical", "continuous", "image")
 MAX_CLASSES = 1000
 MAX_IMAGE_SIDE = 512
+MAX_LABEL = 60  # characters of a variable's label and of each class name
+MAX_DESCRIPTION = 300
 
 
 class SchemaError(ValueError):
@@ -33,6 +41,9 @@ class Variable:
     kind: Kind
     classes: int | None = None
     shape: tuple[int, ...] = (1,)
+    label: str | None = None  # words for people: "diagnosis"
+    values: tuple[str, ...] | None = None  # categorical: one name per class
+    description: str | None = None  # one line: what the variable measures
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,6 +75,49 @@ class Variable:
                     f"1 or 3 and 4 <= H, W <= {MAX_IMAGE_SIDE}, "
                     f"got {list(self.shape)}"
                 )
+        self._check_words()
+
+    def _check_words(self) -> None:
+        for what, text, most in (
+            ("label", self.label, MAX_LABEL),
+            ("description", self.description, MAX_DESCRIPTION),
+        ):
+            if text is not None and (
+                not isinstance(text, str) or not text.strip() or len(text) > most or "\n" in text
+            ):
+                raise SchemaError(
+                    f"variable {self.name!r}: '{what}' must be one line of 1 to {most} "
+                    f"characters, got {text!r:.80}"
+                )
+        if self.values is None:
+            return
+        if self.kind != "categorical":
+            raise SchemaError(
+                f"variable {self.name!r}: only a categorical variable has 'values' (class "
+                f"names); {self.name} is {self.kind}"
+            )
+        vals = self.values
+        if isinstance(vals, str) or not all(isinstance(v, str) for v in vals):
+            raise SchemaError(f"variable {self.name!r}: 'values' must be a list of class names")
+        vals = tuple(v.strip() for v in vals)
+        if len(vals) != self.classes:
+            raise SchemaError(
+                f"variable {self.name!r}: 'values' names {len(vals)} classes but the variable "
+                f"has {self.classes}"
+            )
+        bad = [v for v in vals if not v or len(v) > MAX_LABEL or "\n" in v]
+        if bad or len(set(vals)) != len(vals):
+            raise SchemaError(
+                f"variable {self.name!r}: class names must be distinct, one line of 1 to "
+                f"{MAX_LABEL} characters each, got {list(vals)}"
+            )
+        object.__setattr__(self, "values", vals)
+
+    def value_name(self, value: int) -> str | None:
+        """The class name of a categorical value (None when the study names no classes)."""
+        if self.values is None or not 0 <= int(value) < len(self.values):
+            return None
+        return self.values[int(value)]
 
     @property
     def width(self) -> int:
@@ -73,22 +127,44 @@ class Variable:
             n *= s
         return n
 
-    def to_json(self) -> dict:
+    def to_json(self, descriptions: bool = True) -> dict:
+        """The ``study.json`` entry; ``descriptions=False`` keeps only what training depends on."""
         if self.kind == "categorical":
-            return {"kind": "categorical", "classes": self.classes}
-        return {"kind": self.kind, "shape": list(self.shape)}
+            out: dict = {"kind": "categorical", "classes": self.classes}
+        else:
+            out = {"kind": self.kind, "shape": list(self.shape)}
+        if descriptions:
+            for key in ("label", "values", "description"):
+                val = getattr(self, key)
+                if val is not None:
+                    out[key] = list(val) if key == "values" else val
+        return out
 
     @classmethod
     def from_json(cls, name: str, data: dict) -> Variable:
         if not isinstance(data, dict) or "kind" not in data:
             raise SchemaError(f"variable {name!r}: expected an object with a 'kind'")
         kind = data["kind"]
+        words = {k: data.get(k) for k in ("label", "description")}
+        values = data.get("values")
+        if values is not None and not isinstance(values, list | tuple):
+            raise SchemaError(f"variable {name!r}: 'values' must be a list of class names")
         if kind == "categorical":
-            return cls(name, "categorical", classes=data.get("classes"))
+            return cls(
+                name,
+                "categorical",
+                classes=data.get("classes"),
+                values=None if values is None else tuple(values),
+                **words,
+            )
+        if values is not None:
+            raise SchemaError(
+                f"variable {name!r}: only a categorical variable has 'values' (class names)"
+            )
         shape = data.get("shape", [1])
         if not isinstance(shape, list | tuple) or not all(isinstance(s, int) for s in shape):
             raise SchemaError(f"variable {name!r}: 'shape' must be a list of integers")
-        return cls(name, kind, shape=tuple(shape))
+        return cls(name, kind, shape=tuple(shape), **words)
 
 
 @dataclass(frozen=True)
@@ -126,10 +202,24 @@ class Schema:
     def of_kind(self, kind: Kind) -> list[str]:
         return [v.name for v in self.variables if v.kind == kind]
 
-    def to_json(self) -> dict:
+    def same_structure(self, other: Schema) -> bool:
+        """Same variables, edges, kinds and shapes (what a trained model depends on); labels,
+        class names, descriptions and the order of declaration do not matter."""
+        a, b = self.graph, other.graph
+        return (
+            set(a.nodes) == set(b.nodes)
+            and a.directed == b.directed
+            and a.bidirected == b.bidirected
+            and {v.name: (v.kind, v.shape) for v in self.variables}
+            == {v.name: (v.kind, v.shape) for v in other.variables}
+        )
+
+    def to_json(self, descriptions: bool = True) -> dict:
+        """``study.json`` content; ``descriptions=False`` leaves out labels and class names (what
+        a trained model depends on, for comparisons)."""
         return {
             "graph": self.graph.to_text().replace("\n", "; "),
-            "variables": {v.name: v.to_json() for v in self.variables},
+            "variables": {v.name: v.to_json(descriptions) for v in self.variables},
         }
 
     @classmethod

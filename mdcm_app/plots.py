@@ -7,6 +7,7 @@ Images follow the library convention: float arrays (C, H, W) with values in [-1,
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -30,27 +31,23 @@ __all__ = [
     "to_uint8",
 ]
 
+log = logging.getLogger("mdcm_app")
+
 BLUE, ORANGE, GREEN, GREY = "#1d6fa5", "#f28e2b", "#59a14f", "#9aa5b1"
 
 
 def example_names() -> list[str]:
-    """Names of the built-in studies (from mdcm.examples when present)."""
-    try:
-        from mdcm.examples import EXAMPLES
+    """Names of the built-in studies."""
+    from mdcm.examples import EXAMPLES
 
-        return list(EXAMPLES)
-    except ImportError:
-        return ["colored_digits", "xray", "napkin", "backdoor", "bow"]
+    return list(EXAMPLES)
 
 
 def example_description(name: str) -> str:
     """The one-line description of a built-in study ("" when unknown)."""
-    try:
-        from mdcm.examples import EXAMPLES
+    from mdcm.examples import EXAMPLES
 
-        return str(EXAMPLES.get(name, ""))
-    except ImportError:
-        return ""
+    return str(EXAMPLES.get(name, ""))
 
 
 # ---------------------------------------------------------------------- images
@@ -94,17 +91,41 @@ def image_grid(
     return grid
 
 
-def image_to_array(data: bytes, shape: Sequence[int]) -> np.ndarray:
+def image_to_array(
+    data: bytes, shape: Sequence[int], name: str = "the uploaded file"
+) -> np.ndarray:
     """An uploaded PNG/JPEG resized to a model's image shape (C,H,W), values in [-1,1].
 
-    Raises ValueError naming the problem for a file that is not an image.
+    Raises ValueError naming the user's file (``name``) and, in words, what is wrong with it:
+    not an image (text or other data), an image too large to decode, a damaged image.
     """
+    from PIL import UnidentifiedImageError
+
+    from mdcm.limits import DEFAULT_LIMITS
+
     c, h, w = (int(s) for s in shape)
+    head = bytes(data[:512])
+    if not head:
+        raise ValueError(f"{name} is empty")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+        iw, ih = img.size
+        if iw * ih > DEFAULT_LIMITS.max_image_pixels:
+            raise ValueError(
+                f"{name} is {iw}x{ih} pixels, more than the limit of "
+                f"{DEFAULT_LIMITS.max_image_pixels} pixels; make it smaller first"
+            )
         img.load()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise ValueError(f"the uploaded file is not a readable image ({exc})") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        what = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "other data"
+        raise ValueError(
+            f"{name} is not a PNG or JPEG image (it holds {what}); upload a picture file"
+        ) from None
+    except (OSError, SyntaxError) as exc:
+        log.info("image %s cannot be decoded: %s", name, exc)
+        raise ValueError(
+            f"{name} could not be read as an image: the file is damaged or cut short"
+        ) from None
     img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     a = a[None] if c == 1 else np.transpose(a, (2, 0, 1))
@@ -162,7 +183,9 @@ def bar_png(
 
 
 # ---------------------------------------------------------------------- plotly
-def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
+def _layout(fig: go.Figure, title: str, height: int = 320, caveat: str | None = None) -> go.Figure:
+    if caveat:
+        title = f"{title}<br><sup style='color:#b45309'>{caveat}</sup>"
     fig.update_layout(
         title=title,
         height=height,
@@ -179,8 +202,11 @@ def distribution_figure(
     categories: Sequence[str],
     title: str,
     errors: Mapping[str, Sequence[float]] | None = None,
+    caveat: str | None = None,
 ) -> go.Figure:
-    """Grouped bars of categorical distributions (e.g. model under do() vs naive vs truth)."""
+    """Grouped bars of categorical distributions (e.g. model under do() vs naive vs truth);
+    ``errors`` are half-widths of 95% sampling intervals; ``caveat`` is printed under the title
+    (e.g. "not identifiable: one of many answers that fit the data")."""
     colors = [BLUE, ORANGE, GREEN, GREY]
     fig = go.Figure()
     for j, (name, vals) in enumerate(series.items()):
@@ -191,9 +217,12 @@ def distribution_figure(
             name=name,
             marker_color=colors[j % len(colors)],
             error_y={"type": "data", "array": list(map(float, err))} if err is not None else None,
+            hovertemplate="%{x}: %{y:.3f}"
+            + (" ± %{error_y.array:.3f} (95%, sampling noise only)" if err is not None else "")
+            + f"<extra>{name}</extra>",
         )
     fig.update_yaxes(title="probability", range=[0, 1.05])
-    return _layout(fig, title)
+    return _layout(fig, title, caveat=caveat)
 
 
 def marginal_figure(
@@ -202,16 +231,20 @@ def marginal_figure(
     kind: str,
     other: np.ndarray | None = None,
     labels: tuple[str, str] = ("real", "model"),
+    categories: Sequence[str] | None = None,
 ) -> go.Figure:
-    """A variable's marginal: bars for categorical, histogram for continuous (first dimension)."""
+    """A variable's marginal: bars for categorical (``categories`` names the classes),
+    histogram for continuous (first dimension)."""
     fig = go.Figure()
     if kind == "categorical":
         k = int(max(np.max(values), np.max(other) if other is not None else 0)) + 1
+        k = max(k, len(categories or ()))
+        names = list(categories or ()) + [str(i) for i in range(len(categories or ()), k)]
         for arr, lab, col in ((values, labels[0], BLUE), (other, labels[1], ORANGE)):
             if arr is None:
                 continue
             p = np.bincount(np.asarray(arr, dtype=np.int64), minlength=k) / max(1, len(arr))
-            fig.add_bar(x=[str(i) for i in range(k)], y=p, name=lab, marker_color=col)
+            fig.add_bar(x=names, y=p, name=lab, marker_color=col)
         fig.update_yaxes(title="probability")
     else:
         for arr, lab, col in ((values, labels[0], BLUE), (other, labels[1], ORANGE)):
@@ -237,8 +270,11 @@ def effect_figure(
     upper: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
     ytitle: str = "probability",
+    xtitle: str = "treatment value",
+    caveat: str | None = None,
 ) -> go.Figure:
-    """Lines across treatment values, with an interval band per series when given."""
+    """Lines across treatment values, with 95% sampling intervals per series when given;
+    ``caveat`` is printed under the title."""
     colors = [BLUE, ORANGE, GREEN, GREY]
     fig = go.Figure()
     xs = [str(v) for v in values]
@@ -268,8 +304,8 @@ def effect_figure(
                 line={"color": col, "dash": "dot" if j else "solid"},
             )
     fig.update_yaxes(title=ytitle)
-    fig.update_xaxes(title="treatment value", type="category")
-    return _layout(fig, title)
+    fig.update_xaxes(title=xtitle, type="category")
+    return _layout(fig, title, caveat=caveat)
 
 
 # ---------------------------------------------------------------------- home picture

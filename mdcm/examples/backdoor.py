@@ -36,9 +36,9 @@ def build(
     schema = Schema(
         CausalGraph.parse("Z -> X -> Y; Z -> Y"),
         (
-            Variable("Z", "continuous", shape=(1,)),
-            Variable("X", "categorical", classes=2),
-            Variable("Y", "categorical", classes=2),
+            Variable("Z", "continuous", shape=(1,), label="risk score"),
+            Variable("X", "categorical", classes=2, label="treatment", values=("no", "yes")),
+            Variable("Y", "categorical", classes=2, label="recovery", values=("no", "yes")),
         ),
     )
     return make_example(

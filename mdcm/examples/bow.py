@@ -37,7 +37,10 @@ def build(
     n = n if n is not None else (4000 if size == "cpu" else 20000)
     schema = Schema(
         CausalGraph.parse("X -> Y; X <-> Y"),
-        (Variable("X", "categorical", classes=2), Variable("Y", "categorical", classes=2)),
+        (
+            Variable("X", "categorical", classes=2, label="treatment", values=("no", "yes")),
+            Variable("Y", "categorical", classes=2, label="recovery", values=("no", "yes")),
+        ),
     )
     return make_example(
         NAME,

@@ -16,7 +16,7 @@ gets one of many consistent answers, and the result says so in ``warning``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "EffectRow",
     "EffectResult",
     "interventional_distribution",
+    "result_from_samples",
     "sample_interventional",
     "effect_table",
     "overlap_warning",
@@ -234,18 +235,47 @@ def interventional_distribution(
         if isinstance(exc, QueryError):
             raise
         raise QueryError(str(exc)) from None
+    return result_from_samples(
+        model,
+        outcome,
+        samples[outcome],
+        rate,
+        do,
+        given,
+        interventions=interventions,
+        keep_samples=keep_samples,
+        t0=t0,
+    )
+
+
+def result_from_samples(
+    model: DCM,
+    outcome: str,
+    y: Any,
+    rate: float = 1.0,
+    do: Mapping[str, Any] | None = None,
+    given: Mapping[str, int] | None = None,
+    *,
+    interventions: Iterable[Iterable[str]] = (),
+    keep_samples: bool = False,
+    t0: float | None = None,
+) -> QueryResult:
+    """The :class:`QueryResult` of samples ``y`` of ``outcome`` already drawn under ``do`` and
+    ``given`` (acceptance ``rate``): one draw can feed several outcomes, charts and tables."""
+    t0 = time.monotonic() if t0 is None else t0
+    do, given = dict(do or {}), dict(given or {})
     ident = identification(model.schema.graph, list(do), [outcome], list(given), interventions)
     warning = _verdict_warning(ident)
-    y = samples[outcome].cpu()
+    y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     var = model.schema[outcome]
     m = y.shape[0]
     probs = ci = mean = None
     if var.kind == "categorical":
-        probs = np.bincount(y.numpy(), minlength=var.classes) / max(m, 1)
+        probs = np.bincount(y.astype(np.int64), minlength=var.classes) / max(m, 1)
         half = 1.96 * np.sqrt(probs * (1 - probs) / max(m, 1))
         ci = np.stack([np.clip(probs - half, 0, 1), np.clip(probs + half, 0, 1)], 1)
     elif var.kind == "continuous":
-        yy = y.numpy().reshape(m, -1)
+        yy = y.reshape(m, -1)
         mean = yy.mean(0)
         half = 1.96 * yy.std(0, ddof=1) / np.sqrt(max(m, 2))
         ci = np.stack([mean - half, mean + half], 1)
@@ -262,7 +292,7 @@ def interventional_distribution(
         ident,
         warning,
         time.monotonic() - t0,
-        y.numpy() if keep_samples or var.kind == "image" else None,
+        y if keep_samples or var.kind == "image" else None,
     )
 
 
@@ -335,10 +365,14 @@ def effect_table(
     reference: int = 0,
     positive: int | None = None,
     check_overlap: bool = True,
+    results: Sequence[QueryResult] | None = None,
 ) -> EffectResult:
     """Per value x of a categorical ``treatment``: P(outcome | do(x)) with 95% intervals, the effect
     on P(outcome = positive) (default: the last class) against ``reference`` with a normal
-    interval (independent samples), and the naive P(outcome | X=x) from the observational data."""
+    interval (independent samples), and the naive P(outcome | X=x) from the observational data.
+
+    ``results`` (one :class:`QueryResult` per treatment value, in order) reuses answers already
+    drawn, so a table and a chart of the same query show the same numbers."""
     t0 = time.monotonic()
     _check_names(model, [treatment, outcome], "effect query")
     tvar, yvar = model.schema[treatment], model.schema[outcome]
@@ -356,12 +390,20 @@ def effect_table(
             raise QueryError(f"positive class {positive} is not a class of {outcome}")
     interventions = list(getattr(study, "interventions", []) or []) if study is not None else []
     obs = getattr(study, "observational", None) if study is not None else None
-    res = [
-        interventional_distribution(
-            model, outcome, {treatment: x}, n, seed + 101 * x, interventions=interventions
+    if results is not None and len(results) != tvar.classes:
+        raise QueryError(
+            f"results: {len(results)} answers for {tvar.classes} values of {treatment}"
         )
-        for x in range(tvar.classes)
-    ]
+    res = (
+        list(results)
+        if results is not None
+        else [
+            interventional_distribution(
+                model, outcome, {treatment: x}, n, seed + 101 * x, interventions=interventions
+            )
+            for x in range(tvar.classes)
+        ]
+    )
 
     def stat(r: QueryResult) -> tuple[float, float]:
         if yvar.kind == "categorical":

@@ -5,8 +5,10 @@ Subcommands::
     mdcm plan --graph "C -> X -> N; C <-> N" [--intervention X ...] [--joint] [--json]
     mdcm identify --graph "..." --treatment X --outcome Y [--given Z] [--intervention W] [--json]
     mdcm train (--study DIR | --example NAME) --out MODEL_DIR [--plan modular|joint] [--steps N] ...
+               [--pretrained X=MODEL_DIR ...]   (X's plain-conditional stage from another model)
     mdcm train --run-dir RUN [--resume]          (a background run made by mdcm.runs.start_run)
     mdcm sample --model MODEL_DIR [--do X=1 ...] [--given Z=0 ...] -n N --out DIR [--seed S]
+    mdcm sample --model MODEL_DIR --do X=1 -n N --as-dataset DIR   (a dataset of regime do(X=1))
     mdcm export-example NAME --out DIR [--size cpu|64|128|256|gpu] [--n N] [--seed S]
     mdcm runs list|show RUN|stop RUN|resume RUN [--root DIR]
 
@@ -293,6 +295,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             }
         else:
             new_cfg["study_dir"] = str(Path(args.study).resolve())
+        new_cfg.update(_pretrained_arg(args.pretrained))
+    elif args.pretrained:
+        raise CliError("--pretrained: an existing run keeps its mechanism sources; start a new run")
     if recorder is not None:
         cfg = runs.attach_run(
             recorder.run_dir,
@@ -377,6 +382,7 @@ def _train(
 
     torch.manual_seed(int(getattr(tconf, "seed", 0)))  # initial weights follow the seed too
     model = DCM(study.schema, _model_config(cfg.get("model", {})))
+    donors = _pretrained_mechanisms(cfg, study.schema, plan, model.config)
     show = args.progress == "on" or (args.progress == "auto" and recorder is None)
     progress = _Progress(show, getattr(tconf, "steps", None))
 
@@ -402,6 +408,7 @@ def _train(
         should_stop=should_stop,
         checkpoint_dir=ckpt,
         resume=bool(args.resume),
+        pretrained=donors,
     )
     progress.close()
     stopped = bool(getattr(result, "stopped", should_stop()))
@@ -409,6 +416,7 @@ def _train(
         "train_config": cfg.get("train", {}),
         "source": {k: cfg[k] for k in ("example", "study_dir") if k in cfg},
         "complete": not stopped,
+        "pretrained": cfg.get("pretrained", {}),
     }
     if stopped and recorder is not None:
         recorder.finish("stopped", "stopped on request; resume to continue")
@@ -447,6 +455,44 @@ def _train(
         )
     print(f"model saved to {path}{' (stopped early)' if stopped else ''}")
     return EXIT_OK
+
+
+def _pretrained_arg(values: Sequence[str] | None) -> dict:
+    """``--pretrained X=MODEL_DIR`` (repeatable) as the run config's ``pretrained`` entry:
+    variable -> the donor model folder and, when it is a run's model, that run's id."""
+    out: dict[str, dict] = {}
+    for var, folder in _assignments(values, "--pretrained").items():
+        path = Path(folder).resolve()
+        if not (path / "model.json").is_file():
+            raise CliError(f"--pretrained {var}={folder}: no model.json there (not a model folder)")
+        run = path.parent.name if (path.parent / "run.json").is_file() else None
+        out[var] = {"model": str(path), "run": run}
+    return {"pretrained": out} if out else {}
+
+
+def _pretrained_mechanisms(cfg: Mapping[str, Any], schema: Any, plan: Any, config: Any) -> dict:
+    """The donor models named by the run config's ``pretrained`` entry, each checked to fill a
+    stage whose target is the plain conditional P(V | pa(V)) (mdcm.bundle)."""
+    from .bundle import fillable_stages, load_pretrained
+
+    sources = {
+        v: Path(src["model"] if isinstance(src, Mapping) else src)
+        for v, src in (cfg.get("pretrained") or {}).items()
+    }
+    fillable = fillable_stages(plan)
+    for v in sources:
+        if v not in schema.names:
+            raise CliError(
+                f"--pretrained {v}: unknown variable; the study has {', '.join(schema.names)}"
+            )
+        if v not in fillable:
+            stage = plan.stage_of(v)
+            raise CliError(
+                f"--pretrained {v}: stage {stage.id} trains {', '.join(stage.trains)}; only a "
+                f"stage that learns the plain conditional P({v} | its parents) alone can take "
+                "a pre-trained mechanism"
+            )
+    return load_pretrained(sources, schema, config)
 
 
 # ---------------------------------------------------------------------- sample
@@ -508,6 +554,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     both = set(do_text) & set(given_text)
     if both:
         raise CliError(f"{', '.join(sorted(both))} is both intervened on and conditioned on")
+    _check_as_dataset(args, given_text)
     from .model import load_model
 
     model = load_model(model_dir)
@@ -520,10 +567,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if schema[k].kind != "categorical":
             raise CliError(f"--given {k}: only categorical variables can be conditioned on")
     columns = _draw(model, args.n, do, given, args.seed)
-    out = Path(args.out)
-    csv_path = _write_samples(schema, columns, out, do, given, do_text)
-    print(f"wrote {args.n} samples to {csv_path}")
+    if args.out:
+        csv_path = _write_samples(schema, columns, Path(args.out), do, given, do_text)
+        print(f"wrote {args.n} samples to {csv_path}")
+    if args.as_dataset:
+        _sample_as_dataset(schema, columns, do, Path(args.as_dataset))
     return EXIT_OK
+
+
+def _check_as_dataset(args: argparse.Namespace, given: Mapping[str, str]) -> None:
+    """``--as-dataset`` is for samples of one regime do(...): refused before any sampling when
+    they would be conditioned (``--given``) or the folder exists."""
+    if not args.out and not args.as_dataset:
+        raise CliError("give --out DIR, --as-dataset DIR or both")
+    if not args.as_dataset:
+        return
+    if given:
+        raise CliError(
+            "--as-dataset: samples conditioned with --given are not samples of one regime "
+            "do(...) (a dataset would be read as P(V | do(...))); drop --given"
+        )
+    if Path(args.as_dataset).exists():
+        raise CliError(f"--as-dataset {args.as_dataset}: already exists; pick a new folder")
+
+
+def _sample_as_dataset(schema: Any, columns: Mapping[str, Any], do: Mapping, out: Path) -> None:
+    from .bundle import export_samples
+
+    ds = export_samples(schema, columns, do, out)
+    shown = {k: ("an image" if schema[k].kind == "image" else v) for k, v in do.items()}
+    regime = "observational" if not do else f"do({', '.join(f'{k}={v}' for k, v in shown.items())})"
+    print(f"wrote dataset {out} ({ds.n} rows, {regime}); read it with mdcm.load_study")
 
 
 def _draw(
@@ -795,6 +869,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any other TrainConfig field, e.g. --set coder_steps=100 (repeatable)",
     )
+    sp.add_argument(
+        "--pretrained",
+        action="append",
+        metavar="X=MODEL_DIR",
+        help="fill X's stage (a plain conditional P(X | parents)) with X's mechanism from "
+        "another trained model instead of training it (repeatable)",
+    )
     sp.add_argument("--run-dir", metavar="RUN", help="record progress in this run folder")
     sp.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoints (default RUN/checkpoint)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -816,7 +897,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="condition on a categorical value (rejection sampling)",
     )
     sp.add_argument("-n", type=_positive_int, required=True, help="number of samples")
-    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--out", metavar="DIR", help="the samples (samples.csv, PNGs, sample.json)")
+    sp.add_argument(
+        "--as-dataset",
+        metavar="DIR",
+        help="also (or instead) write them as a new dataset folder with intervention.json "
+        "and study.json, which mdcm.data.load_study reads back as the regime do(...)",
+    )
     sp.add_argument("--seed", type=_nonneg_int, default=0)
     sp.set_defaults(func=cmd_sample)
 

@@ -50,6 +50,29 @@ def _tvd_of_keys(
     return float(0.5 * np.abs(pr - pf).sum())
 
 
+def _floor_of_keys(cols: Sequence[np.ndarray], n: int) -> float:
+    """The expected TVD between the frequency tables of two independent samples of ``n`` rows
+    from the distribution the columns' table estimates: what a perfect model scores."""
+    keys = np.stack(cols, 1) if cols else np.zeros((n, 0), np.int64)
+    _, counts = np.unique(keys, axis=0, return_counts=True)
+    p = counts / n
+    # each cell's difference of two multinomial frequencies ~ N(0, 2 p (1 - p) / n)
+    return float(0.5 * np.sum(np.sqrt(4.0 * p * (1.0 - p) / (np.pi * n))))
+
+
+def table_floor(real: Sequence[np.ndarray], n_given: int) -> float:
+    """The sampling-noise floor of :func:`table_tvd` on tables like ``real`` (same fallback)."""
+    n = len(real[0])
+    cells = 1
+    for c in real:
+        cells *= int(c.max()) + 1
+    if cells * 10 <= n:
+        return _floor_of_keys(real, n)
+    given = list(real[:n_given])
+    per = [_floor_of_keys(given + [r], n) for r in real[n_given:]]
+    return float(np.mean(per)) if per else 0.0
+
+
 def table_tvd(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n_given: int) -> float:
     """TVD between the joint frequency tables of the label columns (same conditioning rows in both,
     so this is the data-weighted conditional TVD given the first ``n_given`` columns). Falls back to
@@ -98,13 +121,91 @@ def stop_reason(
     return None
 
 
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    """Images average-pooled to at most 8x8 and flattened: the probes' view of pixels."""
+    h, w = x.shape[2:]
+    return torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 8), min(w, 8))).flatten(1)
+
+
+class DownstreamProbe:
+    """What an image's children read, as seen by probes trained on real images (issue #10.4).
+
+    One small classifier per child, from pooled pixels of the image to the child's value (its
+    class; a quantile bin of a continuous child; a k-means cluster of an image child's code),
+    fitted on real rows that the check does not use. An image generator that keeps the k-means
+    clusters of the code but drops the feature a child depends on gives other probe outputs on
+    generated images than on real ones, and so fails the check.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: Mapping[str, np.ndarray],
+        classes: Mapping[str, int],
+        seed: int = 0,
+        steps: int = 300,
+    ) -> None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad():
+            x = torch.cat([_pool(images[i : i + 512]) for i in range(0, len(images), 512)])
+        self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-3)
+        x = (x - self.mean) / self.std
+        self.heads: dict[str, torch.nn.Module] = {}
+        for child, y in targets.items():
+            k = int(classes[child])
+            head = torch.nn.Sequential(
+                torch.nn.Linear(x.shape[1], 64), torch.nn.LeakyReLU(0.2), torch.nn.Linear(64, k)
+            ).to(x.device)
+            for p in head.parameters():  # deterministic init from the probe's own stream
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen).to(p.device) * 0.1)
+            yt = torch.as_tensor(y, dtype=torch.long, device=x.device)
+            opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    idx = torch.randint(0, len(x), (min(256, len(x)),), generator=gen)
+                    loss = torch.nn.functional.cross_entropy(head(x[idx.to(x.device)]), yt[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            for p in head.parameters():
+                p.requires_grad_(False)
+            self.heads[child] = head.eval()
+
+    @torch.no_grad()
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each child's predicted class probabilities ``(n, k)`` for a batch of images."""
+        x = torch.cat([_pool(images[i : i + 512].clamp(-1, 1)) for i in range(0, len(images), 512)])
+        x = (x - self.mean) / self.std
+        return {c: torch.softmax(h(x), dim=1) for c, h in self.heads.items()}
+
+
+def cell_tvd(cells: np.ndarray, p_real: torch.Tensor, p_fake: torch.Tensor) -> float:
+    """Data-weighted TVD between the mean predicted distributions of real and fake rows within
+    each conditioning cell (the rows are aligned: row i of both has the same do-parents)."""
+    _, inv = np.unique(cells, axis=0, return_inverse=True)
+    inv = torch.as_tensor(inv.reshape(-1), device=p_real.device)
+    m = int(inv.max()) + 1
+    k = p_real.shape[1]
+    sum_r = torch.zeros(m, k, device=p_real.device).index_add_(0, inv, p_real)
+    sum_f = torch.zeros(m, k, device=p_real.device).index_add_(0, inv, p_fake)
+    counts = torch.bincount(inv, minlength=m).clamp_min(1)[:, None]
+    per = 0.5 * (sum_r / counts - sum_f / counts).abs().sum(1)
+    weights = counts[:, 0] / counts.sum()
+    return float((per * weights).sum())
+
+
 class FitCheck:
     """The discrete view of one target's rows that the stage's fit check compares.
 
-    ``given``/``matches`` are the target's B and A; ``kinds`` the variable kinds; ``trains`` the
-    mechanisms the stage trains (only their continuous variables are binned: a frozen continuous
-    variable was checked by its own stage); ``real`` the real rows the check uses (encoded).
-    ``encode(v, x)`` maps an image to its standardised code.
+    ``given``/``matches`` are the target's B and A; ``kinds`` the variable kinds; ``real`` the real
+    rows the check uses (encoded); ``encode(v, x)`` maps an image to its standardised code.
+    Categorical values are read as they are, images as k-means clusters of their code and
+    continuous values as quantile bins (first two dimensions) of the real data — in B as well as
+    in A, frozen or trained, so the check sees how A depends on every do-parent and on every
+    variable it matches (a continuous outcome checked only by its marginal bins let a stage keep
+    half of the confounding bias). ``probes`` (image -> :class:`DownstreamProbe`) add what the
+    children of each image being trained read.
     """
 
     def __init__(
@@ -112,50 +213,80 @@ class FitCheck:
         given: Sequence[str],
         matches: Sequence[str],
         kinds: Mapping[str, str],
-        trains: Sequence[str],
         real: Mapping[str, torch.Tensor],
         encode: object,
         rng: np.random.RandomState,
+        probes: Mapping[str, DownstreamProbe] | None = None,
     ) -> None:
-        self.given = [v for v in given if kinds[v] == "categorical"]
-        self.labels_of = [v for v in matches if kinds[v] == "categorical"]
-        # Images in A (trained or frozen) enter as k-means clusters of their code: without them a
-        # label stage could match P(D, A) while getting A's dependence on the image wrong.
-        self.cluster_vars = [v for v in matches if kinds[v] == "image"]
-        # Continuous variables trained here: quantile bins (first 2 dimensions) of the real data,
-        # so label-free stages get a fit check and an early stop too.
-        self.bin_vars = [v for v in matches if kinds[v] == "continuous" and v in trains]
+        self.kinds = dict(kinds)
+        self.given = list(given)
+        self.matches = list(matches)
         self.encode = encode
+        self.probes = dict(probes or {})
         q = torch.tensor(QUANTILES)
         self.bin_edges = {
             v: [
                 torch.quantile(real[v][:, j], q.to(real[v].device))
                 for j in range(min(2, real[v].shape[1]))
             ]
-            for v in self.bin_vars
+            for v in self.given + self.matches
+            if kinds[v] == "continuous"
         }
         self.centroids = {}
-        for v in self.cluster_vars:
-            with torch.no_grad():
-                codes = encode(v, real[v])  # type: ignore[operator]
-            self.centroids[v] = kmeans(codes, CLUSTERS, rng)
+        for v in self.given + self.matches:
+            if kinds[v] == "image":
+                with torch.no_grad():
+                    codes = encode(v, real[v])  # type: ignore[operator]
+                self.centroids[v] = kmeans(codes, CLUSTERS, rng)
+        # the conditioning columns of the probe comparison: discrete and binned do-parents
+        self.cell_vars = [v for v in self.given if kinds[v] != "image"]
+        #: what a perfect model scores on these rows (sampling noise of two tables of this size)
+        self.floor = table_floor(*self.labels(real)) if self.matches else 0.0
 
     @property
     def empty(self) -> bool:
         """Nothing to compare (a stage whose A holds no variable the check can read)."""
-        return not (self.labels_of or self.cluster_vars or self.bin_vars)
+        return not self.matches and not self.probes
 
-    def labels(self, vals: Mapping[str, torch.Tensor]) -> list[np.ndarray]:
-        """The label columns of encoded rows: given first, then A's."""
-        out = [vals[v].argmax(1).cpu().numpy() for v in self.given + self.labels_of]
-        for v in self.cluster_vars:
-            codes = self.encode(v, vals[v].clamp(-1, 1))  # type: ignore[operator]
-            out.append(torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy())
-        for v in self.bin_vars:
-            for j, edges in enumerate(self.bin_edges[v]):
-                out.append(torch.bucketize(vals[v][:, j].contiguous(), edges).cpu().numpy())
+    def _columns(self, v: str, x: torch.Tensor) -> list[np.ndarray]:
+        kind = self.kinds[v]
+        if kind == "categorical":
+            return [x.argmax(1).cpu().numpy()]
+        if kind == "image":
+            codes = self.encode(v, x.clamp(-1, 1))  # type: ignore[operator]
+            return [torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy()]
+        return [
+            torch.bucketize(x[:, j].contiguous(), edges).cpu().numpy()
+            for j, edges in enumerate(self.bin_edges[v])
+        ]
+
+    def labels(self, vals: Mapping[str, torch.Tensor]) -> tuple[list[np.ndarray], int]:
+        """(the label columns of encoded rows, given first, then A's; how many are given)."""
+        given = [c for v in self.given for c in self._columns(v, vals[v])]
+        return given + [c for v in self.matches for c in self._columns(v, vals[v])], len(given)
+
+    def table(self, real: Mapping[str, torch.Tensor], fake: Mapping[str, torch.Tensor]) -> float:
+        """Conditional TVD of the label tables of real vs fake rows."""
+        (r, n_given), (f, _) = self.labels(real), self.labels(fake)
+        return table_tvd(r, f, n_given)
+
+    def downstream(
+        self, real: Mapping[str, torch.Tensor], fake: Mapping[str, torch.Tensor]
+    ) -> float | None:
+        """The worst probe TVD over the children of the trained images (None without probes)."""
+        if not self.probes:
+            return None
+        n = len(next(iter(real.values())))
+        cols = [c for v in self.cell_vars for c in self._columns(v, real[v])]
+        cells = np.stack(cols, 1) if cols else np.zeros((n, 1), np.int64)
+        out = 0.0
+        for v, probe in self.probes.items():
+            pr, pf = probe.probs(real[v]), probe.probs(fake[v])
+            out = max([out] + [cell_tvd(cells, pr[c], pf[c]) for c in pr])
         return out
 
     def tvd(self, real: Mapping[str, torch.Tensor], fake: Mapping[str, torch.Tensor]) -> float:
-        """The check's value: conditional TVD of the label tables of real vs fake rows."""
-        return table_tvd(self.labels(real), self.labels(fake), len(self.given))
+        """The check's value: the worse of the label-table TVD and the downstream probe TVD."""
+        parts = [self.table(real, fake)] if self.matches else []
+        down = self.downstream(real, fake)
+        return max(parts + ([down] if down is not None else []))

@@ -49,7 +49,7 @@ from torch import nn
 
 from . import _callable_module, checkpoints
 from .data import Dataset, Study
-from .fitcheck import FitCheck, stop_reason
+from .fitcheck import CLUSTERS, QUANTILES, DownstreamProbe, FitCheck, kmeans, stop_reason
 from .model import DCM
 from .nets import Critic, gradient_penalty, has_log_prob, mmd2
 from .plan import Plan, Stage, Target
@@ -341,11 +341,31 @@ class _Matcher:
             self.given,
             self.matches,
             {v: schema[v].kind for v in self.rows},
-            stage.trains,
             self.real(self.check_idx),
             lambda v, x: model.coders[v].encode(x),
             rng,
+            self._probes(stage, rng),
         )
+
+    def _probes(self, stage: Stage, rng: np.random.RandomState) -> dict[str, DownstreamProbe]:
+        """Probes of what the children of each image trained here read (fitted on real rows
+        the fit check does not use): the image stage's downstream fit (issue #10.4)."""
+        graph = self.model.schema.graph
+        free = np.setdiff1d(np.arange(self.data.n), self.check_idx.cpu().numpy())
+        idx = torch.as_tensor(rng.permutation(free)[:4096], device=self.check_idx.device)
+        out = {}
+        for v in self.trained_images:
+            kids = [c for c in graph.children(v) if c in self.data.cols]
+            if len(idx) < 200 or not kids:
+                continue
+            targets, classes = {}, {}
+            for c in kids:
+                y, k = _probe_target(self.model, c, self.data.cols[c][idx], rng)
+                if k > 1:
+                    targets[c], classes[c] = y, k
+            if targets:
+                out[v] = DownstreamProbe(self.data.cols[v][idx], targets, classes, seed=stage.id)
+        return out
 
     @property
     def label(self) -> str:
@@ -397,6 +417,23 @@ class _Matcher:
         return self.fit.tvd(real, fake)
 
 
+def _probe_target(
+    model: DCM, child: str, x: torch.Tensor, rng: np.random.RandomState
+) -> tuple[np.ndarray, int]:
+    """A child's values as classes for a downstream probe: categorical as they are, continuous
+    as quintiles of the first dimension, images as k-means clusters of their code."""
+    kind = model.schema[child].kind
+    if kind == "categorical":
+        return x.argmax(1).cpu().numpy(), x.shape[1]
+    if kind == "continuous":
+        edges = torch.quantile(x[:, 0], torch.tensor(QUANTILES, device=x.device))
+        return torch.bucketize(x[:, 0].contiguous(), edges).cpu().numpy(), len(QUANTILES) + 1
+    with torch.no_grad():
+        codes = model.coders[child].encode(x)
+    centroids = kmeans(codes, CLUSTERS, rng)
+    return torch.cdist(codes, centroids).argmin(1).cpu().numpy(), len(centroids)
+
+
 # ---------------------------------------------------------------------- stage state
 class _EMA:
     """Exponential moving average of the trained weights (design.md §7: steadier estimates)."""
@@ -443,6 +480,7 @@ class StageState:
     gen: torch.Generator
     ema: _EMA
     batch: int
+    floor: float = 0.0  # the fit check's sampling-noise floor (worst target): a perfect model's
     step: int = 0
     history: list[float | None] = field(default_factory=list)
     best_quality: float | None = None
@@ -786,19 +824,21 @@ class _Trainer:
         stage = self.plan.stages[si]
         objective = stage_objective(self.model, stage, self.cfg.objective)
         t_start = time.monotonic()
-        self.emit(
-            "stage_start",
-            stage.id,
-            0,
-            message=f"stage {stage.id}: trains {', '.join(stage.trains)} with {objective}",
-        )
-        if any(v in self.pretrained for v in stage.trains):
-            return self._fill_pretrained(stage, t_start)
+        start = f"stage {stage.id}: trains {', '.join(stage.trains)} with {objective}"
         specs = [t for t in stage.targets if frozenset(t.regime.do) in self.data]
-        if not specs:
+        if any(v in self.pretrained for v in stage.trains) or not specs:
+            self.emit("stage_start", stage.id, 0, message=start)
+            if any(v in self.pretrained for v in stage.trains):
+                return self._fill_pretrained(stage, t_start)
             self.emit("stage_end", stage.id, 0, message="no dataset can train this stage")
             return StageSummary(stage.id, stage.trains, objective, 0, 0.0, None, "no data")
         st = self._setup(stage, objective, specs)
+        if st.floor:
+            start += (
+                f"; a perfect model's fit check would read about {st.floor:.3f} (sampling "
+                f"noise), so it stops early within {self.cfg.tolerance} of that"
+            )
+        self.emit("stage_start", stage.id, 0, message=start)
         if ck is not None and ck[2]["step"] > 0:
             st.load_state_dict(*ck)
         t_start -= st.seconds
@@ -869,6 +909,7 @@ class _Trainer:
         critics = [p for m in matchers if m.critic is not None for p in m.critic.parameters()]
         critic_opt = torch.optim.Adam(critics, lr=cfg.lr, betas=cfg.betas) if critics else None
         bs = cfg.batch_size if objective == "wgan" else cfg.mmd_batch
+        floor = max(m.fit.floor for m in matchers)
         return StageState(
             stage,
             objective,
@@ -880,6 +921,7 @@ class _Trainer:
             gen,
             _EMA(params, cfg.ema),
             max(4, bs - bs % 4),
+            floor,
         )
 
     def _loop(self, si: int, st: StageState, summaries: list[StageSummary], t_start: float) -> str:
@@ -912,7 +954,7 @@ class _Trainer:
                 reason = stop_reason(
                     st.history,
                     st.step,
-                    tolerance=cfg.tolerance,
+                    tolerance=cfg.tolerance + st.floor,
                     stable_checks=cfg.stable_checks,
                     patience=cfg.patience,
                     min_steps=cfg.min_steps,
@@ -965,7 +1007,7 @@ class _Trainer:
 
         notes = []
         for v in (v for v in trains if self.model.schema[v].kind == "image"):
-            for b in m.fit.given:
+            for b in (b for b in m.fit.given if m.fit.kinds[b] == "categorical"):
                 if b not in self.model.parents[v]:
                     continue
                 real = m.data.rows(m.check_idx[:2000], (b, v))

@@ -46,6 +46,7 @@ __all__ = [
     "attach_run",
     "create_run",
     "default_root",
+    "launch_held",
     "list_runs",
     "new_run_id",
     "read_events",
@@ -60,7 +61,8 @@ __all__ = [
 ]
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-#: ``queued``: created, process not started yet; ``running``; ``stopped``: ended on a stop request;
+#: ``queued``: created, process not started yet (or *held*: waiting in an app's job queue for a
+#: training slot, see :func:`launch_held`); ``running``; ``stopped``: ended on a stop request;
 #: ``interrupted``: the process died without finishing (resumable); ``failed``: ended by an error;
 #: ``done``: finished and the model folder is written.
 STATUSES = ("queued", "running", "stopped", "interrupted", "failed", "done")
@@ -74,6 +76,8 @@ ERROR_TXT = "error.txt"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "mdcm-run/1"
+#: the message of a run held in a job queue
+HELD_MESSAGE = "waiting for a training slot"
 #: seconds a run may stay ``queued`` with a dead launcher before it counts as failed
 _QUEUE_GRACE_S = 2.0
 #: minimum seconds between two ``step`` events written to events.jsonl (others always written)
@@ -103,6 +107,7 @@ class RunInfo:
     attempts: int = 1  # 1 + number of resumes
     last_event: dict | None = None
     last_progress: dict | None = None  # last stage_start/step/check/checkpoint/stage_end event
+    held: bool = False  # queued and waiting in a job queue (start_run/resume_run with hold)
 
     @property
     def active(self) -> bool:
@@ -290,7 +295,8 @@ def run_status(run_dir: Path | str) -> RunInfo:
         with contextlib.suppress(OSError):
             message = error_path.read_text(encoding="utf-8", errors="replace").strip()[:2000]
     pid = data.get("pid")
-    if status in ACTIVE and not _pid_alive(pid, data.get("pid_start")):
+    held = status == "queued" and bool(data.get("held"))  # in a job queue: no process, by design
+    if status in ACTIVE and not held and not _pid_alive(pid, data.get("pid_start")):
         kinds = {e["kind"] for e in events}
         if "done" in kinds and (run_dir / MODEL_DIR / "model.json").is_file():
             status = "done"
@@ -335,6 +341,7 @@ def run_status(run_dir: Path | str) -> RunInfo:
         attempts=int(data.get("attempts", 1) or 1),
         last_event=events[-1] if events else None,
         last_progress=next((e for e in reversed(events) if e["kind"] in PROGRESS_KINDS), None),
+        held=held,
     )
 
 
@@ -506,12 +513,18 @@ def start_run(
     example_n: int | None = None,
     example_seed: int = 0,
     label: str = "",
+    hold: bool = False,
+    pretrained: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RunInfo:
     """Create a run and launch its training in the background; returns at once (status queued).
+    With ``hold`` the run is created but not launched: it stays ``queued`` until a job queue
+    calls :func:`launch_held` (the app's per-user and total limits on concurrent training).
 
     Exactly one of ``example`` (a built-in example name) and ``study_dir`` (a study folder).
     ``train_config`` holds mdcm.train.TrainConfig fields (steps, batch_size, objective, seed,
-    device, time_limit_s, check_every, tolerance, checkpoint_every, ...)."""
+    device, time_limit_s, check_every, tolerance, checkpoint_every, ...). ``pretrained`` maps a
+    variable to ``{"model": MODEL_DIR, "run": run id or None}``: its stage is filled with that
+    model's mechanism (``mdcm train --pretrained``, checked by the run process)."""
     if (example is None) == (study_dir is None):
         raise RunError("give exactly one of an example name and a study folder")
     if plan not in ("modular", "joint"):
@@ -533,8 +546,16 @@ def start_run(
         if not (sd / "study.json").is_file():
             raise RunError(f"{sd}: no study.json (not a study folder)")
         config["study_dir"] = str(sd)
+    if pretrained:
+        config["pretrained"] = {
+            str(v): {"model": str(Path(src["model"]).resolve()), "run": src.get("run")}
+            for v, src in pretrained.items()
+        }
     run_dir = create_run(root, config)
-    _launch(run_dir, resume=False)
+    if hold:
+        _update_run_json(run_dir, held=True, message=HELD_MESSAGE)
+    else:
+        _launch(run_dir, resume=False)
     return run_status(run_dir)
 
 
@@ -543,11 +564,20 @@ def stop_run(run_dir: Path | str) -> RunInfo:
     run_dir = Path(run_dir)
     info = run_status(run_dir)
     atomic_write(run_dir / STOP_FLAG, f"{time.time()}\n")
+    if info.active and _read_run_json(run_dir).get("held"):  # never launched: it ends here
+        _update_run_json(
+            run_dir,
+            status="stopped",
+            held=False,
+            finished=time.time(),
+            message="stopped in the queue",
+        )
     return run_status(run_dir) if info.active else info
 
 
-def resume_run(run_dir: Path | str) -> RunInfo:
-    """Relaunch a stopped / interrupted / failed run from its last checkpoint (``--resume``)."""
+def resume_run(run_dir: Path | str, *, hold: bool = False) -> RunInfo:
+    """Relaunch a stopped / interrupted / failed run from its last checkpoint (``--resume``).
+    With ``hold`` it is queued for a job queue's :func:`launch_held` instead of launched."""
     run_dir = Path(run_dir)
     info = run_status(run_dir)
     if info.active:
@@ -563,11 +593,12 @@ def resume_run(run_dir: Path | str) -> RunInfo:
         run_dir,
         status="queued",
         attempts=info.attempts + 1,
-        message="",
+        message=HELD_MESSAGE if hold else "",
         finished=None,
         pid=None,
         pid_start=None,
         launched=time.time(),
+        held=bool(hold),
     )
     append_event(
         run_dir,
@@ -580,7 +611,27 @@ def resume_run(run_dir: Path | str) -> RunInfo:
             "message": f"attempt {info.attempts + 1}",
         },
     )
-    _launch(run_dir, resume=True)
+    if not hold:
+        _launch(run_dir, resume=True)
+    return run_status(run_dir)
+
+
+def launch_held(run_dir: Path | str) -> RunInfo:
+    """Launch a run that waits in a job queue (``start_run``/``resume_run`` with ``hold``); a
+    resumed run continues from its checkpoint. A run that is no longer held raises RunError; a
+    launch that fails ends the run as ``failed`` with the reason."""
+    run_dir = Path(run_dir)
+    with locked(run_dir / "run.lock"):
+        data = _read_run_json(run_dir)
+        if not data.get("held") or data.get("status") != "queued":
+            raise RunError(f"run {run_dir.name} is not waiting in a queue")
+        data.update(held=False, message="", launched=time.time())
+        atomic_write_json(run_dir / RUN_JSON, data)
+    try:
+        _launch(run_dir, resume=int(data.get("attempts", 1) or 1) > 1)
+    except OSError as exc:
+        _update_run_json(run_dir, status="failed", finished=time.time(), message=str(exc))
+        raise RunError(f"run {run_dir.name} could not be launched: {exc}") from None
     return run_status(run_dir)
 
 

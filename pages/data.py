@@ -5,7 +5,7 @@ marginals and pairwise plots, and every validation problem listed."""
 import pandas as pd
 import streamlit as st
 
-from mdcm_app import plots, state, ui
+from mdcm_app import auth, plots, state, ui
 
 UPLOAD_KINDS = {
     "zip": "Zip of a dataset folder (data.csv, images, optional intervention.json)",
@@ -32,15 +32,18 @@ def _import() -> None:
     name = (st.session_state.get("data_name") or "").strip()
     try:
         do = uploads.parse_do(st.session_state.get("data_do", ""), schema)
-        files = {}
-        for key in {
-            "zip": ["data_zip"],
-            "csv": ["data_csv", "data_images_zip"],
-            "npz": ["data_npz"],
-        }[kind]:
-            f = st.session_state.get(key)
-            if f is not None:
-                files[key] = uploads.store_raw(sid, f.name, f.getvalue())
+        picked = {
+            key: st.session_state[key]
+            for key in {
+                "zip": ["data_zip"],
+                "csv": ["data_csv", "data_images_zip"],
+                "npz": ["data_npz"],
+            }[kind]
+            if st.session_state.get(key) is not None
+        }
+        # storage quota (nothing is written when over it) and the audit log
+        state.admit_upload(sid, {k: (f.name, f.getvalue()) for k, f in picked.items()})
+        files = {key: uploads.store_raw(sid, f.name, f.getvalue()) for key, f in picked.items()}
         if kind == "zip":
             if "data_zip" not in files:
                 raise DataError("choose a .zip file first")
@@ -79,6 +82,7 @@ def _delete(name: str) -> None:
     from mdcm_app import uploads
 
     uploads.delete_dataset(st.session_state["study_id"], name)
+    auth.audit("delete", what="dataset", study=st.session_state["study_id"], name=name)
     st.session_state["data_notice"] = f"Deleted dataset {name!r}."
 
 

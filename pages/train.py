@@ -29,7 +29,7 @@ def _follow(run_id: str | None) -> None:
 
 @ui.safe_callback
 def _start() -> None:
-    from mdcm.runs import RunError, start_run
+    from mdcm.runs import RunError
 
     st.session_state["train_error"] = ""
     meta = state.load_meta(st.session_state["study_id"])
@@ -64,39 +64,37 @@ def _start() -> None:
     if limit > 0:
         cfg["time_limit_s"] = limit
     ex = ui.example_or_none(meta)
-    try:
-        source = runs_view.training_source(meta, study, ex.study.schema if ex else None)
-        info = start_run(
-            state.runs_root(),
+    try:  # quota check, held run, job queue (starts at once when a training slot is free)
+        info = runs_view.submit_training(
+            meta,
+            study,
+            ex.study.schema if ex else None,
             plan=st.session_state.get("train_plan", "modular"),
             train_config=cfg,
-            label=meta.study_id,
-            **source,
         )
     except (RunError, ValueError, OSError) as exc:
         st.session_state["train_error"] = f"Could not start training: {exc}"
         return
-    runs_view.record_run(meta.study_id, info.run_id)
     _follow(info.run_id)
 
 
 @ui.safe_callback
 def _stop(run_dir) -> None:
-    from mdcm.runs import RunError, stop_run
+    from mdcm.runs import RunError
 
     try:
-        stop_run(run_dir)
+        runs_view.stop(run_dir)
     except (RunError, OSError) as exc:
         st.session_state["train_error"] = f"Could not stop: {exc}"
 
 
 @ui.safe_callback
 def _resume(run_dir) -> None:
-    from mdcm.runs import RunError, resume_run
+    from mdcm.runs import RunError
 
     try:
-        resume_run(run_dir)
-    except (RunError, OSError) as exc:
+        runs_view.resume(run_dir)
+    except (RunError, ValueError, OSError) as exc:
         st.session_state["train_error"] = f"Could not resume: {exc}"
 
 
@@ -212,10 +210,12 @@ def _progress(run_dir) -> bool:
     )
     if info.message and info.status in ("failed", "interrupted", "stopped"):
         (st.error if info.status == "failed" else st.warning)(info.message)
+    if info.held:
+        st.info(runs_view.queue_note(run_dir) or info.message, icon=":material/schedule:")
     pre = [e for e in events if e.get("stage") == -1 and e.get("kind") == "step"]
     if pre:
         st.caption(f"Preparation: {pre[-1].get('message', '')}")
-    elif info.active and not events:
+    elif info.active and not events and not info.held:
         st.caption("Starting the training process (loading data, fitting image codes)…")
     names = {
         int(e["stage"]): e.get("message", "") for e in events if e.get("kind") == "stage_start"
@@ -344,6 +344,12 @@ def main() -> None:
     if st.session_state.get("train_error"):
         st.error(st.session_state["train_error"], icon=":material/block:")
     rid = st.session_state.get("run_id") or st.query_params.get("run")
+    if rid and rid not in runs_view.study_run_ids(meta.study_id):
+        st.warning(  # a run id typed into the URL: never looked up outside this study's runs
+            f"Run {str(rid)[:80]!r} is not one of this study's runs in your workspace, "
+            "so it is not shown.",
+            icon=":material/block:",
+        )
     if rid and rid in runs_view.study_run_ids(meta.study_id):
         st.session_state["run_id"] = rid
         if st.query_params.get("run") != rid:

@@ -117,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, sort_keys=True))
     else:
-        print(plan.describe())
+        print(plan.describe(technical=args.technical))
     return EXIT_OK
 
 
@@ -380,14 +380,14 @@ def _train(
     tconf = _train_config(cfg.get("train", {}))
     import torch
 
-    torch.manual_seed(int(getattr(tconf, "seed", 0)))  # initial weights follow the seed too
+    torch.manual_seed(tconf.seed)  # initial weights follow the seed too
     model = DCM(study.schema, _model_config(cfg.get("model", {})))
     donors = _pretrained_mechanisms(cfg, study.schema, plan, model.config)
     show = args.progress == "on" or (args.progress == "auto" and recorder is None)
-    progress = _Progress(show, getattr(tconf, "steps", None))
+    progress = _Progress(show, tconf.steps)
 
     def on_event(event: Any) -> None:
-        ev = event.to_json() if hasattr(event, "to_json") else dict(event)
+        ev = event.to_json()
         if recorder is not None:
             recorder.on_event(ev)
         progress(ev)
@@ -411,12 +411,15 @@ def _train(
         pretrained=donors,
     )
     progress.close()
-    stopped = bool(getattr(result, "stopped", should_stop()))
+    stopped = result.stopped
     extra = {
         "train_config": cfg.get("train", {}),
         "source": {k: cfg[k] for k in ("example", "study_dir") if k in cfg},
         "complete": not stopped,
         "pretrained": cfg.get("pretrained", {}),
+        "tolerance": tconf.tolerance,
+        "stages": [st.to_json() for st in result.stages],  # fits per regime (regime warnings)
+        "regimes": [sorted(r) for r in study.interventions],
     }
     if stopped and recorder is not None:
         recorder.finish("stopped", "stopped on request; resume to continue")
@@ -444,13 +447,13 @@ def _train(
             {"kind": "saved", "stage": -1, "step": 0, "elapsed_s": 0.0, "message": str(path)}
         )
         recorder.finish("done", "")
-    for s in getattr(result, "stages", None) or []:
-        d = s.to_json() if hasattr(s, "to_json") else dict(getattr(s, "__dict__", {}))
-        q = d.get("quality")
+    for st in result.stages:
+        fits = ", ".join(
+            f"{label} {'-' if q is None else format(q, '.3f')}" for label, q in st.fits.items()
+        )
         print(
-            f"stage {d.get('stage')} ({', '.join(d.get('trains', []))}): "
-            f"{d.get('steps')} steps, {d.get('seconds', 0):.1f} s, fit "
-            f"{'-' if q is None else format(q, '.3f')}, ended by {d.get('stopped_by')}",
+            f"stage {st.stage} ({', '.join(st.trains)}): {st.steps} steps, {st.seconds:.1f} s, "
+            f"fit {fits or '-'} (noise floor {st.floor:.3f}), ended by {st.stopped_by}",
             file=sys.stderr,
         )
     print(f"model saved to {path}{' (stopped early)' if stopped else ''}")
@@ -567,6 +570,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if schema[k].kind != "categorical":
             raise CliError(f"--given {k}: only categorical variables can be conditioned on")
     columns = _draw(model, args.n, do, given, args.seed)
+    from .query import regime_fit_warning
+
+    rest = [v for v in model.order if v not in do and v not in given]
+    warning = regime_fit_warning(
+        model, list(do), rest, list(given), model.record.get("regimes", ())
+    )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.out:
         csv_path = _write_samples(schema, columns, Path(args.out), do, given, do_text)
         print(f"wrote {args.n} samples to {csv_path}")
@@ -814,6 +825,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--joint", action="store_true", help="the one-stage joint (NCM) baseline")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument(
+        "--technical",
+        action="store_true",
+        help="the stages in the paper's terms (matched sets, do-parents, R1-R3)",
+    )
     sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("identify", help="is P(outcome | do(treatment)[, given]) identifiable?")

@@ -165,6 +165,8 @@ class DCM(nn.Module):
         super().__init__()
         self.schema = schema
         self.config = config
+        #: how the model was trained (``model.json``'s "extra": stage fits per regime, sources)
+        self.record: dict = {}
         g = schema.graph
         self.parents: dict[str, tuple[str, ...]] = {v: tuple(g.parents(v)) for v in g.nodes}
         self.confounders: tuple[tuple[str, str], ...] = tuple(
@@ -594,5 +596,6 @@ def load_model(path: Path, *, expect_schema: Schema | None = None) -> DCM:
     for coder in model.coders.values():
         for p in coder.parameters():
             p.requires_grad_(False)
+    model.record = dict(meta.get("extra") or {})  # how it was trained (stage fits per regime)
     model.eval()
     return model

@@ -641,3 +641,47 @@ def fit_image_probe(
     pred = probe.predict(x[te])
     acc = {k: float((pred[k] == ys[k][te].numpy()).mean()) for k in probe.names}
     return probe, acc
+
+
+def regime_fit_warning(
+    model: DCM,
+    treatment: Iterable[str],
+    outcome: Iterable[str],
+    given: Iterable[str] = (),
+    interventions: Iterable[Iterable[str]] = (),
+    *,
+    slack: float = 0.02,
+) -> str | None:
+    """A warning when P(outcome | do(treatment), given) is identifiable only thanks to
+    interventional datasets (gID, Lee, Correa & Bareinboim 2019) and the model fitted one of the
+    datasets its answer rests on poorly: some stage's fit check on that regime read more than
+    the training tolerance plus the check's noise floor (plus ``slack``). The training record
+    comes from the model file (``model.record``, written by ``mdcm train``); None when fine."""
+    from .identify import identify
+
+    treatment, outcome, given = list(treatment), list(outcome), list(given)
+    regimes = [frozenset(r) for r in interventions]
+    if not treatment or not regimes:
+        return None
+    graph = model.schema.graph
+    if identify(graph, treatment, outcome, given).identifiable:
+        return None  # the observational data alone decide it
+    ident = identify(graph, treatment, outcome, given, regimes)
+    if not ident.identifiable:
+        return None
+    record = model.record
+    tolerance = float(record.get("tolerance", 0.03))
+    poor = []
+    for regime in (r for r in ident.regimes_used if r):
+        label = f"do({', '.join(graph.order(regime))})"
+        for s in record.get("stages", ()):
+            fit = (s.get("fits") or {}).get(label)
+            if fit is not None and fit > tolerance + float(s.get("floor") or 0.0) + slack:
+                poor.append(f"{label} in stage {s['stage']} (fit {fit:.3f})")
+    if not poor:
+        return None
+    return (
+        "this answer is identifiable only thanks to the experiment(s) "
+        f"{', '.join(sorted({p.split(' in ')[0] for p in poor}))}, and the model fits that "
+        f"data poorly: {'; '.join(poor)}; train longer or check that dataset"
+    )

@@ -31,4 +31,5 @@ PAGES = [
 user = auth.gate()  # stops here with a sign-in screen in shared mode until someone signs in
 auth.start_dispatcher(auth.settings())
 auth.sidebar(user)
+auth.refuse_foreign_study()
 st.navigation(PAGES).run()

@@ -39,6 +39,7 @@ __all__ = [
     "gate",
     "limits",
     "oidc_configured",
+    "refuse_foreign_study",
     "settings",
     "sidebar",
     "start_dispatcher",
@@ -142,6 +143,25 @@ def gate() -> User:
         st.session_state[USER_KEY] = user
         workspace.audit(s.home, "login", user, provider=user.provider)
     return user
+
+
+def refuse_foreign_study() -> None:
+    """A plain message when the URL's ``?study=`` names no study of this user's workspace (a
+    crafted or shared link to someone else's study): the pages then open nothing; only the
+    user's own folder is ever read."""
+    from . import state
+
+    sid = st.query_params.get("study")
+    if not sid or sid == st.session_state.get("study_id"):
+        return
+    try:
+        state.load_meta(sid)
+    except (OSError, ValueError):
+        st.warning(
+            f"Study {str(sid)[:80]!r} is not in your workspace (it does not exist, or it is "
+            "someone else's), so it was not opened.",
+            icon=":material/block:",
+        )
 
 
 def _clear_session() -> None:

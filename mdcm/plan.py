@@ -1,35 +1,52 @@
 """The modular training plan (Rahman & Kocaoglu, ICML 2024, "Modular-DCM"; design.md §2).
 
 A :class:`Plan` splits the training of a deep causal generative model into :class:`Stage` s. A
-stage trains the mechanisms of an *h-node* H (a union of whole c-components) by matching, for each
-data regime, a distribution over a set A ⊇ H given its do-parents B = pa(A) \\ A: the critic sees
-real rows (b, a) and fake rows (b, G(do(B=b))). Mechanisms in A \\ H run frozen. A stage is valid
-when
+stage trains the mechanisms of an *h-node* H (a union of whole c-components of G) by matching, in
+each data regime I, a distribution over a set A ⊇ H \\ I given its do-parents B = pa(A) \\ A in the
+mutilated graph G_I (edges into I and bidirected edges touching I removed): the critic sees real
+rows (b, a) of that regime's dataset and fake rows (b, G(do(B=b))). The intervened variables have
+no mechanism in G_I: they never join A, they enter B as the values read from the dataset, and the
+mechanisms in H ∩ I get no gradient from that regime. Mechanisms in A \\ H run frozen. A stage's
+target in regime I is valid when, in G_I,
 
-* **R1** A and B are d-separated in G_I with the edges out of B removed (do-calculus rule 2, so
-  P(A | B) = P(A | do(B)) and the data rows sample the target);
-* **R2** for every c-component C not inside H, A ∩ C is closed under ancestors within G[C] (each
-  frozen factor Q[A ∩ C] is a marginal of Q[C], which an earlier stage matched);
-* **R3** every frozen mechanism is trained by an earlier stage.
+* **R1** A and B are d-separated with the edges out of B removed (do-calculus rule 2, so
+  P_I(A | B) = P_I(A | do(B)) and the data rows sample the target);
+* **R2** for every c-component C of G_I not inside H, A ∩ C is closed under ancestors within G[C].
+  The model's factor Q[A] then splits into Q[H \\ I] times, for each such C, the marginal
+  Q[A ∩ C] of Q[C]; matching P_I(A | B) pins down Q[H \\ I] once every Q[C] is right;
+* **R3** every frozen mechanism is trained by an earlier stage, which has a target in the same
+  regime (the c-components of G_I outside I are c-components of G[H' \\ I] for the stage H'
+  that trains them, so that stage's target in I pins Q[C] down).
+
+**Every regime informs every stage it can** (design.md §2, corrected): a stage has a target in
+regime I exactly when H \\ I is not empty. A valid A always exists then: an intervened variable is
+a root without confounders in G_I, so neither R1 nor R2 ever asks for one. Dropping such a regime
+loses exactly what makes some queries identifiable: in ``W -> X -> Y; X <-> W; W <-> Y``,
+P(Y | do(X)) is identifiable only from P(V | do(W)), through the single stage's target
+P_do(W)(X, Y | W).
 
 How the planner works (all sets are Python ``int`` bit masks indexed by declaration order, so a
 1,000-node graph plans in well under a second):
 
-1. h-nodes start as the c-components.
-2. For each h-node and regime, A grows from H to the *least* set satisfying R1 and R2. With
-   B = pa(A) \\ A, R1 holds exactly when no b ∈ B descends (in G_I) from A ∪ sp(A): a path
-   between A and B that is open given ∅ in G_I minus the edges out of B is a trek whose top is in
-   A or is a latent parent of A (every other ancestor of A reaches it through B, whose outgoing
-   edges are gone). Each such b must be in *every* valid A' ⊇ A, and so must each missing
+1. h-nodes start as the c-components of G.
+2. For each h-node and regime I, A grows from H \\ I to the *least* set satisfying R1 and R2 in
+   G_I. With B = pa(A) \\ A, R1 holds exactly when no b ∈ B descends (in G_I) from A ∪ sp(A): a
+   path between A and B that is open given ∅ in G_I minus the edges out of B is a trek whose top
+   is in A or is a latent parent of A (every other ancestor of A reaches it through B, whose
+   outgoing edges are gone). Each such b must be in *every* valid A' ⊇ A, and so must each missing
    in-component ancestor (R2), so the growth reaches the least valid A, and that least A only grows
-   with H. In regime I a variable in I never joins A through R1 (it is a root without latents in
-   G_I); if R2 asks for one, no valid A exists in that regime and the stage does not use it.
-3. A dependency edge runs from the h-node that owns each v ∈ A \\ H to H. Since every valid A
-   contains the least one, a dependency cycle can only be broken by training its h-nodes together:
-   each strongly connected component is merged, and steps 2-3 repeat until the graph is acyclic.
+   with H.
+3. A dependency edge runs from the h-node that owns each v ∈ A \\ H to H, in every regime. Since
+   every valid A contains the least one, a dependency cycle can only be broken by training its
+   h-nodes together: each strongly connected component is merged (its reasons name the datasets
+   whose targets closed the cycle), and steps 2-3 repeat until the graph is acyclic.
 4. Stages are ordered by parallel level (longest dependency path), then by topological position.
 
 The result is the finest valid plan. ``joint_plan`` is the NCM-style baseline: one stage, H = V.
+
+Every stage carries its reasons twice: in plain words (``Stage.reasons``; no letter that could be
+a variable's name stands for a set) and in the paper's terms (``Stage.technical``).
+:func:`describe_stage` renders a stage for people, for the command line and the app alike.
 """
 
 from __future__ import annotations
@@ -41,9 +58,21 @@ import networkx as nx
 
 from .graph import CausalGraph
 
-__all__ = ["Plan", "PlanError", "Regime", "Stage", "Target", "joint_plan", "make_plan"]
+__all__ = [
+    "Plan",
+    "PlanError",
+    "Regime",
+    "Stage",
+    "StageDescription",
+    "StageText",
+    "Target",
+    "describe_stage",
+    "joint_plan",
+    "make_plan",
+]
 
 _R1 = "R1, conditioning would not equal intervening"
+_R2 = "R2, a frozen part must be pinned down by its earlier stage"
 
 
 class PlanError(ValueError):
@@ -86,7 +115,13 @@ class Regime:
 
     @property
     def label(self) -> str:
+        """The regime in notation: ``observational`` or ``do(X, W)``."""
         return "observational" if not self.do else f"do({', '.join(self.names)})"
+
+    @property
+    def data_name(self) -> str:
+        """The regime's dataset in words: "the observational data", "the experiment on X"."""
+        return "the observational data" if not self.do else f"the experiment on {_and(self.names)}"
 
     def to_json(self) -> str | dict:
         return "observational" if not self.do else {"do": list(self.names)}
@@ -106,10 +141,11 @@ class Regime:
 
 @dataclass(frozen=True)
 class Target:
-    """What a stage matches in one regime: P(matches | do(given)) = P(matches | given) (R1).
-
-    ``frozen`` are the mechanisms in ``matches`` that run but are not trained here.
-    """
+    """What a stage matches in one regime I: P_I(matches | do(given)) = P_I(matches | given) (R1
+    in G_I). ``given`` holds the do-parents, intervened ones included (their values come from the
+    regime's dataset); ``frozen`` are the mechanisms in ``matches`` that run but are not trained
+    here. The stage's mechanisms in I are in neither ``matches`` nor ``frozen``: this regime gives
+    them no gradient."""
 
     regime: Regime
     matches: tuple[str, ...]
@@ -118,8 +154,10 @@ class Target:
 
     @property
     def is_conditional(self) -> bool:
-        """A plain conditional P(V | pa(V)) of one variable: a pre-trained conditional
-        generator can stand in for this stage."""
+        """A plain conditional P_I(V | pa(V)) of one variable V in this regime: V has no latent
+        confounder left in G_I (a spouse outside I would be matched too). A pre-trained
+        conditional generator can stand in for V's mechanism when *every* target of a one-variable
+        stage is one (:attr:`Stage.is_conditional`)."""
         return len(self.matches) == 1 and not self.frozen
 
     def to_json(self) -> dict:
@@ -142,7 +180,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: trains the mechanisms ``trains`` (H), one target per usable regime."""
+    """One training stage: trains the mechanisms ``trains`` (H), one target per regime in which
+    some of them is not intervened on.
+
+    ``reasons`` say in plain words why the stage looks the way it does; ``technical`` says the
+    same in the paper's terms, one entry per reason (it defaults to ``reasons``, e.g. for plans
+    saved before the two were told apart).
+    """
 
     id: int
     trains: tuple[str, ...]
@@ -150,37 +194,26 @@ class Stage:
     level: int
     targets: tuple[Target, ...]
     reasons: tuple[str, ...] = ()
+    technical: tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        after = (
-            (
-                f"after stage{'s' if len(self.depends_on) > 1 else ''} "
-                + ", ".join(map(str, self.depends_on))
+    def __post_init__(self) -> None:
+        if not self.technical:
+            object.__setattr__(self, "technical", tuple(self.reasons))
+        if len(self.technical) != len(self.reasons):
+            raise PlanError(
+                f"stage {self.id}: {len(self.reasons)} reasons but {len(self.technical)} "
+                "technical reasons"
             )
-            if self.depends_on
-            else "no dependencies"
+
+    @property
+    def is_conditional(self) -> bool:
+        """The stage trains one variable and every target is the plain conditional
+        P(V | pa(V)): any consistent conditional generator (a pre-trained one) can fill it."""
+        return (
+            len(self.trains) == 1
+            and bool(self.targets)
+            and all(t.is_conditional for t in self.targets)
         )
-        lines = [f"Stage {self.id} (level {self.level}, {after}): trains {_names(self.trains)}"]
-        if not self.targets:
-            lines.append(
-                "  no dataset can train this stage (every regime intervenes on it or breaks R2)"
-            )
-        for t in self.targets:
-            given = _names(t.given) if t.given else "nothing"
-            line = f"  {t.regime.label}: matches {_names(t.matches)}; conditions on {given}"
-            if t.frozen:
-                line += f"; runs {_names(t.frozen)} frozen"
-            if t.is_conditional:
-                cond = f"P({t.matches[0]} | {_names(t.given)})" if t.given else f"P({t.matches[0]})"
-                line += (
-                    f" (a plain conditional {cond}: a pre-trained conditional generator can "
-                    "stand in)"
-                )
-            lines.append(line)
-        if self.reasons:
-            lines.append("  why:")
-            lines += [f"    - {r}" for r in self.reasons]
-        return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {
@@ -190,6 +223,7 @@ class Stage:
             "level": self.level,
             "targets": [t.to_json() for t in self.targets],
             "reasons": list(self.reasons),
+            "technical": list(self.technical),
         }
 
 
@@ -237,6 +271,7 @@ class Plan:
                     int(s["level"]),
                     tuple(Target.from_json(t, graph) for t in s["targets"]),
                     tuple(s.get("reasons", ())),
+                    tuple(s.get("technical", ())),
                 )
                 for s in data["stages"]
             )
@@ -247,17 +282,142 @@ class Plan:
             regimes = tuple(dict.fromkeys(t.regime for s in stages for t in s.targets))
         return cls(graph, regimes, stages, bool(data.get("joint", False)))
 
-    def describe(self) -> str:
-        kind = "Joint (NCM-style) plan" if self.joint else "Modular plan"
-        regimes = ", ".join(r.label for r in self.regimes)
-        lines = [
-            f"{kind}: {len(self.stages)} stage"
-            f"{'s' if len(self.stages) != 1 else ''} in {len(self.levels())} level"
-            f"{'s' if len(self.levels()) != 1 else ''}; data regimes: {regimes}"
-        ]
-        for s in self.stages:
-            lines.append(s.describe())
+    def summary(self, technical: bool = False) -> str:
+        """One line: how many stages in how many parallel rounds, trained on which data."""
+        n, k = len(self.stages), len(self.levels())
+        stages = f"{n} stage{'s' if n != 1 else ''}"
+        if technical:
+            kind = "Joint (NCM-style) plan" if self.joint else "Modular plan"
+            regimes = ", ".join(r.label for r in self.regimes)
+            return f"{kind}: {stages} in {k} level{'s' if k != 1 else ''}; data regimes: {regimes}"
+        data = _and([r.data_name for r in self.regimes])
+        if self.joint:
+            return f"Joint plan (the baseline): every model is trained at once, on {data}"
+        rounds = f"{k} round{'s' if k != 1 else ''}"
+        return (
+            f"Modular plan: {stages} in {rounds} (stages of one round can train at the same "
+            f"time), on {data}"
+        )
+
+    def describe(self, technical: bool = False) -> str:
+        """The whole plan as text: :meth:`summary`, then :func:`describe_stage` of each stage."""
+        lines = [self.summary(technical)]
+        lines += [describe_stage(self, s).text(technical) for s in self.stages]
         return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- rendering
+@dataclass(frozen=True)
+class StageText:
+    """A stage described in one register (plain or technical)."""
+
+    title: str  # "Stage 1 (after stage 0): trains C and N"
+    data: tuple[str, ...]  # one line per dataset: what the stage learns from it
+    notes: tuple[str, ...]  # no data for a mechanism; a model trained elsewhere can fill it
+    why: tuple[str, ...]  # the stage's reasons
+
+    def text(self) -> str:
+        lines = [self.title] + [f"  {x}" for x in self.data + self.notes]
+        if self.why:
+            lines.append("  why:")
+            lines += [f"    - {r}" for r in self.why]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StageDescription:
+    """A stage in plain words (``plain``) and in the paper's terms (``technical``, for an
+    expander next to the plain text)."""
+
+    plain: StageText
+    technical: StageText
+
+    def text(self, technical: bool = False) -> str:
+        return (self.technical if technical else self.plain).text()
+
+
+def describe_stage(plan: Plan, stage: Stage) -> StageDescription:
+    """How ``stage`` of ``plan`` trains, in plain words and in technical terms: what it learns
+    from each dataset, what no dataset can teach it, whether a model trained elsewhere can fill
+    it, and why it looks the way it does. ``mdcm plan`` and the app's Graph & plan page both
+    render stages with this function."""
+    owner = {v: s.id for s in plan.stages for v in s.trains}
+    deps = stage.depends_on
+    plural = "s" if len(deps) > 1 else ""
+    after = f"after stage{plural} {_and([str(d) for d in deps])}" if deps else ""
+    plain_title = f"Stage {stage.id} ({after or 'can start at once'}): trains {_and(stage.trains)}"
+    tech_after = f"after stage{plural} {', '.join(map(str, deps))}" if deps else "no dependencies"
+    tech_title = (
+        f"Stage {stage.id} (level {stage.level}, {tech_after}): trains {_names(stage.trains)}"
+    )
+    plain_data, tech_data = [], []
+    for t in stage.targets:
+        idle = [v for v in stage.trains if v in t.regime.do]
+        plain_data.append(_plain_target(t, idle, owner))
+        line = f"{t.regime.label}: matches {_names(t.matches)}; conditions on "
+        line += _names(t.given) if t.given else "nothing"
+        if t.frozen:
+            line += f"; runs {_names(t.frozen)} frozen"
+        if idle:
+            line += f"; {_names(idle)} intervened (no gradient from this regime)"
+        if t.is_conditional and not stage.is_conditional:
+            line += f" (the plain conditional {_conditional(t)} in this regime)"
+        tech_data.append(line)
+    plain_notes, tech_notes = [], []
+    informed = {v for t in stage.targets for v in t.matches}
+    silent = [v for v in stage.trains if v not in informed]
+    if not stage.targets:
+        plain_notes.append(
+            f"No dataset can train this stage: every dataset sets {_and(silent)} by experiment."
+        )
+        tech_notes.append("no regime can train this stage (every regime intervenes on all of it)")
+    elif silent:
+        them = "it" if len(silent) == 1 else "them"
+        plain_notes.append(
+            f"No dataset teaches the model of {_and(silent)}: every dataset sets {them} by "
+            "experiment."
+        )
+        tech_notes.append(f"{_names(silent)}: intervened in every regime, so never trained")
+    if stage.is_conditional and not plan.joint:
+        t = stage.targets[0]
+        given = f" given {_and(t.given)}" if t.given else ""
+        plain_notes.append(
+            "This stage could reuse a model trained elsewhere: any good generator of "
+            f"{t.matches[0]}{given} (a pre-trained image model, for example) can stand in."
+        )
+        tech_notes.append(
+            f"a plain conditional {_conditional(t)}: a pre-trained conditional generator can "
+            "stand in"
+        )
+    return StageDescription(
+        StageText(plain_title, tuple(plain_data), tuple(plain_notes), stage.reasons),
+        StageText(tech_title, tuple(tech_data), tuple(tech_notes), stage.technical),
+    )
+
+
+def _plain_target(t: Target, idle: list[str], owner: dict[str, int]) -> str:
+    """What a stage learns from one dataset, in words."""
+    what = f"fits {t.matches[0]} alone" if t.is_conditional else f"fits {_and(t.matches)} together"
+    if t.given:
+        what += f", given the recorded {_and(t.given)}"
+    if t.frozen:
+        stages = sorted({owner[v] for v in t.frozen if v in owner})
+        src = (
+            f" from stage{'s' if len(stages) > 1 else ''} {_and([str(s) for s in stages])}"
+            if stages
+            else ""
+        )
+        models = "model" if len(t.frozen) == 1 else "models"
+        what += f", with the {models} of {_and(t.frozen)}{src} held fixed"
+    if idle:
+        verb = "is" if len(idle) == 1 else "are"
+        its = "its model learns" if len(idle) == 1 else "their models learn"
+        what += f"; {_and(idle)} {verb} set by the experiment there, so {its} nothing from it"
+    return f"From {t.regime.data_name}: {what}."
+
+
+def _conditional(t: Target) -> str:
+    return f"P({t.matches[0]} | {_names(t.given)})" if t.given else f"P({t.matches[0]})"
 
 
 def _names(vs: Iterable[str]) -> str:
@@ -268,7 +428,10 @@ def _set(vs: Iterable[str]) -> str:
     return "{" + ",".join(vs) + "}"
 
 
-def _and(vs: list[str]) -> str:
+def _and(vs: Iterable[str]) -> str:
+    vs = list(vs)
+    if not vs:
+        return "nothing"
     return vs[0] if len(vs) == 1 else ", ".join(vs[:-1]) + " and " + vs[-1]
 
 
@@ -290,6 +453,20 @@ class _RegimeMasks:
     pa: list[int]
     sp: list[int]
     de: list[int]  # descendants in G_I, including the node itself
+    comp: list[int]  # the c-component of G_I that holds each node
+    anc_c: list[int]  # ancestors within that c-component (R2), including the node itself
+
+
+@dataclass(frozen=True)
+class _Join:
+    """Why variable ``j`` joins A in one regime: ``kind`` is "descendant" (of ``who``), "latent"
+    (confounded with ``who``), "ancestor" (its ancestor ``via`` is confounded with ``who``) or
+    "r2" (an in-component ancestor of frozen ``who``, component ``via``)."""
+
+    j: int
+    kind: str
+    who: int
+    via: int = 0
 
 
 class _Planner:
@@ -309,21 +486,8 @@ class _Planner:
             parents[self.idx[b]].append(self.idx[a])
         self.parents = parents
         self.components = [self.mask(c) for c in graph.c_components()]
-        self.comp_of = [0] * n
-        for k, c in enumerate(self.components):
-            for i in _bits(c):
-                self.comp_of[i] = k
-        # an_{G[C]}(v): ancestors of v within its own c-component (R2), observational graph.
-        anc_c = [0] * n
-        for i in self.topo:
-            m = 1 << i
-            for p in parents[i]:
-                if self.comp_of[p] == self.comp_of[i]:
-                    m |= anc_c[p]
-            anc_c[i] = m
-        self.anc_c = anc_c
         self.regimes = [self._regime_masks(r) for r in regimes]
-        self._cache: dict[tuple[int, int], int | None] = {}
+        self._cache: dict[tuple[int, int], int] = {}
 
     def mask(self, vs: Iterable[str]) -> int:
         m = 0
@@ -356,16 +520,36 @@ class _Planner:
             for c in ch[i]:
                 m |= de[c]
             de[i] = m
-        return _RegimeMasks(regime, do, pa, sp, de)
+        comp = [0] * n
+        for i in range(n):
+            if comp[i]:
+                continue
+            c = frontier = 1 << i
+            while frontier:
+                nxt = 0
+                for k in _bits(frontier):
+                    nxt |= sp[k]
+                frontier = nxt & ~c
+                c |= frontier
+            for k in _bits(c):
+                comp[k] = c
+        anc_c = [0] * n  # an_{G[C]}(v) for v's c-component C of G_I
+        for i in self.topo:
+            m = 1 << i
+            for p in _bits(pa[i] & comp[i]):
+                m |= anc_c[p]
+            anc_c[i] = m
+        return _RegimeMasks(regime, do, pa, sp, de, comp, anc_c)
 
     # ------------------------------------------------------------------ step 2: grow A
-    def grow(self, h: int, r: int, log: list[tuple[int, str]] | None = None) -> int | None:
-        """The least A ⊇ H satisfying R1 and R2 in regime ``r``; None when R2 would need an
-        intervened variable. With ``log``, records (variable, reason) for every addition."""
+    def grow(self, h: int, r: int, log: list[_Join] | None = None) -> int:
+        """The least A ⊇ H \\ I satisfying R1 and R2 in G_I of regime ``r`` (H \\ I not empty).
+        With ``log``, records why every variable joins."""
         key = (h, r)
         if log is None and key in self._cache:
             return self._cache[key]
         rm = self.regimes[r]
+        h &= ~rm.do
         a = h
         pa_u = sp_u = de_u = anc_u = 0
         seen = seen_s = 0
@@ -376,7 +560,7 @@ class _Planner:
                 pa_u |= rm.pa[i]
                 sp_u |= rm.sp[i]
             for i in _bits(new & ~h):
-                anc_u |= self.anc_c[i]
+                anc_u |= rm.anc_c[i]
             b = pa_u & ~a
             s_new = (a | sp_u) & ~seen_s
             seen_s |= s_new
@@ -384,73 +568,75 @@ class _Planner:
                 de_u |= rm.de[i]
             r1 = b & de_u  # do-parents downstream of A ∪ sp(A): R1 fails (see module doc)
             r2 = anc_u & ~a  # missing in-component ancestors of frozen variables
-            add = r1 | r2
             if log is not None:
-                self._explain(h, a, b, sp_u, r1, r2, rm, log)
-            if add & rm.do:
-                if log is None:
-                    self._cache[key] = None
-                return None
-            if not add:
+                self._explain(h, a, sp_u, r1, r2, rm, log)
+            if not r1 | r2:
                 if log is None:
                     self._cache[key] = a
                 return a
-            a |= add
+            a |= r1 | r2
 
     def _explain(
-        self,
-        h: int,
-        a: int,
-        b: int,
-        sp_u: int,
-        r1: int,
-        r2: int,
-        rm: _RegimeMasks,
-        log: list[tuple[int, str]],
+        self, h: int, a: int, sp_u: int, r1: int, r2: int, rm: _RegimeMasks, log: list[_Join]
     ) -> None:
-        nm = self.nodes
         for j in _bits(r1):
             who = next((i for i in _bits(a) if rm.de[i] >> j & 1 and i != j), None)
             if who is not None:
-                why = f"do-parent {nm[j]} is a descendant of {nm[who]}"
+                log.append(_Join(j, "descendant", who))
             elif sp_u >> j & 1:
-                who = next(i for i in _bits(a) if rm.sp[i] >> j & 1)
-                why = f"do-parent {nm[j]} shares a latent confounder with {nm[who]}"
+                log.append(_Join(j, "latent", next(i for i in _bits(a) if rm.sp[i] >> j & 1)))
             else:
                 y = next(i for i in _bits(sp_u & ~a) if rm.de[i] >> j & 1)
                 who = next(i for i in _bits(a) if rm.sp[i] >> y & 1)
-                why = (
-                    f"do-parent {nm[j]} has an ancestor {nm[y]} that shares a latent "
-                    f"confounder with {nm[who]}"
-                )
-            log.append((j, f"{nm[j]} joins A: {why} ({_R1})"))
+                log.append(_Join(j, "ancestor", who, y))
         for j in _bits(r2):
-            v = next(i for i in _bits(a & ~h) if self.anc_c[i] >> j & 1)
-            comp = _set(self.names(self.components[self.comp_of[v]]))
-            if rm.do >> j & 1:
-                log.append(
-                    (
-                        j,
-                        f"regime {rm.regime.label} not used: frozen {nm[v]} needs its "
-                        f"ancestor {nm[j]} within c-component {comp}, which is intervened "
-                        "on there (R2 cannot hold)",
-                    )
-                )
-            else:
-                log.append(
-                    (
-                        j,
-                        f"{nm[j]} joins A: ancestor of frozen {nm[v]} within its "
-                        f"c-component {comp} (R2, a frozen part must be pinned down by "
-                        "its earlier stage)",
-                    )
-                )
+            v = next(i for i in _bits(a & ~h) if rm.anc_c[i] >> j & 1)
+            log.append(_Join(j, "r2", v, rm.comp[v]))
+
+    def join_reason(self, join: _Join, stage_of: dict[int, int]) -> tuple[str, str]:
+        """(plain, technical) reason for one joining variable; ``stage_of`` maps a variable to
+        the id of the stage that trains it."""
+        nm = self.nodes
+        j, who = nm[join.j], nm[join.who]
+        held = f"the model of {j} from stage {stage_of[join.j]} runs inside this stage, held fixed"
+        mixup = f"so taking {j} as given from the data would mix up seeing {j} with setting it"
+        if join.kind == "descendant":
+            return (
+                f"{held}: {j} is itself affected by {who}, {mixup}",
+                f"{j} joins the matched set: do-parent {j} is a descendant of {who} ({_R1})",
+            )
+        if join.kind == "latent":
+            return (
+                f"{held}: {j} shares a hidden common cause with {who}, {mixup}",
+                f"{j} joins the matched set: do-parent {j} shares a latent confounder with "
+                f"{who} ({_R1})",
+            )
+        if join.kind == "ancestor":
+            y = nm[join.via]
+            return (
+                f"{held}: {j} is affected by {y}, which shares a hidden common cause with {who}, "
+                f"{mixup}",
+                f"{j} joins the matched set: do-parent {j} has an ancestor {y} that shares a "
+                f"latent confounder with {who} ({_R1})",
+            )
+        comp = self.names(join.via)
+        return (
+            f"{held.replace(' runs', ' also runs')}: {who} runs here too, and {who}'s model is "
+            f"only pinned down together with its cause {j} (hidden common causes link "
+            f"{_and(comp)})",
+            f"{j} joins the matched set: ancestor of frozen {who} within its c-component "
+            f"{_set(comp)} ({_R2})",
+        )
 
     # ------------------------------------------------------------------ steps 3-4
-    def plan(self) -> tuple[list[int], dict[int, list[str]], nx.DiGraph]:
+    def usable(self, h: int) -> list[int]:
+        """The regimes in which h-node ``h`` has a target: those that leave part of it free."""
+        return [r for r, rm in enumerate(self.regimes) if h & ~rm.do]
+
+    def plan(self) -> tuple[list[int], dict[int, list[tuple[str, str]]], nx.DiGraph]:
         """Merge dependency cycles until stable: (h-nodes, merge reasons, dependency DAG)."""
         hnodes = list(self.components)
-        merge_reasons: dict[int, list[str]] = {h: [] for h in hnodes}
+        merge_reasons: dict[int, list[tuple[str, str]]] = {h: [] for h in hnodes}
         while True:
             owner = [0] * len(self.nodes)
             for k, h in enumerate(hnodes):
@@ -458,48 +644,77 @@ class _Planner:
                     owner[i] = k
             dep = nx.DiGraph()
             dep.add_nodes_from(range(len(hnodes)))
+            uses: dict[tuple[int, int], dict[int, int]] = {}  # edge -> regime -> frozen mask
             for k, h in enumerate(hnodes):
-                for r, rm in enumerate(self.regimes):
-                    if h & rm.do:
-                        continue
-                    a = self.grow(h, r)
-                    if a is None:
-                        continue
-                    for i in _bits(a & ~h):
+                for r in self.usable(h):
+                    for i in _bits(self.grow(h, r) & ~h):
                         dep.add_edge(owner[i], k)
+                        per = uses.setdefault((owner[i], k), {})
+                        per[r] = per.get(r, 0) | 1 << i
             sccs = [c for c in nx.strongly_connected_components(dep) if len(c) > 1]
             if not sccs:
                 return hnodes, merge_reasons, dep
             merged = set()
             new_nodes = []
             for scc in sccs:
-                parts = sorted((hnodes[k] for k in scc), key=self._h_key)
+                parts = sorted(scc, key=lambda k: self._h_key(hnodes[k]))
                 m = 0
-                m_scc = 0
-                for p in parts:
-                    m_scc |= p
-                reasons: list[str] = []
-                for p in parts:
-                    m |= p
-                    reasons += [x for x in merge_reasons[p] if x not in reasons]
-                labels = [_set(self.names(p)) for p in parts]
-                each = "each needs the other" if len(parts) == 2 else "each needs another"
-                needs = []
-                for p in parts:
-                    uses = 0
-                    for r in range(len(self.regimes)):
-                        a = None if p & self.regimes[r].do else self.grow(p, r)
-                        uses |= (a or 0) & ~p & m_scc
-                    needs.append(f"{_set(self.names(p))} runs {_names(self.names(uses))} frozen")
-                reasons.append(
-                    f"{_and(labels)} merged: {each} trained first (dependency cycle: "
-                    f"{'; '.join(needs)})"
-                )
+                reasons: list[tuple[str, str]] = []
+                for k in parts:
+                    m |= hnodes[k]
+                    reasons += [x for x in merge_reasons[hnodes[k]] if x not in reasons]
+                runs = []  # per part: regime -> what it runs of the other parts
+                for k in parts:
+                    per: dict[int, int] = {}
+                    for q in parts:
+                        for r, mask in uses.get((q, k), {}).items():
+                            per[r] = per.get(r, 0) | mask
+                    runs.append(per)
+                reasons.append(self._merge_reason([hnodes[k] for k in parts], runs))
                 merge_reasons[m] = reasons
                 merged |= set(scc)
                 new_nodes.append(m)
             hnodes = [h for k, h in enumerate(hnodes) if k not in merged] + new_nodes
             hnodes.sort(key=self._h_key)
+
+    def _merge_reason(self, parts: list[int], runs: list[dict[int, int]]) -> tuple[str, str]:
+        """(plain, technical) reason for merging the h-nodes ``parts`` of one dependency cycle;
+        ``runs[k]`` maps each regime to the variables of the other parts that part k runs."""
+        groups = [self.names(p) for p in parts]
+        plain_clauses, tech_clauses = [], []
+        for g, per in zip(groups, runs, strict=True):
+            by_mask: dict[int, list[int]] = {}
+            for r in sorted(per):
+                by_mask.setdefault(per[r], []).append(r)
+            plain = []
+            tech = []
+            for mask, rs in by_mask.items():
+                used = self.names(mask)
+                data = _and([self.regimes[r].regime.data_name for r in rs])
+                labels = ", ".join(self.regimes[r].regime.label for r in rs)
+                models = "model" if len(used) == 1 else "models"
+                plain.append(f"to {data} needs the {models} of {_and(used)}")
+                tech.append(f"{_set(g)} runs {_names(used)} frozen in {labels}")
+            plain_clauses.append(f"fitting {_and(g)} " + ", and ".join(plain))
+            tech_clauses += tech
+        if len(parts) == 2:
+            first, second = (_and(g) for g in groups)
+            verb = "is" if len(groups[0]) == 1 else "are"
+            plain = (
+                f"{first} {verb} trained together with {second} because each needs the other's "
+                f"models trained first ({'; '.join(plain_clauses)})"
+            )
+        else:
+            plain = (
+                f"the groups {_and(_set(g) for g in groups)} are trained together because they "
+                f"need each other's models in a circle ({'; '.join(plain_clauses)})"
+            )
+        each = "each needs the other" if len(parts) == 2 else "each needs another"
+        tech = (
+            f"{_and(_set(g) for g in groups)} merged: {each} trained first (dependency cycle: "
+            f"{'; '.join(tech_clauses)})"
+        )
+        return plain, tech
 
     def _h_key(self, h: int) -> int:
         return min(self.topo_pos[i] for i in _bits(h))
@@ -552,58 +767,58 @@ def make_plan(
         level[k] = max((level[p] + 1 for p in dep.predecessors(k)), default=0)
     order = sorted(range(len(hnodes)), key=lambda k: (level[k], pl._h_key(hnodes[k])))
     sid = {k: n for n, k in enumerate(order)}
+    stage_of = {i: sid[k] for k, h in enumerate(hnodes) for i in _bits(h)}
     stages = []
     for k in order:
         h = hnodes[k]
-        trains = pl.names(h)
-        reasons: list[str] = []
+        reasons: list[tuple[str, str]] = []
         for c in pl.components:
             if c & h == c and c & (c - 1):  # a c-component inside H with two or more members
-                names = list(pl.names(c))
+                names = pl.names(c)
+                if len(names) == 2:
+                    plain = (
+                        f"{_and(names)} are trained together: a hidden common cause affects both"
+                    )
+                else:
+                    plain = f"{_and(names)} are trained together: hidden common causes link them"
                 latent = "a latent" if len(names) == 2 else "latents"
-                reasons.append(
-                    f"{_and(names)} train jointly: confounded by {latent} (same c-component)"
-                )
+                tech = f"{_and(names)} train jointly: confounded by {latent} (same c-component)"
+                reasons.append((plain, tech))
         reasons += merge_reasons.get(h, [])
         targets = []
-        why: dict[str, list[str]] = {}
-        usable = [r for r, rm in enumerate(pl.regimes) if not h & rm.do]
-        for r in usable:
+        why: dict[tuple[str, str], list[Regime]] = {}
+        for r in pl.usable(h):
             rm = pl.regimes[r]
-            log: list[tuple[int, str]] = []
+            log: list[_Join] = []
             a = pl.grow(h, r, log)
-            if a is None:  # only the reason the regime is unusable matters
-                log = [x for x in log if x[1].startswith("regime ")]
             first: set[int] = set()
-            for j, msg in log:
-                if j in first:  # one reason per joining variable is enough
+            for join in log:
+                if join.j in first:  # one reason per joining variable is enough
                     continue
-                first.add(j)
-                why.setdefault(msg, [])
-                if rm.regime.label not in why[msg]:
-                    why[msg].append(rm.regime.label)
-            if a is None:
-                continue
+                first.add(join.j)
+                why.setdefault(pl.join_reason(join, stage_of), []).append(rm.regime)
             b = 0
             for i in _bits(a):
                 b |= rm.pa[i]
-            b &= ~a
-            targets.append(
-                Target(
-                    rm.regime,
-                    pl.names(a & ~rm.do),
-                    pl.names(b | (a & rm.do)),
-                    pl.names(a & ~h & ~rm.do),
-                )
-            )
-        all_labels = [t.regime.label for t in targets]
-        for msg, labels in why.items():
-            if labels == all_labels or msg.startswith("regime "):
-                reasons.append(msg)
-            else:
-                reasons.append(f"{msg} (in {', '.join(labels)})")
+            targets.append(Target(rm.regime, pl.names(a), pl.names(b & ~a), pl.names(a & ~h)))
+        every = [t.regime for t in targets]
+        for (plain, tech), regs in why.items():
+            if regs != every:  # say which datasets need it
+                plain += f" (in {_and(r.data_name for r in regs)})"
+                tech += f" (in {', '.join(r.label for r in regs)})"
+            reasons.append((plain, tech))
         deps = tuple(sorted(sid[p] for p in dep.predecessors(k)))
-        stages.append(Stage(sid[k], trains, deps, level[k], tuple(targets), tuple(reasons)))
+        stages.append(
+            Stage(
+                sid[k],
+                pl.names(h),
+                deps,
+                level[k],
+                tuple(targets),
+                tuple(p for p, _ in reasons),
+                tuple(t for _, t in reasons),
+            )
+        )
     return Plan(graph, regimes, tuple(stages), joint=False)
 
 
@@ -613,11 +828,15 @@ def _joint(graph: CausalGraph, regimes: tuple[Regime, ...]) -> Plan:
         g = graph.mutilate(r.do)
         a = [v for v in graph.nodes if v not in r.do]
         targets.append(Target(r, tuple(a), tuple(graph.order(g.parents_of(a))), ()))
-    reasons = (
-        "joint (NCM-style) baseline: every mechanism trains in one stage against the "
-        "whole joint distribution",
+    plain = (
+        "the baseline to compare with: every model is trained at once, against all the data "
+        "together"
     )
-    stage = Stage(0, graph.nodes, (), 0, tuple(targets), reasons)
+    tech = (
+        "joint (NCM-style) baseline: every mechanism trains in one stage against the "
+        "whole joint distribution"
+    )
+    stage = Stage(0, graph.nodes, (), 0, tuple(targets), (plain,), (tech,))
     return Plan(graph, regimes, (stage,), joint=True)
 
 

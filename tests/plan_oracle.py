@@ -1,47 +1,114 @@
-"""An independent validity oracle for training plans (design.md §2, rules R1-R3).
+"""An independent validity oracle for training plans (design.md §2, rules R1-R3 in every regime).
 
-Written from the definitions only, with none of the planner's machinery: R1 by d-separation
-(``CausalGraph.d_separated`` on the mutilated graph with the edges out of B removed, which builds an
-explicit latent node per bidirected edge), R2 by ancestor sets inside each c-component's induced
-subgraph, R3 by stage order. ``least_target`` computes the least valid A for an h-node by brute
-force over d-separation, so tests can also check that the planner's A is minimal.
+Written from the definitions only, with none of the planner's machinery: the oracle builds the
+structural causal model's DAG itself, with one explicit latent node per bidirected edge, and
+applies do(I) the way an SCM does, by cutting every edge into I (a latent shared with an
+intervened variable then feeds only the other one). From that DAG it reads everything it checks:
+
+* the parents in G_I, and the c-components of G_I (observed variables sharing a latent parent);
+* **R1** by d-separation (networkx ``is_d_separator``) with the edges out of B removed;
+* **R2** by ancestor sets inside each c-component of G_I not inside H;
+* **R3** by stage order, and the stage that trains a frozen mechanism must itself have a target
+  in the same regime (that target is what pins the frozen factor down there).
+
+``least_target`` computes the least valid A for an h-node by brute force over d-separation, so
+tests can also check that the planner's A is minimal and that every (regime, stage) pair that can
+have a target has one.
 """
 
 from __future__ import annotations
+
+import functools
+
+import networkx as nx
 
 from mdcm.graph import CausalGraph
 from mdcm.plan import Plan
 
 
+@functools.lru_cache(maxsize=4096)
+def scm_dag(g: CausalGraph, do: frozenset[str] = frozenset()) -> nx.DiGraph:
+    """The DAG of G_I with explicit latents ``("U", a, b)``: every edge into ``do`` cut."""
+    dag = nx.DiGraph()
+    dag.add_nodes_from(g.nodes)
+    dag.add_edges_from((a, b) for a, b in g.directed if b not in do)
+    for a, b in g.bidirected:
+        dag.add_node(("U", a, b))
+        dag.add_edges_from((("U", a, b), v) for v in (a, b) if v not in do)
+    return dag
+
+
+def _without_out_edges(dag: nx.DiGraph, cut: set[str]) -> nx.DiGraph:
+    """A copy of ``dag`` with the edges out of ``cut`` removed."""
+    out = dag.copy()
+    out.remove_edges_from([(x, y) for x in cut for y in dag.successors(x)])
+    return out
+
+
+def parents(g: CausalGraph, do: frozenset[str], a: set[str]) -> set[str]:
+    """pa(A) \\ A in G_I (observed parents only)."""
+    dag = scm_dag(g, do)
+    return {p for v in a for p in dag.predecessors(v) if isinstance(p, str)} - a
+
+
+@functools.lru_cache(maxsize=4096)
+def c_components(g: CausalGraph, do: frozenset[str] = frozenset()) -> tuple[frozenset[str], ...]:
+    """The c-components of G_I: observed variables joined through shared latent parents."""
+    dag = scm_dag(g, do)
+    und = nx.Graph()
+    und.add_nodes_from(g.nodes)
+    for u in dag:
+        if not isinstance(u, str):
+            kids = list(dag.successors(u))
+            und.add_edges_from(zip(kids, kids[1:], strict=False))
+    return tuple(frozenset(c) for c in nx.connected_components(und))
+
+
 def r1_holds(g: CausalGraph, do: frozenset[str], a: set[str], b: set[str]) -> bool:
     """R1: A ⊥ B in G_I with the edges out of B removed (do-calculus rule 2)."""
-    return not b or g.mutilate(do).remove_outgoing(b).d_separated(a, b)
+    return not b or nx.is_d_separator(_without_out_edges(scm_dag(g, do), b), set(a), set(b), set())
 
 
-def r2_missing(g: CausalGraph, h: set[str], a: set[str]) -> set[str]:
-    """Variables that R2 asks for: ancestors within G[C] of A ∩ C, for c-components C ⊄ H."""
+def r2_missing(
+    g: CausalGraph, h: set[str], a: set[str], do: frozenset[str] = frozenset()
+) -> set[str]:
+    """Variables that R2 asks for: ancestors within G[C] of A ∩ C, for the c-components C of G_I
+    not inside H."""
+    dag = scm_dag(g, do)
     missing: set[str] = set()
-    for c in g.c_components():
+    for c in c_components(g, do):
         if c <= h or not (a & c):
             continue
-        missing |= g.subgraph(c).ancestors(a & c) - a
-    return missing
+        sub = dag.subgraph(c)
+        for v in a & c:
+            missing |= nx.ancestors(sub, v)
+    return missing - a
 
 
 def least_target(g: CausalGraph, h: set[str], do: frozenset[str] = frozenset()) -> set[str] | None:
-    """The least A ⊇ H satisfying R1 and R2 in regime do(I), by adding one at a time every
+    """See :func:`_least_target` (cached: the checks ask twice for each regime and stage)."""
+    found = _least_target(g, frozenset(h), frozenset(do))
+    return None if found is None else set(found)
+
+
+@functools.lru_cache(maxsize=4096)
+def _least_target(g: CausalGraph, h: frozenset[str], do: frozenset[str]) -> frozenset[str] | None:
+    """The least A ⊇ H \\ I satisfying R1 and R2 in regime do(I), by adding one at a time every
     do-parent that is d-connected to A (each one must be in any valid superset), and every missing
-    in-component ancestor. None when an intervened variable would have to join A."""
-    gi = g.mutilate(do)
-    a = set(h)
+    in-component ancestor. None when H \\ I is empty (nothing to train in this regime) or an
+    intervened variable would have to join A (it has no mechanism there)."""
+    a = set(h) - do
+    if not a:
+        return None
     while True:
-        b = gi.parents_of(a)
-        cut = gi.remove_outgoing(b)
-        add = {x for x in b if not cut.d_separated(a, {x})} | r2_missing(g, h, a)
+        b = parents(g, do, a)
+        cut = _without_out_edges(scm_dag(g, do), b)
+        add = {x for x in b if not nx.is_d_separator(cut, a, {x}, set())}
+        add |= r2_missing(g, h, a, do)
         if add & do:
             return None
         if not add:
-            return a
+            return frozenset(a)
         a |= add
 
 
@@ -66,7 +133,8 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
             owner[v] = s.id
     if set(owner) != nodes:
         problems.append(f"mechanisms never trained: {sorted(nodes - set(owner))}")
-    comps = g.c_components()
+    regimes_of = {s.id: {t.regime for t in s.targets} for s in stages}
+    comps = c_components(g)
     for s in stages:
         h = set(s.trains)
         tag = f"stage {s.id}"
@@ -90,14 +158,10 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
                 if t is None:
                     problems.append(f"{tag}: joint plan lacks a target for {r.label}")
                 continue
-            if h & r.do:
-                if t is not None:
-                    problems.append(f"{tag}: target in {r.label}, which intervenes on H")
-                continue
-            if t is None:
-                if least_target(g, h, r.do) is not None:
-                    problems.append(f"{tag}: no target in {r.label}, but a valid A exists")
-                continue
+            if t is None and least_target(g, h, r.do) is not None:
+                problems.append(f"{tag}: no target in {r.label}, but a valid one exists")
+            if t is not None and not h - r.do:
+                problems.append(f"{tag}: target in {r.label}, which intervenes on all of it")
         for t in s.targets:
             if t.regime not in plan.regimes:
                 problems.append(f"{tag}: target for unknown regime {t.regime.label}")
@@ -109,9 +173,9 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
                 problems.append(f"{ttag}: names not in declaration order")
             if a & do:
                 problems.append(f"{ttag}: matches intervened {sorted(a & do)}")
-            if not plan.joint and not h <= a:
-                problems.append(f"{ttag}: A does not contain H")
-            b = g.mutilate(do).parents_of(a)
+            if not plan.joint and not h - do <= a:
+                problems.append(f"{ttag}: A does not contain H minus the intervened variables")
+            b = parents(g, do, a)
             if set(t.given) != b:
                 problems.append(f"{ttag}: given {t.given} but pa(A)\\A in G_I is {sorted(b)}")
             if set(t.frozen) != a - h:
@@ -122,7 +186,7 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
                 )
             if plan.joint:
                 continue
-            missing = r2_missing(g, h, a)
+            missing = r2_missing(g, h, a, do)
             if missing:
                 problems.append(
                     f"{ttag}: R2 fails: A lacks in-component ancestors {sorted(missing)}"
@@ -133,6 +197,11 @@ def check_plan(plan: Plan, minimal: bool = True) -> list[str]:
                     problems.append(
                         f"{ttag}: R3 fails: frozen {v} is trained by stage "
                         f"{owner.get(v)}, not earlier"
+                    )
+                elif t.regime not in regimes_of.get(owner[v], set()):
+                    problems.append(
+                        f"{ttag}: R3 fails: frozen {v}'s stage {owner[v]} has no target in "
+                        f"{t.regime.label}, so nothing pins it down there"
                     )
             if minimal:
                 least = least_target(g, h, do)

@@ -101,7 +101,6 @@ def _check_plan_contract(graph: str, plan: dict) -> None:
             assert plan["stages"][d]["level"] < st["level"]
         for t in st["targets"]:
             assert set(t) >= {"regime", "matches", "given"}
-            assert set(st["trains"]) <= set(t["matches"])
             do = (
                 set()
                 if t["regime"] == "observational"
@@ -111,6 +110,7 @@ def _check_plan_contract(graph: str, plan: dict) -> None:
                 if isinstance(t["regime"], dict)
                 else set()
             )
+            assert set(st["trains"]) - do <= set(t["matches"])  # intervened: given, not matched
             assert rule2_holds(graph, set(t["matches"]), set(t["given"]) - do, do), (graph, st)
     assert sorted(trained) == sorted(nodes)
 

@@ -211,8 +211,8 @@ def answer_sentence(
                 text += "."
             elif abs(q - p) > max(half, 0.01):
                 text += (
-                    ": the difference is confounding, which a plain comparison of cases "
-                    "mixes into the answer."
+                    ": the difference is what confounding does to a plain comparison, as far "
+                    "as the model fits the data (see Checks)."
                 )
             else:
                 text += ": about the same, so confounding changes little here."

@@ -5,9 +5,13 @@ Pages stay short: they call these helpers and library functions and lay out the 
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +24,10 @@ from mdcm.variables import Schema
 from . import state
 
 log = logging.getLogger("mdcm_app")
+
+#: set to 1 (the test suite does) to let page and callback errors propagate instead of becoming
+#: friendly messages, so ``AppTest`` sees them in ``at.exception``
+RAISE_ENV = "MDCM_RAISE"
 
 PAGES = {
     "home": "pages/home.py",
@@ -40,14 +48,22 @@ def safe_callback(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - shown as a friendly message
+            if raise_errors():
+                raise
             log.error("callback error: %s", traceback.format_exc())
             st.session_state["ui_error"] = f"{type(exc).__name__}: {exc}"
 
     return wrapper
 
 
+def raise_errors() -> bool:
+    """Whether unexpected errors propagate (``MDCM_RAISE=1``, set by the tests)."""
+    return os.environ.get(RAISE_ENV, "") == "1"
+
+
 def guard(body: Callable[[], None]) -> None:
-    """Run a page body; an unexpected error becomes a friendly message, never a traceback."""
+    """Run a page body; an unexpected error becomes a friendly message, never a traceback
+    (under ``MDCM_RAISE=1`` it propagates, so tests see it)."""
     err = st.session_state.pop("ui_error", None)
     if err:
         st.error(
@@ -56,6 +72,8 @@ def guard(body: Callable[[], None]) -> None:
     try:
         body()
     except Exception as exc:  # noqa: BLE001 - the UI must never show a raw traceback
+        if raise_errors():
+            raise
         log.error("page error: %s", traceback.format_exc())
         st.error(
             f"Something went wrong on this page: {type(exc).__name__}: {exc}. "
@@ -118,11 +136,37 @@ def study_page(title: str) -> state.StudyMeta:
     return meta
 
 
-def schema_or_stop(meta: state.StudyMeta):
-    """The study's schema, or an inline error asking to fix the graph first (stops the page)."""
+def study_schema(meta: state.StudyMeta) -> tuple[Schema | None, str]:
+    """The study's schema (or None and why not). A copy of a built-in study made before the
+    built-ins had words for their variables gets the built-in's labels and class names for every
+    variable whose kind and shape still match."""
     schema, err = state.schema_or_error(meta)
+    if schema is None or not meta.example:
+        return schema, err
+    ex = example_or_none(meta)
+    if ex is None:
+        return schema, err
+    words = {v.name: v for v in ex.study.schema.variables}
+    variables = []
+    for v in schema.variables:
+        w = words.get(v.name)
+        if w is not None and (w.kind, w.shape) == (v.kind, v.shape) and v.label is None:
+            v = dataclasses.replace(
+                v,
+                label=w.label,
+                values=v.values or w.values,
+                description=v.description or w.description,
+            )
+        variables.append(v)
+    return Schema(schema.graph, tuple(variables)), err
+
+
+def schema_or_stop(meta: state.StudyMeta) -> Schema:
+    """The study's schema, or an inline error asking to fix the graph first (stops the page)."""
+    schema, err = study_schema(meta)
     if schema is None:
         st.error(f"Fix the graph first: {err}")
+        page_link("graph", "Go to the Graph page", ":material/hub:")
         st.stop()
     return schema
 
@@ -137,12 +181,8 @@ def load_example(name: str):
 
 
 def example_or_none(meta: state.StudyMeta):
-    if not meta.example:
-        return None
-    try:
-        return load_example(meta.example)
-    except ImportError:
-        return None
+    """The built-in example the study was copied from, or None."""
+    return load_example(meta.example) if meta.example else None
 
 
 def project_dataset(schema: Schema, dataset: Any) -> tuple[Any | None, list[str]]:
@@ -184,12 +224,21 @@ def uploaded_datasets(meta: state.StudyMeta, schema: Schema) -> tuple[list[Any],
     return out, problems
 
 
+def data_key(meta: state.StudyMeta) -> str:
+    """A cache key that changes whenever the study's data may change: the study, its graph and
+    variable kinds, and the time stamp of its uploads (an upload, a deletion, a graph edit)."""
+    schema, err = study_schema(meta)
+    text = json.dumps(schema.to_json(), sort_keys=True) if schema is not None else err
+    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return f"{meta.study_id}|{digest}|{_uploads_stamp(meta.study_id)}"
+
+
 def study_data(meta: state.StudyMeta) -> tuple[Any | None, list[str]]:
     """The study's data (built-in datasets + uploads) under the current schema, and problems.
 
     Returns ``(Study, problems)``; Study is None when there is no usable dataset.
     """
-    schema, err = state.schema_or_error(meta)
+    schema, err = study_schema(meta)
     if schema is None:
         return None, [f"graph/kinds: {err}"]
     return _study_data(
@@ -217,12 +266,7 @@ def _study_data(
     meta = state.load_meta(study_id)
     datasets: list[Any] = []
     problems: list[str] = []
-    ex = None
-    if example:
-        try:
-            ex = load_example(example)
-        except ImportError:
-            problems.append("the built-in examples module is not available")
+    ex = load_example(example) if example else None
     raw = list(ex.study.datasets) if ex is not None else []
     up, up_problems = uploaded_datasets(meta, schema)
     problems.extend(up_problems)
@@ -238,6 +282,49 @@ def _study_data(
     ), problems
 
 
+def variables_without_data(meta: state.StudyMeta) -> list[str]:
+    """Variables of the graph that no dataset of the study has a column for ("no data yet")."""
+    schema, _ = study_schema(meta)
+    if schema is None:
+        return []
+    ex = example_or_none(meta)
+    seen: set[str] = set()
+    for d in ex.study.datasets if ex is not None else ():
+        seen.update(d.columns)
+    root = state.study_dir(meta.study_id) / "study"
+    for path in sorted(root.glob("*/data.csv")) if root.is_dir() else ():
+        try:
+            with path.open(newline="", errors="replace") as fh:
+                seen.update(c.strip() for c in next(csv.reader(fh), []))
+        except (OSError, csv.Error):
+            continue
+    return [v for v in schema.names if v not in seen]
+
+
+# ---------------------------------------------------------------------- model state
+def model_fits(model_dir: Path, schema: Schema) -> tuple[bool, str]:
+    """Whether the model saved in ``model_dir`` was trained for this graph and these kinds, and
+    if not, why (in words). Reads only model.json (no torch)."""
+    from mdcm.files import JsonFileError, read_json_file
+
+    try:
+        trained = Schema.from_json(read_json_file(Path(model_dir) / "model.json")["schema"])
+    except (JsonFileError, KeyError, TypeError, ValueError, OSError):
+        return False, "its model description cannot be read"
+    if trained.same_structure(schema):
+        return True, ""
+    a, b = trained.graph, schema.graph
+    if (set(a.nodes), a.directed, a.bidirected) != (set(b.nodes), b.directed, b.bidirected):
+        return False, (f"it was trained for the graph `{a}`; the study's graph is now `{b}`")
+    kinds = [
+        v.name
+        for v in schema.variables
+        if v.name in trained.names
+        and (trained[v.name].kind, trained[v.name].shape) != (v.kind, v.shape)
+    ]
+    return False, f"the kind or size of {', '.join(kinds)} changed after it was trained"
+
+
 def study_summary(meta: state.StudyMeta) -> dict[str, str]:
     """Plain-text summary of graph, data and model state (Home page and sidebar)."""
     from . import runs_view
@@ -250,18 +337,34 @@ def study_summary(meta: state.StudyMeta) -> dict[str, str]:
         if g
         else f"invalid: {err}"
     )
-    try:
-        study, problems = study_data(meta)
-        if study is None:
-            out["Data"] = "no data yet" + (f" ({problems[0]})" if problems else "")
-        else:
-            parts = [f"{d.name} ({d.n} rows)" for d in study.datasets]
-            real = [p for p in problems if not p.endswith("(ignored)")]
-            out["Data"] = ", ".join(parts) + (f"; {len(real)} problem(s)" if real else "")
-    except ImportError:
-        out["Data"] = "data module not available"
+    study, problems = study_data(meta)
+    if study is None:
+        out["Data"] = "no data yet" + (f" ({problems[0]})" if problems else "")
+    else:
+        parts = [f"{d.name} ({d.n} rows)" for d in study.datasets]
+        real = [p for p in problems if not p.endswith("(ignored)")]
+        out["Data"] = ", ".join(parts) + (f"; {len(real)} problem(s)" if real else "")
+        missing = variables_without_data(meta)
+        if missing:
+            out["Data"] += f"; no data yet for {', '.join(missing)}"
     out["Model"] = runs_view.model_summary(meta)
+    stale = stale_reason(meta)
+    if stale:
+        out["Model"] = f"needs retraining: {stale}"
     return out
+
+
+def stale_reason(meta: state.StudyMeta) -> str:
+    """Why the study's newest trained model no longer fits the study ("" when it fits or when
+    there is none): the graph or a variable's kind changed after training."""
+    from . import runs_view
+
+    found = runs_view.latest_model(meta.study_id)
+    schema, _ = study_schema(meta)
+    if found is None or schema is None:
+        return ""
+    ok, why = model_fits(found[1], schema)
+    return "" if ok else f"the latest model no longer fits the study: {why}"
 
 
 def sidebar(meta: state.StudyMeta | None) -> None:
@@ -271,10 +374,9 @@ def sidebar(meta: state.StudyMeta | None) -> None:
             return
         st.caption(f"Study: **{meta.title}**")
         st.caption(f"`{meta.graph_text}`")
-
-
-def model_path_exists(path: Path | None) -> bool:
-    return path is not None and Path(path).exists()
+        stale = stale_reason(meta)
+        if stale:
+            st.warning(f"Needs retraining: {stale}.", icon=":material/update:")
 
 
 # ---------------------------------------------------------------------- trained models
@@ -291,7 +393,13 @@ def study_models(meta: state.StudyMeta) -> list[tuple[str, Path]]:
     return out
 
 
-@st.cache_resource(show_spinner="Loading the trained model…", max_entries=4)
+def model_id(path: Path) -> str:
+    """Cache key of a model: its folder (in shared mode each user's own) and the time its
+    weights were written (a resumed run that saves a new model gets a new key)."""
+    return f"{Path(path).resolve()}@{(Path(path) / 'model.safetensors').stat().st_mtime_ns}"
+
+
+@st.cache_resource(show_spinner="Loading the trained model…", max_entries=8)
 def load_model_cached(path: str, mtime: float, schema_json: str | None):
     """A trained DCM, loaded once per (folder, file time) and checked against the study."""
     from mdcm.model import load_model
@@ -300,8 +408,30 @@ def load_model_cached(path: str, mtime: float, schema_json: str | None):
     return load_model(Path(path), expect_schema=expect)
 
 
+def _load(path: Path, schema: Schema):
+    return load_model_cached(
+        str(path),
+        (path / "model.safetensors").stat().st_mtime,
+        json.dumps(schema.to_json(descriptions=False), sort_keys=True),
+    )
+
+
+def _run_label(rid: str) -> str:
+    from mdcm.runs import RunError, run_path, run_status
+
+    from . import runs_view
+
+    try:
+        return runs_view.run_label(run_status(run_path(state.runs_root(), rid)))
+    except (RunError, OSError, ValueError):
+        return rid
+
+
 def pick_model(meta: state.StudyMeta, schema: Schema, key: str):
-    """Select box over the study's trained models; returns (run id, model) or stops the page."""
+    """Select box over the study's trained models; returns (model id, model) or stops the page.
+
+    Models trained for an earlier graph are listed as "needs retraining" and, when picked, say
+    why in words instead of answering."""
     from mdcm.model import ModelFileError
 
     models = study_models(meta)
@@ -309,18 +439,114 @@ def pick_model(meta: state.StudyMeta, schema: Schema, key: str):
         st.info("No trained model yet for this study: start a training run first.")
         page_link("train", "Go to Train", ":material/model_training:")
         st.stop()
+    fits = {rid: model_fits(path, schema) for rid, path in models}
     ids = [rid for rid, _ in models]
     rid = st.selectbox(
-        "Model (training run)", ids, key=key, help="Models of this study's runs, newest first"
+        "Model",
+        ids,
+        key=key,
+        format_func=lambda r: _run_label(r) + ("" if fits[r][0] else " · needs retraining"),
+        help="Models trained on this study, newest first",
     )
+    ok, why = fits[rid]
+    if not ok:
+        st.warning(
+            f"This model needs retraining: {why}. Train again on the Train page, or pick "
+            "another model.",
+            icon=":material/update:",
+        )
+        page_link("train", "Go to Train", ":material/model_training:")
+        st.stop()
     path = dict(models)[rid]
     try:
-        model = load_model_cached(
-            str(path),
-            (path / "model.safetensors").stat().st_mtime,
-            json.dumps(schema.to_json(), sort_keys=True),
-        )
+        model = _load(path, schema)
     except (ModelFileError, OSError, ValueError) as exc:
-        st.error(f"This model cannot be used with the study as it is now: {exc}")
+        log.warning("model %s cannot be used: %s", path, exc)
+        st.error(
+            "This model cannot be used: its files are damaged or were written by another "
+            "version of mdcm. Train again on the Train page.",
+            icon=":material/error:",
+        )
         st.stop()
-    return rid, model
+    return model_id(path), model
+
+
+def fitting_models(meta: state.StudyMeta, schema: Schema, limit: int = 8) -> list[tuple[str, Any]]:
+    """(model id, model) of up to ``limit`` of the study's models that fit its current graph
+    (newest first): the models whose answers are compared for a non-identifiable query."""
+    from mdcm.model import ModelFileError
+
+    out = []
+    for _rid, path in study_models(meta):
+        if len(out) >= limit:
+            break
+        if not model_fits(path, schema)[0]:
+            continue
+        try:
+            out.append((model_id(path), _load(path, schema)))
+        except (ModelFileError, OSError, ValueError):
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------- identifiability
+def _terms(text: str) -> list[str]:
+    from mdcm.explain import GLOSSARY
+
+    low = text.lower()
+    return [t for t in GLOSSARY if t.lower() in low]
+
+
+def verdict(
+    schema: Schema,
+    treatment: list[str],
+    outcomes: list[str],
+    given: list[str] = (),
+    interventions: list[Any] = (),
+) -> dict[str, Any]:
+    """The identifiability verdict of each query P(y | do(treatment), given), shown in plain
+    words (the formula, its criterion and the algorithm's reason in a "technical details"
+    expander). Returns outcome -> :class:`mdcm.identify.Identification` (None on a bad query).
+    Used by the Intervene page and the Graph & plan page."""
+    from mdcm.explain import GLOSSARY, criterion, query_words, verdict_headline
+    from mdcm.identify import IdentificationError, identify
+
+    out: dict[str, Any] = {}
+    for y in outcomes:
+        formal = f"P({y} | do({', '.join(treatment)}){', ' + ', '.join(given) if given else ''})"
+        try:
+            ident = identify(schema.graph, treatment, [y], list(given), interventions)
+        except (IdentificationError, ValueError) as exc:
+            st.error(f"The question {formal} cannot be asked: {exc}", icon=":material/block:")
+            out[y] = None
+            continue
+        out[y] = ident
+        words = query_words(schema, treatment, y, given)
+        crit = (
+            criterion(schema.graph, treatment[0], y)
+            if ident.identifiable and len(treatment) == 1 and not given
+            else None
+        )
+        if ident.identifiable:
+            how = f"  \nHow: the {crit.title}." if crit is not None else ""
+            st.success(
+                f"**Identifiable** ({formal}). {verdict_headline(True, words)}{how}",
+                icon=":material/check_circle:",
+            )
+        else:
+            st.warning(
+                f"**Not identifiable** ({formal}). {verdict_headline(False, words)} Use them "
+                "to explore, not to conclude.",
+                icon=":material/warning:",
+            )
+        with st.expander("Technical details", expanded=False):
+            if crit is not None:
+                st.markdown(f"**{crit.title.capitalize()}:** `{crit.formula}`")
+            if ident.estimand:
+                st.markdown(f"**Estimand** (ID algorithm): `{formal} = {ident.estimand}`")
+            st.caption(f"Reason: {ident.reason}")
+            terms = _terms(ident.reason + (crit.name if crit is not None else ""))
+            terms = ["identifiable" if ident.identifiable else "not identifiable"] + terms
+            for t in dict.fromkeys(terms):
+                st.caption(f"*{t}*: {GLOSSARY[t]}")
+    return out

@@ -53,9 +53,15 @@ def dataset_root(study_id: str) -> Path:
 
 
 def write_study_json(study_id: str, schema: Schema) -> Path:
-    """Keep ``study/study.json`` in step with the current graph and kinds."""
+    """Keep ``study/study.json`` in step with the current graph, kinds and canvas positions."""
     root = dataset_root(study_id)
-    (root / "study.json").write_text(json.dumps(schema.to_json(), indent=1))
+    try:
+        stored = state.load_meta(study_id).positions
+    except (OSError, ValueError, KeyError):  # a study folder without app metadata
+        stored = {}
+    positions = {v: p for v, p in stored.items() if v in schema.names}
+    body = dict(schema.to_json(), **({"positions": positions} if positions else {}))
+    (root / "study.json").write_text(json.dumps(body, indent=1))
     return root
 
 
@@ -70,9 +76,13 @@ def store_raw(study_id: str, filename: str, data: bytes) -> Path:
 
 
 def parse_do(text: str, schema: Schema) -> dict[str, object]:
-    """Parse intervention targets typed as ``X=1, Z=0.5`` (checked against the schema)."""
+    """Parse intervention targets typed as ``X=1, Z=0.5`` or ``do(X=1, Z=0.5)`` (checked
+    against the schema)."""
     out: dict[str, object] = {}
-    for part in (text or "").replace(";", ",").split(","):
+    text = (text or "").strip()
+    if text.lower().startswith("do(") and text.endswith(")"):
+        text = text[3:-1]
+    for part in text.replace(";", ",").split(","):
         part = part.strip()
         if not part:
             continue
@@ -85,8 +95,17 @@ def parse_do(text: str, schema: Schema) -> dict[str, object]:
                 f"{', '.join(schema.names)}"
             )
         var = schema[name]
+        if var.kind == "categorical":
+            try:
+                out[name] = int(value)
+            except ValueError:
+                raise DataError(
+                    f"intervention {part!r}: {name} is categorical, so give one of its "
+                    f"classes 0 … {var.classes - 1}, not {value!r}"
+                ) from None
+            continue
         try:
-            out[name] = int(value) if var.kind == "categorical" else float(value)
+            out[name] = float(value)
         except ValueError:
             raise DataError(f"intervention {part!r}: {value!r} is not a number") from None
     if out:

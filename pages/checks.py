@@ -1,30 +1,43 @@
-"""Checks: real versus generated samples side by side, per-variable marginals with TVD,
-per-class image grids, and for built-in studies the distance to the exact interventional truth.
+"""Checks: real versus generated samples side by side, per-variable distributions with their
+difference (total variation distance), per-class image grids, and for built-in studies the
+distance to the exact interventional truth, from the same sample draws the Intervene page shows.
 Plots and image grids download as PNG."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from mdcm import explain
+from mdcm.query import tvd
 from mdcm_app import answers, plots, ui
 
 N_CHECK = 2000
-
-
-def _tvd(p, q) -> float:
-    return float(0.5 * np.abs(np.asarray(p, float) - np.asarray(q, float)).sum())
+TVD_HELP = "Difference = " + explain.GLOSSARY["TVD"]
 
 
 def _marginals(schema, real: dict, fake: dict) -> None:
-    st.subheader("Marginals: data vs model")
-    rows = []
     tab = [v for v in schema.variables if v.kind != "image"]
-    cols = st.columns(min(3, max(1, len(tab))))
+    if not tab:
+        return
+    st.subheader("Each variable: data vs model")
+    st.caption(
+        "A model that fits the data draws every variable as often as the data show it. "
+        "Difference 0 means the same distribution, 1 no overlap."
+    )
+    rows = []
+    cols = st.columns(min(3, len(tab)))
     for i, v in enumerate(tab):
         r, f = np.asarray(real[v.name]), np.asarray(fake[v.name])
         with cols[i % len(cols)]:
             st.plotly_chart(
-                plots.marginal_figure(r, v.name, v.kind, f, ("data", "model")),
+                plots.marginal_figure(
+                    r,
+                    explain.var_name(v),
+                    v.kind,
+                    f,
+                    ("data", "model"),
+                    explain.class_labels(v) if v.kind == "categorical" else None,
+                ),
                 key=f"chk_marg_{v.name}",
                 width="stretch",
             )
@@ -34,8 +47,8 @@ def _marginals(schema, real: dict, fake: dict) -> None:
                 rows.append(
                     {
                         "variable": v.name,
-                        "kind": v.kind,
-                        "TVD": round(_tvd(pr, pf), 4),
+                        "what": v.label or "",
+                        "difference (TVD)": round(tvd(pr, pf), 4),
                         "data": np.round(pr, 3).tolist(),
                         "model": np.round(pf, 3).tolist(),
                     }
@@ -44,8 +57,8 @@ def _marginals(schema, real: dict, fake: dict) -> None:
                     f"Download {v.name} (PNG)",
                     plots.bar_png(
                         {"data": pr, "model": pf},
-                        [str(k) for k in range(v.classes)],
-                        f"P({v.name}): data vs model",
+                        explain.class_labels(v),
+                        f"{explain.var_name(v)}: data vs model",
                     ),
                     file_name=f"marginal_{v.name}.png",
                     mime="image/png",
@@ -56,16 +69,18 @@ def _marginals(schema, real: dict, fake: dict) -> None:
                 rows.append(
                     {
                         "variable": v.name,
-                        "kind": v.kind,
-                        "TVD": None,
-                        "data": f"mean {a.mean():.3f}, sd {a.std():.3f}",
-                        "model": f"mean {b.mean():.3f}, sd {b.std():.3f}",
+                        "what": v.label or "",
+                        "difference (TVD)": None,
+                        "data": f"average {a.mean():.3f}, spread (sd) {a.std():.3f}",
+                        "model": f"average {b.mean():.3f}, spread (sd) {b.std():.3f}",
                     }
                 )
-    if rows:
-        st.dataframe(
-            pd.DataFrame(rows).astype({"data": str, "model": str}), hide_index=True, width="stretch"
-        )
+    st.dataframe(
+        pd.DataFrame(rows).astype({"data": str, "model": str}),
+        hide_index=True,
+        width="stretch",
+        column_config={"difference (TVD)": st.column_config.NumberColumn(help=TVD_HELP)},
+    )
 
 
 def _images(schema, real: dict, fake: dict) -> None:
@@ -75,77 +90,104 @@ def _images(schema, real: dict, fake: dict) -> None:
     cats = schema.of_kind("categorical")
     st.subheader("Images: data vs model")
     for v in imgs:
+        name = explain.var_name(schema[v])
         c1, c2 = st.columns(2)
-        for col, src, name in ((c1, real, "data"), (c2, fake, "model")):
+        for col, src, who in ((c1, real, "data"), (c2, fake, "model")):
             grid = plots.image_grid(np.asarray(src[v])[:32], ncol=8, scale=3)
-            col.image(grid, caption=f"{v}: {name}")
+            col.image(grid, caption=f"{name}: {who}")
             col.download_button(
-                f"Download {name} grid (PNG)",
+                f"Download {who} grid (PNG)",
                 plots.png_bytes(grid),
-                file_name=f"{v}_{name}.png",
+                file_name=f"{v}_{who}.png",
                 mime="image/png",
-                key=f"chk_grid_{v}_{name}",
+                key=f"chk_grid_{v}_{who}",
             )
         if cats:
-            by = st.selectbox(f"Per-class grids of {v}, grouped by", cats, key=f"chk_by_{v}")
+            by = st.selectbox(
+                f"Grids of {name}, one per value of",
+                cats,
+                key=f"chk_by_{v}",
+                format_func=lambda c: explain.var_name(schema[c]),
+            )
+            n_fake = len(fake[v])  # a draw keeps its first images only
             gr = plots.grids_by_class(real[v], real[by], per_class=8)
-            gf = plots.grids_by_class(fake[v], fake[by], per_class=8)
+            gf = plots.grids_by_class(fake[v], np.asarray(fake[by])[:n_fake], per_class=8)
             for c in range(schema[by].classes):
+                lab = explain.class_label(schema[by], c)
                 c1, c2 = st.columns(2)
                 if c in gr:
-                    c1.image(gr[c], caption=f"data, {by} = {c}")
+                    c1.image(gr[c], caption=f"data, {by} = {lab}")
                 if c in gf:
-                    c2.image(gf[c], caption=f"model, {by} = {c}")
+                    c2.image(gf[c], caption=f"model, {by} = {lab}")
                 else:
-                    c2.caption(f"model produced no sample with {by} = {c}")
+                    c2.caption(f"the model drew no image with {by} = {lab}")
 
 
-def _truth(model, rid, ex) -> None:
-    schema = ex.study.schema
+def _truth(ctx, ex) -> None:
+    schema = ctx["schema"]
     t, y = ex.treatment, ex.outcome
-    if schema[t].kind != "categorical" or schema[y].kind != "categorical":
+    if t not in schema.names or y not in schema.names:
         return
-    st.subheader(f"Distance to the exact truth: P({y} | do({t}))")
+    tvar, yvar = schema[t], schema[y]
+    if tvar.kind != "categorical" or yvar.kind != "categorical":
+        return
+    st.subheader(f"Distance to the exact truth: {explain.var_name(yvar)} if {t} were set")
+    st.caption(
+        "The built-in study knows the exact answer. The model's numbers are the ones the "
+        "Intervene page shows (the same samples)."
+    )
     rows = []
-    for x in range(schema[t].classes):
-        res = answers.distribution(rid, f"{t}={x}|truth", model, y, {t: x}, (), ())
+    for x in range(tvar.classes):
+        res = answers.distribution(ctx["mid"], ctx["model"], y, {t: x}, None, ctx["interventions"])
         truth = ex.truth(y, {t: x})
         naive = ex.naive(y, {t: x})
         rows.append(
             {
-                f"do({t})": x,
+                f"{t} set to": explain.class_label(tvar, x),
                 "model": np.round(res.probs, 3).tolist(),
                 "exact truth": np.round(truth, 3).tolist(),
-                "naive P(y | x)": np.round(naive, 3).tolist(),
-                "TVD model vs truth": round(_tvd(res.probs, truth), 4),
-                "TVD naive vs truth": round(_tvd(naive, truth), 4),
+                f"data: cases that had {t}": np.round(naive, 3).tolist(),
+                "difference model vs truth": round(tvd(res.probs, truth), 4),
+                "difference data vs truth": round(tvd(naive, truth), 4),
             }
         )
-    df = pd.DataFrame(rows)
     st.dataframe(
-        df.astype({"model": str, "exact truth": str, "naive P(y | x)": str}),
+        pd.DataFrame(rows).astype(
+            {"model": str, "exact truth": str, f"data: cases that had {t}": str}
+        ),
         hide_index=True,
         width="stretch",
+        column_config={
+            "difference model vs truth": st.column_config.NumberColumn(help=TVD_HELP),
+            "difference data vs truth": st.column_config.NumberColumn(help=TVD_HELP),
+        },
+        key="chk_truth",
     )
-    worst = max(r["TVD model vs truth"] for r in rows)
-    naive_gap = max(r["TVD naive vs truth"] for r in rows)
-    msg = f"Largest distance to the truth: model {worst:.3f}, naive conditional {naive_gap:.3f}."
+    worst = max(r["difference model vs truth"] for r in rows)
+    naive_gap = max(r["difference data vs truth"] for r in rows)
+    msg = (
+        f"Largest difference from the truth: model {worst:.3f}; the plain comparison of "
+        f"cases in the data {naive_gap:.3f}."
+    )
     if not ex.identifiable:
         st.warning(
-            msg + " This query is not identifiable, so even a perfect fit need not match the truth."
+            msg + " This question is not identifiable, so even a model that fits the data "
+            "perfectly need not match the truth."
         )
     elif worst <= 0.05:
         st.success(msg)
     else:
-        st.info(msg + " Train longer or check the stage fits on the Train page.")
+        st.info(msg + " Train longer or look at the stage fits on the Train page.")
     series = {
-        "model": [r["TVD model vs truth"] for r in rows],
-        "naive": [r["TVD naive vs truth"] for r in rows],
+        "model": [r["difference model vs truth"] for r in rows],
+        "plain comparison in the data": [r["difference data vs truth"] for r in rows],
     }
     st.download_button(
         "Download distance chart (PNG)",
         plots.bar_png(
-            series, [str(r[f"do({t})"]) for r in rows], f"TVD to the exact P({y} | do({t}))"
+            series,
+            explain.class_labels(tvar),
+            f"Difference (TVD) from the exact P({y} | do({t}))",
         ),
         file_name="distance_to_truth.png",
         mime="image/png",
@@ -166,16 +208,22 @@ def main() -> None:
             )
         st.info("The checks compare the model with observational data; this study has none.")
         return
-    rid, model = ui.pick_model(meta, schema, "chk_run")
+    mid, model = ui.pick_model(meta, schema, "chk_run")
     obs = study.observational
     n = min(N_CHECK, obs.n)
     real = {k: np.asarray(v)[:n] for k, v in obs.columns.items()}
-    fake = answers.samples(rid, f"obs|{n}", model, {}, n=n, seed=1)
+    fake = answers.query_draw(mid, model, {}).samples
     _marginals(schema, real, fake)
     _images(schema, real, fake)
     ex = ui.example_or_none(meta)
-    if ex is not None and ex.study.schema.to_json() == schema.to_json():
-        _truth(model, rid, ex)
+    if ex is not None and ex.study.schema.same_structure(schema):
+        ctx = {
+            "schema": schema,
+            "mid": mid,
+            "model": model,
+            "interventions": list(study.interventions),
+        }
+        _truth(ctx, ex)
 
 
 ui.guard(main)

@@ -31,39 +31,69 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mdcm.examples import load_example  # noqa: E402
 from mdcm.model import DCM, ModelConfig  # noqa: E402
 from mdcm.plan import joint_plan, make_plan  # noqa: E402
-from mdcm.query import effect_table, fit_image_probe, tvd  # noqa: E402
+from mdcm.query import effect_table, fit_image_probe, sample, tvd  # noqa: E402
 from mdcm.train import Event, TrainConfig, train  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BAR = 0.05  # quality bar: max_x TVD(P(Y | do(X=x)), truth)
 
 
+def _given_cells(model: DCM, ex) -> list[dict]:
+    """Every value combination of the example's query evidence (``[{}]`` without evidence)."""
+    cells = [{}]
+    for g in ex.given:
+        cells = [dict(c, **{g: v}) for c in cells for v in range(model.schema[g].classes)]
+    return cells
+
+
 def do_error(model: DCM, ex, n: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """(max over x of TVD to the exact interventional answer, same for the naive answer)."""
+    """(model error, naive error) of the example's query P(Y | do(X=x)[, given]) against the
+    exact truth, worst case over x (and the evidence's values): TVD for a categorical outcome,
+    |mean error| / SD(Y | do(x)) for a continuous one."""
     k = model.schema[ex.treatment].classes
+    kind = model.schema[ex.outcome].kind
     errs, naive = [], []
     for x in range(k):
-        s = model.sample(n, {ex.treatment: x}, seed=seed + x)
-        c = model.schema[ex.outcome].classes
-        p = np.bincount(s[ex.outcome].cpu().numpy(), minlength=c) / n
-        truth = ex.truth(ex.outcome, {ex.treatment: x})
-        errs.append(tvd(p, truth))
-        naive.append(tvd(ex.naive(ex.outcome, {ex.treatment: x}), truth))
+        for g in _given_cells(model, ex):
+            s = sample(model, n, {ex.treatment: x}, given=g, seed=seed + x)
+            y = s[ex.outcome].cpu().numpy()
+            if kind == "continuous":
+                mean, sd = ex.truth_mean(ex.outcome, {ex.treatment: x})
+                errs.append(abs(y.mean() - mean) / sd)
+                naive.append(abs(ex.naive_mean(ex.outcome, {ex.treatment: x})[0] - mean) / sd)
+                continue
+            truth = ex.truth(ex.outcome, {ex.treatment: x}, g)
+            p = np.bincount(y, minlength=len(truth)) / len(y)
+            errs.append(tvd(p, truth))
+            naive.append(tvd(ex.naive(ex.outcome, {ex.treatment: x, **g}), truth))
     return max(errs), max(naive)
 
 
-def image_error(model: DCM, ex, probe, n: int = 2000) -> float | None:
-    """Max over x and hidden image features of |P_model(feature | do(x)) - truth| (TVD)."""
-    if probe is None:
+def image_error(model: DCM, ex, probes: dict, n: int = 2000) -> float | None:
+    """Max over x, image variables and their hidden features of |P_model(feature | do(x)) -
+    truth| (TVD), the features read by a probe trained on the example's own real images."""
+    if not probes:
         return None
-    img = [v.name for v in model.schema.variables if v.kind == "image"][0]
     worst = 0.0
     for x in range(model.schema[ex.treatment].classes):
         s = model.sample(n, {ex.treatment: x}, seed=100 + x)
-        freq = probe.frequencies(s[img], ex.feature_classes)
-        for f in ex.feature_names[img]:
-            worst = max(worst, tvd(freq[f], ex.truth(f, {ex.treatment: x})))
+        for img, probe in probes.items():
+            freq = probe.frequencies(s[img], ex.feature_classes)
+            for f in ex.feature_names[img]:
+                worst = max(worst, tvd(freq[f], ex.truth(f, {ex.treatment: x})))
     return worst
+
+
+def image_probes(ex, seed: int) -> dict:
+    """One feature probe per image variable, fitted on fresh real images of the example."""
+    probes = {}
+    cols, hid = ex.sample(5000, seed=seed + 11)
+    for img in (v.name for v in ex.schema.variables if v.kind == "image"):
+        probes[img], acc = fit_image_probe(
+            cols[img], {f: hid[f] for f in ex.feature_names[img]}, ex.feature_classes, seed=seed
+        )
+        print(f"  {img}: probe accuracy on held-out real images: {acc}", flush=True)
+    return probes
 
 
 def run_plan(
@@ -107,7 +137,7 @@ def run_plan(
         "samples_per_s": sps,
         "curve": curve,
         "stages": [st.to_json() for st in res.stages],
-        "image_err": image_error(model, ex, probe),
+        "image_err": image_error(model, ex, probe or {}),
     }
 
 
@@ -120,17 +150,7 @@ def time_to_reach(curve: list[dict], level: float) -> float | None:
 
 def bench_example(name: str, budget: float, seed: int, image_net: str = "auto") -> dict:
     ex = load_example(name, size="cpu", seed=seed)
-    probe = None
-    img = [v.name for v in ex.schema.variables if v.kind == "image"]
-    if img:
-        cols, hid = ex.sample(5000, seed=seed + 11)
-        probe, acc = fit_image_probe(
-            cols[img[0]],
-            {f: hid[f] for f in ex.feature_names[img[0]]},
-            ex.feature_classes,
-            seed=seed,
-        )
-        print(f"  probe accuracy on held-out real images: {acc}", flush=True)
+    probe = image_probes(ex, seed)
     mcfg = ModelConfig(image_net=image_net)
     modular = make_plan(ex.study.graph, ex.study.interventions)
     joint = joint_plan(ex.study.graph, ex.study.interventions)
@@ -179,10 +199,56 @@ def bench_study(
     return out
 
 
+def bench_defaults(
+    name: str, seeds: list[int], image_net: str = "auto", randomise: list[str] = ()
+) -> list[dict]:
+    """Default training (``TrainConfig()`` with only the seed set: 3000 steps per stage, early
+    stop on the fit check), modular and joint plan, one row per seed. ``randomise`` adds one
+    experimental dataset (as many rows as the observational one) in which those variables were
+    randomised row by row."""
+    rows = []
+    for seed in seeds:
+        exps = [{v: None for v in randomise}] if randomise else ()
+        ex = load_example(name, size="cpu", seed=seed, interventions=exps)
+        probes = image_probes(ex, seed)
+        for label, plan in (
+            ("modular", make_plan(ex.study.graph, ex.study.interventions)),
+            ("joint", joint_plan(ex.study.graph, ex.study.interventions)),
+        ):
+            print(f"[{name}] seed {seed}, {label} plan, default training", flush=True)
+            r = run_plan(
+                ex,
+                plan,
+                TrainConfig(seed=seed),
+                ModelConfig(image_net=image_net),
+                eval_every_check=False,
+                probe=probes,
+            )
+            r.update(example=name, seed=seed, plan=label, curve=[], randomised=list(randomise))
+            rows.append(r)
+            print(
+                f"  {r['wall_s']:.1f} s, error {r['tvd']:.3f} (naive {r['naive_tvd']:.3f}), "
+                f"img err {r['image_err']}",
+                flush=True,
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--examples", nargs="*", default=["bow", "napkin", "backdoor", "xray", "colored_digits"]
+        "--examples",
+        nargs="*",
+        default=[
+            "bow",
+            "napkin",
+            "backdoor",
+            "xray",
+            "colored_digits",
+            "frontdoor_continuous",
+            "experiment",
+            "two_images",
+        ],
     )
     ap.add_argument(
         "--budget",
@@ -202,6 +268,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--study", type=Path, default=None)
     ap.add_argument("--treatment")
     ap.add_argument("--outcome")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="train with the library defaults (TrainConfig()) instead of a time budget, for "
+        "every seed of --seeds, modular and joint; prints one row per seed",
+    )
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument(
+        "--randomise",
+        nargs="*",
+        default=[],
+        help="with --defaults: add an experiment in which these variables were randomised",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -212,9 +291,31 @@ def main(argv: list[str] | None = None) -> None:
             json.dumps(res, indent=1, default=str)
         )
         return
+    if args.defaults:
+        rows = []
+        for name in args.examples:
+            rows += bench_defaults(name, args.seeds, args.image_net, args.randomise)
+            (OUT / f"train_quality_defaults_{stamp}.json").write_text(
+                json.dumps(rows, indent=1, default=str)
+            )
+        print(
+            f"\n{'example':21} {'plan':8} {'seed':>4} {'wall s':>7} {'steps':>6} "
+            f"{'error':>6} {'naive':>6} {'img err':>7}"
+        )
+        for r in rows:
+            ie = "" if r["image_err"] is None else f"{r['image_err']:.3f}"
+            print(
+                f"{r['example']:21} {r['plan']:8} {r['seed']:4d} {r['wall_s']:7.1f} "
+                f"{r['steps']:6d} {r['tvd']:6.3f} {r['naive_tvd']:6.3f} {ie:>7}"
+            )
+        print(
+            "\nerror: worst case over treatment (and evidence) values of TVD to the exact "
+            "P(Y | do(X=x)[, given]); continuous outcomes: |mean error| / SD(Y | do(x))."
+        )
+        return
     results = []
     for name in args.examples:
-        has_image = name in ("xray", "colored_digits")
+        has_image = any(v.kind == "image" for v in load_example(name, n=10).schema.variables)
         budget = args.budget or (240.0 if has_image else 60.0)
         results.append(bench_example(name, budget, args.seed, args.image_net))
         (OUT / f"train_quality_{stamp}.json").write_text(json.dumps(results, indent=1, default=str))

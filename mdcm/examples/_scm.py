@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Dataset, Study
-from ..readers import images_to_uint8, uint8_to_images
+from ..data import Dataset, ImageArray, Study
 from ..variables import Schema
 
 GH_DEGREE = 80
@@ -280,6 +279,7 @@ class Example:
     renderers: Mapping[str, Renderer] = field(default_factory=dict, repr=False, compare=False)
     identifiable: bool = True
     variant: str | None = None
+    given: tuple[str, ...] = ()  # the default query's evidence: P(outcome | do(treatment), given)
 
     @property
     def schema(self) -> Schema:
@@ -324,10 +324,13 @@ class Example:
                 f"({', '.join(self.feature_names[outcome])}) instead"
             )
 
-    def truth(self, outcome: str, do: Mapping[str, int]) -> np.ndarray:
-        """Exact P(outcome | do(...)) (probabilities over the outcome's classes)."""
+    def truth(
+        self, outcome: str, do: Mapping[str, int], given: Mapping[str, int] | None = None
+    ) -> np.ndarray:
+        """Exact P(outcome | do(...)[, given]) (probabilities over the outcome's classes)."""
         self._check_outcome(outcome)
-        return self.scm.marginal(outcome, do=self._check_do(do))
+        evidence = self._check_do(given or {}, "given")
+        return self.scm.marginal(outcome, do=self._check_do(do), given=evidence)
 
     def naive(self, outcome: str, given: Mapping[str, int]) -> np.ndarray:
         """Exact observational P(outcome | given) — what a purely associational model answers."""
@@ -393,8 +396,9 @@ class Example:
                     img = self.renderers[var.name](feats, rng)
                     # quantise to the 8-bit PNG grid so that save_study/load_study round-trips
                     # (renderers may return uint8 pixels directly: large images, less memory)
-                    px = img if img.dtype == np.uint8 else images_to_uint8(img)
-                    columns[var.name] = uint8_to_images(px)
+                    columns[var.name] = (
+                        ImageArray(img) if img.dtype == np.uint8 else ImageArray.from_float(img)
+                    )
             elif var.kind == "continuous":
                 columns[var.name] = vals[var.name].astype(np.float32).reshape(n, 1)
             else:
@@ -421,6 +425,7 @@ def make_example(
     renderers: Mapping[str, Renderer] | None = None,
     identifiable: bool = True,
     variant: str | None = None,
+    given: Sequence[str] = (),
     path: Path | None = None,
     interventions: Sequence[Mapping[str, int]] = (),
     n_interventional: int | None = None,
@@ -443,6 +448,7 @@ def make_example(
         renderers=dict(renderers or {}),
         identifiable=identifiable,
         variant=variant,
+        given=tuple(given),
     )
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

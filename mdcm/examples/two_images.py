@@ -94,6 +94,7 @@ def build(
         build_scm(),
         treatment="X",
         outcome="Y",
+        given=("M",),
         description=DESCRIPTION,
         n=n,
         seed=seed,

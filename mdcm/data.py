@@ -38,16 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from .graph import CausalGraph, GraphError
 from .limits import DEFAULT_LIMITS, DataError, UploadLimits
-from .readers import images_to_uint8, read_csv_upload, read_json, read_png
+from .readers import images_to_uint8, read_csv_upload, read_json, read_png, uint8_to_images
 from .variables import MAX_CLASSES, Schema, SchemaError, Variable
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DataError",
     "Dataset",
+    "ImageArray",
     "Study",
     "UploadLimits",
     "check_do",
@@ -69,13 +71,86 @@ _DIM_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<i>\d+)\]$")
 
 
 # ----------------------------------------------------------------------------- data types
+class ImageArray(NDArrayOperatorsMixin):
+    """An image column held as 8-bit pixels ``(N, C, H, W)`` (``0 … 255``, the PNG grid) and read
+    as float32 in ``[-1, 1]``: a quarter of the memory of a float column (20,000 images of
+    128x128 take 330 MB instead of 1.3 GB), and row selections stay 8-bit.
+
+    It behaves like the float array it stands for: ``len``, ``shape``, ``dtype`` (float32),
+    ``a[rows]`` (another ImageArray), ``np.asarray(a)`` and arithmetic (float32 copies), and any
+    other ndarray method on a float copy. ``pixels`` is the uint8 array itself (it may be a
+    ``np.memmap``); the trainer moves it to the device as is and converts one batch at a time.
+    """
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        pixels = pixels if isinstance(pixels, np.ndarray) else np.asarray(pixels)
+        if pixels.dtype != np.uint8:
+            raise TypeError(f"ImageArray holds uint8 pixels, not {pixels.dtype}")
+        object.__setattr__(self, "pixels", pixels)
+
+    @classmethod
+    def from_float(cls, images: np.ndarray) -> ImageArray:
+        """Quantise float images in ``[-1, 1]`` to the 8-bit grid."""
+        return cls(images_to_uint8(images))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.pixels.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: object) -> ImageArray | float:
+        part = self.pixels[index]
+        if np.ndim(part) == 0:
+            return float(part) / 127.5 - 1.0
+        return ImageArray(part)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        out = uint8_to_images(self.pixels)
+        return out if dtype is None else out.astype(dtype)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: object, **kw: object):
+        args = [np.asarray(x) if isinstance(x, ImageArray) else x for x in inputs]
+        return getattr(ufunc, method)(*args, **kw)
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):  # pickling and copy protocols: no float copy
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+    def __getstate__(self) -> dict:
+        return {"pixels": self.pixels}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "pixels", state["pixels"])
+
+    def __repr__(self) -> str:
+        return f"ImageArray(shape={self.shape}, uint8 pixels)"
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """One dataset: samples from one regime (observational when ``do`` is empty).
 
     ``columns`` maps each variable to an array: categorical int64 ``(N,)``, continuous float32
-    ``(N, d)``, image float32 ``(N, C, H, W)`` in ``[-1, 1]``. Equality is identity (the columns
-    are arrays).
+    ``(N, d)``, image float32 ``(N, C, H, W)`` in ``[-1, 1]`` — or an :class:`ImageArray` (8-bit
+    pixels read as such floats; what dataset folders and the built-ins give). Equality is
+    identity (the columns are arrays).
     """
 
     name: str
@@ -214,9 +289,9 @@ def _parse_classes(values: Sequence[str], where: str, var: Variable) -> np.ndarr
 
 def _read_image_column(
     folder: Path, values: Sequence[str], where: str, var: Variable, limits: UploadLimits
-) -> np.ndarray:
+) -> ImageArray:
     root = folder.resolve()
-    out = np.empty((len(values),) + var.shape, dtype=np.float32)
+    out = np.empty((len(values),) + var.shape, dtype=np.uint8)
     for i, rel in enumerate(values):
         at = f"{where}: row {i + 1}, column {var.name!r}"
         if not _safe_relative(rel):
@@ -229,8 +304,8 @@ def _read_image_column(
             p.resolve().relative_to(root)
         except ValueError:
             raise DataError(f"{at}: image path {rel!r} leaves the dataset folder") from None
-        out[i] = read_png(p, where=at, limits=limits, expect=var.shape)
-    return out
+        out[i] = read_png(p, where=at, limits=limits, expect=var.shape, as_uint8=True)
+    return ImageArray(out)
 
 
 def _read_intervention(folder: Path, schema: Schema, where: str) -> dict[str, object]:
@@ -374,7 +449,16 @@ def validate_dataset(ds: Dataset, schema: Schema) -> None:
         raise DataError(f"{at}: the dataset is empty")
     check_do(ds.do, schema, at)
     for var in schema.variables:
-        a = np.asarray(ds.columns[var.name])
+        col = ds.columns[var.name]
+        if isinstance(col, ImageArray):  # 8-bit pixels: always finite and in range
+            shape = (ds.n,) + tuple(var.shape)
+            if var.kind != "image" or col.shape != shape:
+                raise DataError(
+                    f"{at}: variable {var.name!r} ({_describe(var)}) cannot hold images of "
+                    f"shape {col.shape}" + (f"; expected {shape}" if var.kind == "image" else "")
+                )
+            continue
+        a = np.asarray(col)
         if var.kind == "categorical":
             if a.shape != (ds.n,) or not np.issubdtype(a.dtype, np.integer):
                 raise DataError(
@@ -417,7 +501,8 @@ def save_dataset(ds: Dataset, schema: Schema, folder: Path | str) -> Path:
     header: list[str] = []
     cols: list[list[str]] = []
     for var in schema.variables:
-        a = np.asarray(ds.columns[var.name])
+        col = ds.columns[var.name]
+        a = col.pixels if isinstance(col, ImageArray) else np.asarray(col)
         header += column_names(var)
         if var.kind == "categorical":
             cols.append([str(int(x)) for x in a])
@@ -426,7 +511,7 @@ def save_dataset(ds: Dataset, schema: Schema, folder: Path | str) -> Path:
         else:
             sub = folder / IMAGE_DIR / var.name
             sub.mkdir(parents=True, exist_ok=True)
-            px = images_to_uint8(a)
+            px = a if isinstance(col, ImageArray) else images_to_uint8(a)
             names = []
             width = max(5, len(str(ds.n)))
             for i in range(ds.n):

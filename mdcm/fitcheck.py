@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .coders import as_float_images
+
 __all__ = ["FitCheck", "kmeans", "plateau", "stop_reason", "table_tvd"]
 
 #: quantile edges of the bins a continuous variable is read through (5 bins per dimension)
@@ -122,9 +124,25 @@ def stop_reason(
 
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
-    """Images average-pooled to at most 8x8 and flattened: the probes' view of pixels."""
+    """Images (float or 8-bit pixels) clamped to [-1, 1], average-pooled to at most 8x8 and
+    flattened: the probes' view of pixels."""
+    x = as_float_images(x).clamp(-1, 1)
     h, w = x.shape[2:]
     return torch.nn.functional.adaptive_avg_pool2d(x, (min(h, 8), min(w, 8))).flatten(1)
+
+
+#: images encoded at once by the fit check (bounded memory for large images)
+ENCODE_CHUNK = 512
+
+
+def _encoded(encode: object, v: str, x: torch.Tensor) -> torch.Tensor:
+    """Codes of images (float or 8-bit pixels, clamped to [-1, 1]), encoded chunk by chunk."""
+    return torch.cat(
+        [
+            encode(v, as_float_images(x[i : i + ENCODE_CHUNK]).clamp(-1, 1))  # type: ignore[operator]
+            for i in range(0, len(x), ENCODE_CHUNK)
+        ]
+    )
 
 
 class DownstreamProbe:
@@ -175,7 +193,7 @@ class DownstreamProbe:
     @torch.no_grad()
     def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each child's predicted class probabilities ``(n, k)`` for a batch of images."""
-        x = torch.cat([_pool(images[i : i + 512].clamp(-1, 1)) for i in range(0, len(images), 512)])
+        x = torch.cat([_pool(images[i : i + 512]) for i in range(0, len(images), 512)])
         x = (x - self.mean) / self.std
         return {c: torch.softmax(h(x), dim=1) for c, h in self.heads.items()}
 
@@ -236,7 +254,7 @@ class FitCheck:
         for v in self.given + self.matches:
             if kinds[v] == "image":
                 with torch.no_grad():
-                    codes = encode(v, real[v])  # type: ignore[operator]
+                    codes = _encoded(encode, v, real[v])
                 self.centroids[v] = kmeans(codes, CLUSTERS, rng)
         # the conditioning columns of the probe comparison: discrete and binned do-parents
         self.cell_vars = [v for v in self.given if kinds[v] != "image"]
@@ -253,7 +271,7 @@ class FitCheck:
         if kind == "categorical":
             return [x.argmax(1).cpu().numpy()]
         if kind == "image":
-            codes = self.encode(v, x.clamp(-1, 1))  # type: ignore[operator]
+            codes = _encoded(self.encode, v, x)
             return [torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy()]
         return [
             torch.bucketize(x[:, j].contiguous(), edges).cpu().numpy()

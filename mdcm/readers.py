@@ -105,9 +105,11 @@ def read_png(
     where: str,
     limits: UploadLimits = DEFAULT_LIMITS,
     expect: tuple[int, ...] | None = None,
+    as_uint8: bool = False,
 ) -> np.ndarray:
-    """Read one PNG as float32 ``(C, H, W)`` in ``[-1, 1]``; checks magic bytes, size before
-    decoding (decompression bombs), mode (``L`` or ``RGB``) and the expected shape."""
+    """Read one PNG as float32 ``(C, H, W)`` in ``[-1, 1]`` (the uint8 pixels with ``as_uint8``);
+    checks magic bytes, size before decoding (decompression bombs), mode (``L`` or ``RGB``) and
+    the expected shape."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -168,7 +170,7 @@ def read_png(
     except IsADirectoryError:
         raise DataError(f"{where}: {str(path)!r} is a folder, not an image") from None
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return uint8_to_images(a)
+    return a if as_uint8 else uint8_to_images(a)
 
 
 # ----------------------------------------------------------------------------- interventions

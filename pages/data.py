@@ -125,8 +125,13 @@ def _explore(study) -> None:
     dname = st.selectbox("Dataset", names, key="data_view")
     ds = study.dataset(dname)
     st.markdown(f"**Preview** (first 20 of {ds.n} rows)")
+    frame, images = _preview_frame(ds.columns, kinds, 20)
     st.dataframe(
-        pd.DataFrame(plots.preview_rows(ds.columns, kinds, 20)), width="stretch", hide_index=False
+        frame,
+        width="stretch",
+        hide_index=False,
+        column_config={v: st.column_config.ImageColumn(v, width="small") for v in images},
+        row_height=56 if images else None,
     )
     images = schema.of_kind("image")
     cats = schema.of_kind("categorical")
@@ -165,6 +170,30 @@ def _explore(study) -> None:
             )
         else:
             st.caption("Pick two different variables.")
+
+
+def _preview_frame(columns, kinds, n: int) -> tuple[pd.DataFrame, list[str]]:
+    """The first ``n`` rows as a table, each image as a thumbnail (a PNG data URL for
+    ``st.column_config.ImageColumn``); returns the table and its image columns."""
+    import base64
+
+    import numpy as np
+
+    images = [v for v in columns if kinds.get(v) == "image"]
+    table = plots.preview_rows({k: c for k, c in columns.items() if k not in images}, kinds, n)
+    for v in images:
+        pics = np.asarray(columns[v][:n])
+        table[v] = [
+            "data:image/png;base64,"
+            + base64.b64encode(
+                plots.png_bytes(
+                    plots.image_grid(p[None], ncol=1, scale=max(1, 48 // p.shape[-1]), pad=0)
+                )
+            ).decode()
+            for p in pics
+        ]
+    order = [c for v in columns for c in table if c == v or c.startswith(f"{v}[")]
+    return pd.DataFrame({c: table[c] for c in order}), images
 
 
 def _upload(meta) -> None:

@@ -1,13 +1,16 @@
-"""Graph & plan: draw the causal graph by clicking (or typing), set variable kinds, see the
-training plan (Modular-DCM stages, rules R1-R3) and its stage dependency graph."""
+"""Graph & plan: draw the causal graph on a canvas (or type it, or use the forms), set variable
+kinds, see the training plan (Modular-DCM stages, rules R1-R3) and its stage dependency graph.
+The canvas, the text form and the plan follow every edit."""
 
 import json
 
 import streamlit as st
 
 from mdcm.graph import GraphError
+from mdcm.plan import PlanError, make_plan
 from mdcm.variables import KINDS, SchemaError
 from mdcm_app import graphview, state, ui
+from mdcm_app.canvas import graph_canvas
 
 EDGE_TYPES = {"->": "→ causes (directed)", "<->": "↔ hidden confounder (bidirected)"}
 
@@ -19,11 +22,9 @@ def _meta() -> state.StudyMeta:
 
 @ui.safe_callback
 def _apply_graph(new_graph, notice: str) -> None:
-    meta = state.update_graph(_meta(), new_graph)
-    st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
-    st.session_state["graph_error"] = ""
-    st.session_state["graph_text_error"] = ""
-    st.session_state["graph_notice"] = notice
+    meta = _meta()
+    positions = graphview.node_positions(new_graph, meta.positions)
+    _apply_graph_positions(meta, graphview.CanvasEdit(new_graph, positions, notice, True), notice)
 
 
 @ui.safe_callback
@@ -37,6 +38,42 @@ def _edit(fn, notice: str) -> None:
     except GraphError as exc:
         st.session_state["graph_error"] = str(exc)
         st.session_state["graph_notice"] = ""
+
+
+@ui.safe_callback
+def _on_canvas() -> None:
+    """One finished gesture on the canvas: check it, store graph and positions, or keep the
+    reason it was refused for display next to the canvas."""
+    edit = (st.session_state.get("graph_canvas") or {}).get("edit")
+    if not isinstance(edit, dict):
+        return
+    st.session_state["graph_canvas_ack"] = edit.get("seq")
+    meta = _meta()
+    graph, err = state.graph_or_error(meta.graph_text)
+    if graph is None:
+        st.session_state["graph_error"] = f"the stored graph is invalid ({err}); fix the text first"
+        st.session_state["graph_notice"] = ""
+        return
+    try:
+        res = graphview.apply_canvas_edit(
+            graph, graphview.node_positions(graph, meta.positions), edit
+        )
+    except GraphError as exc:
+        st.session_state["graph_error"] = str(exc)
+        st.session_state["graph_notice"] = ""
+        return
+    if res.graph_changed:
+        _apply_graph_positions(meta, res, res.notice)
+    else:
+        state.set_positions(meta, res.positions)
+
+
+def _apply_graph_positions(meta: state.StudyMeta, res: graphview.CanvasEdit, notice: str) -> None:
+    state.update_graph(meta, res.graph, positions=res.positions)
+    st.session_state["graph_text"] = res.graph.to_text()
+    st.session_state["graph_error"] = ""
+    st.session_state["graph_text_error"] = ""
+    st.session_state["graph_notice"] = notice
 
 
 @ui.safe_callback
@@ -75,7 +112,8 @@ def _apply_text() -> None:
     if not graph.nodes:
         st.session_state["graph_text_error"] = "the graph is empty: name at least one variable"
         return
-    meta = state.update_graph(_meta(), graph)
+    old = _meta()
+    meta = state.update_graph(old, graph, positions=graphview.node_positions(graph, old.positions))
     st.session_state["graph_text_error"] = ""
     st.session_state["graph_error"] = ""
     st.session_state["graph_notice"] = f"graph updated from text ({len(meta.variables)} variables)"
@@ -113,7 +151,25 @@ def _set_kind(v: str) -> None:
 
 
 # ---------------------------------------------------------------------- layout
-def _editor(meta: state.StudyMeta, graph) -> None:
+def _canvas(meta: state.StudyMeta, graph) -> None:
+    """The canvas editor, with the outcome of the last edit right under it."""
+    kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
+    data = graphview.canvas_data(graph, graphview.node_positions(graph, meta.positions), kinds)
+    data["ack"] = st.session_state.get("graph_canvas_ack")
+    graph_canvas(data, key="graph_canvas", on_edit=_on_canvas)
+    if st.session_state.get("graph_error"):
+        st.error(st.session_state["graph_error"], icon=":material/block:")
+    elif st.session_state.get("graph_notice"):
+        st.success(st.session_state["graph_notice"], icon=":material/check_circle:")
+    st.caption(
+        "Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
+        "one color form a c-component (they share hidden confounding and their mechanisms "
+        "train together)."
+    )
+
+
+def _forms(graph) -> None:
+    """The same edits with forms (keyboard and screen-reader friendly)."""
     st.markdown("**Add a variable**")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     c1.text_input(
@@ -121,7 +177,7 @@ def _editor(meta: state.StudyMeta, graph) -> None:
     )
     c2.button("Add variable", key="graph_add_var", on_click=_add_variable, width="stretch")
     st.markdown("**Add an edge**")
-    nodes = list(graph.nodes) if graph is not None else []
+    nodes = list(graph.nodes)
     e1, e2, e3 = st.columns([2, 3, 2])
     e1.selectbox("From", nodes, key="graph_edge_from")
     e2.selectbox("Type", list(EDGE_TYPES), key="graph_edge_type", format_func=EDGE_TYPES.get)
@@ -133,39 +189,32 @@ def _editor(meta: state.StudyMeta, graph) -> None:
         type="primary",
         disabled=len(nodes) < 2,
     )
-    if st.session_state.get("graph_error"):
-        st.error(st.session_state["graph_error"], icon=":material/block:")
-    elif st.session_state.get("graph_notice"):
-        st.success(st.session_state["graph_notice"], icon=":material/check_circle:")
-    if graph is None:
-        return
     edges = graphview.edge_list(graph)
-    with st.expander(f"Edges ({len(edges)}) and variables ({len(graph.nodes)})", expanded=True):
-        for a, kind, b in edges:
-            r1, r2 = st.columns([5, 1], vertical_alignment="center")
-            r1.markdown(f"`{a} {kind} {b}`" + (" (hidden confounder)" if kind == "<->" else ""))
-            tag = "d" if kind == "->" else "b"
-            r2.button(
-                "",
-                icon=":material/delete:",
-                help=f"Remove {a} {kind} {b}",
-                key=f"graph_rm_edge_{tag}_{a}_{b}",
-                on_click=_remove_edge,
-                args=(a, kind, b),
-            )
-        st.markdown("---")
-        for v in graph.nodes:
-            r1, r2 = st.columns([5, 1], vertical_alignment="center")
-            r1.markdown(f"variable `{v}`")
-            r2.button(
-                "",
-                icon=":material/delete:",
-                help=f"Remove variable {v} and its edges",
-                key=f"graph_rm_var_{v}",
-                on_click=_remove_variable,
-                args=(v,),
-                disabled=len(graph.nodes) <= 1,
-            )
+    st.markdown(f"**Edges ({len(edges)}) and variables ({len(graph.nodes)})**")
+    for a, kind, b in edges:
+        r1, r2 = st.columns([5, 1], vertical_alignment="center")
+        r1.markdown(f"`{a} {kind} {b}`" + (" (hidden confounder)" if kind == "<->" else ""))
+        tag = "d" if kind == "->" else "b"
+        r2.button(
+            "",
+            icon=":material/delete:",
+            help=f"Remove {a} {kind} {b}",
+            key=f"graph_rm_edge_{tag}_{a}_{b}",
+            on_click=_remove_edge,
+            args=(a, kind, b),
+        )
+    for v in graph.nodes:
+        r1, r2 = st.columns([5, 1], vertical_alignment="center")
+        r1.markdown(f"variable `{v}`")
+        r2.button(
+            "",
+            icon=":material/delete:",
+            help=f"Remove variable {v} and its edges",
+            key=f"graph_rm_var_{v}",
+            on_click=_remove_variable,
+            args=(v,),
+            disabled=len(graph.nodes) <= 1,
+        )
 
 
 def _kinds(meta: state.StudyMeta, graph) -> None:
@@ -225,16 +274,11 @@ def _kinds(meta: state.StudyMeta, graph) -> None:
 
 
 def _plan(meta: state.StudyMeta, graph) -> None:
-    from mdcm.plan import PlanError, make_plan
-
     st.subheader("Training plan")
-    interventions: list[frozenset[str]] = []
-    try:
-        study, _ = ui.study_data(meta)
-        if study is not None:
-            interventions = [r for r in study.interventions if r <= set(graph.nodes)]
-    except ImportError:
-        pass
+    study, _ = ui.study_data(meta)
+    interventions = (
+        [r for r in study.interventions if r <= set(graph.nodes)] if study is not None else []
+    )
     mode = st.radio(
         "Plan",
         ["modular", "joint"],
@@ -305,9 +349,14 @@ def main() -> None:
         st.session_state["graph_text"] = meta.graph_text.replace("; ", "\n")
         st.session_state["graph_for"] = meta.study_id
     graph, err = state.graph_or_error(meta.graph_text)
-    left, right = st.columns([1, 1], gap="large")
+    left, right = st.columns([3, 2], gap="large")
     with left:
-        _editor(meta, graph)
+        if graph is None:
+            st.error(f"The stored graph is invalid: {err}. Fix the text form on the right.")
+        else:
+            _canvas(meta, graph)
+            with st.expander("Edit with forms instead (keyboard)"):
+                _forms(graph)
     with right:
         st.markdown(
             "**Text form** (`A -> B`, `A <-> B` for a hidden confounder; `;` or new "
@@ -329,18 +378,11 @@ def main() -> None:
         if graph is not None:
             _kinds(meta, graph)
     if graph is None:
-        st.error(f"The stored graph is invalid: {err}")
         return
-    meta = state.load_meta(meta.study_id)
-    kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
-    st.subheader("Picture")
-    st.caption(
-        "Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
-        "one color form a c-component (they share hidden confounding and their mechanisms "
-        "train together)."
-    )
-    st.iframe(graphview.graph_html(graph, kinds, height=320), height=365)
-    _plan(meta, graph)
+    if not graph.nodes:
+        st.info("Draw at least one variable to see the training plan.")
+        return
+    _plan(state.load_meta(meta.study_id), graph)
 
 
 ui.guard(main)

@@ -1,9 +1,30 @@
 """Home: what the tool answers, pick a built-in study or start a new one, current study at a
-glance."""
+glance. A first visit opens the default built-in study (colored digits), so graph, data and the
+Train button are there without a click."""
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from mdcm_app import graphview, plots, state, ui
+
+DEFAULT_EXAMPLE = "colored_digits"
+
+
+def _open_default_study() -> None:
+    """A session that names no study opens the default built-in one: the newest existing copy,
+    else a new one. A link naming a study that does not exist is left alone (the page says so)."""
+    if st.session_state.get("study_id") or st.query_params.get("study"):
+        return
+    if st.session_state.get("home_default_done"):
+        return  # once per session: a user who closed the study is not pushed back into it
+    st.session_state["home_default_done"] = True
+    meta = next((m for m in state.list_studies() if m.example == DEFAULT_EXAMPLE), None)
+    try:
+        meta = meta or state.new_study(example=DEFAULT_EXAMPLE)
+    except Exception as exc:  # noqa: BLE001 - shown inline; the page still works
+        st.session_state["home_error"] = f"Could not open the default study: {exc}"
+        return
+    ui.set_current_study(meta)
 
 
 @ui.safe_callback
@@ -21,12 +42,7 @@ def _open_example() -> None:
 @ui.safe_callback
 def _new_empty() -> None:
     title = (st.session_state.get("home_new_title") or "").strip() or "New study"
-    meta = state.new_study(
-        example=None,
-        title=title,
-        graph_text="X -> Y",
-        variables={"X": state.DEFAULT_VARIABLE, "Y": state.DEFAULT_VARIABLE},
-    )
+    meta = state.new_study(example=None, title=title, graph_text="", variables={})
     ui.set_current_study(meta)
     st.session_state["home_error"] = ""
 
@@ -39,6 +55,7 @@ def _open_recent() -> None:
 
 
 def main() -> None:
+    _open_default_study()
     st.title("mdcm: causal questions about data with images")
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -82,7 +99,7 @@ def main() -> None:
     with c2:
         st.text_input("New study title", key="home_new_title", placeholder="My study")
         st.button("Start a new study", key="home_new", on_click=_new_empty)
-        st.caption("Starts with the graph `X -> Y`; draw yours on the Graph page and upload data.")
+        st.caption("Starts empty: draw your graph on the Graph page's canvas, then upload data.")
     with c3:
         studies = state.list_studies()
         if studies:
@@ -115,13 +132,37 @@ def main() -> None:
         st.iframe(graphview.graph_html(graph, kinds, height=300), height=345)
     else:
         st.error(f"The stored graph is invalid: {err}")
+    _data_glimpse(meta)
     n1, n2, n3 = st.columns(3)
     with n1:
         ui.page_link("graph", "Edit the graph and see the plan", ":material/hub:")
     with n2:
-        ui.page_link("train", "Train the model", ":material/model_training:")
+        if st.button(
+            "Train this study", key="home_train", type="primary", icon=":material/model_training:"
+        ):
+            _switch("train")
     with n3:
         ui.page_link("intervene", "Ask an interventional question", ":material/tune:")
+
+
+def _switch(page: str) -> None:
+    try:
+        st.switch_page(ui.PAGES[page])
+    except StreamlitAPIException:  # AppTest running this page file on its own
+        st.session_state["home_error"] = "open the Train page from the menu"
+
+
+def _data_glimpse(meta: state.StudyMeta) -> None:
+    """A few images of the study's data (the first dataset), so the data is seen at once."""
+    study, _ = ui.study_data(meta)
+    if study is None:
+        return
+    ds = study.datasets[0]
+    for v in study.schema.of_kind("image"):
+        st.image(
+            plots.image_grid(ds.columns[v][:24], ncol=24, scale=2),
+            caption=f"{v}: the first images of dataset {ds.name!r} ({ds.n} rows)",
+        )
 
 
 ui.guard(main)

@@ -113,6 +113,29 @@ class ModelConfig:
         return "latent" if self.image_net == "auto" else self.image_net
 
 
+class Scale(nn.Module):
+    """Location and scale of a continuous variable, from the data (:meth:`DCM.fit_scales`);
+    identity until fitted."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("loc", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit(self, x: torch.Tensor) -> None:
+        self.loc.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(self.dim))
+        self.fitted.fill_(True)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale
+
+    def restore(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale + self.loc
+
+
 class NoiseStreams:
     """Per-variable and per-confounder random streams of one forward pass (see
     :meth:`DCM.forward_values`): stream ``i`` is a generator seeded with ``base + i``."""
@@ -184,6 +207,9 @@ class DCM(nn.Module):
                 for v in schema.variables
                 if v.kind == "image"
             }
+        )
+        self.scales = nn.ModuleDict(
+            {v.name: Scale(v.width) for v in schema.variables if v.kind == "continuous"}
         )
         self.generators = nn.ModuleDict({v: self._build(v) for v in g.nodes})
 
@@ -309,10 +335,22 @@ class DCM(nn.Module):
         return enc
 
     def features(self, name: str, enc: torch.Tensor) -> torch.Tensor:
-        """Flat input a child generator sees (image -> standardised coder code)."""
-        if self.schema[name].kind == "image":
+        """Flat input a child generator sees (image -> standardised coder code, continuous ->
+        standardised by the data's scale, categorical -> one-hot)."""
+        kind = self.schema[name].kind
+        if kind == "image":
             return self.coders[name].encode(enc)
+        if kind == "continuous":
+            return self.scales[name].standardise(enc)
         return enc
+
+    def fit_scales(self, columns: Mapping[str, Any]) -> None:
+        """Set each continuous variable's location and scale from real data (once; a fitted
+        scale is kept, e.g. on resume): mechanisms then read standardised continuous parents and
+        emit standardised values, so studies in any units train alike."""
+        for v, sc in self.scales.items():
+            if not bool(sc.fitted) and v in columns:
+                sc.fit(torch.as_tensor(np.asarray(columns[v], np.float32)).reshape(-1, sc.dim))
 
     def condition(self, name: str, values: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
         parts = [self.features(p, values[p]) for p in self.parents[name]]
@@ -357,13 +395,14 @@ class DCM(nn.Module):
                     f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
                     "generated nor given"
                 )
-            values[v] = self.generators[v].sample(
+            out = self.generators[v].sample(
                 self.condition(v, values, n),
                 streams.u(v, n),
                 streams.own(v),
                 tau=tau,
                 straight_through=straight_through,
             )
+            values[v] = self.scales[v].restore(out) if v in self.scales else out
         return values
 
     @torch.no_grad()

@@ -347,3 +347,27 @@ def test_critic_packing_and_gradient_penalty() -> None:
     assert out.shape == (4,)
     gp = gradient_penalty(c, (flat, ims), (torch.randn(16, 5), [torch.randn(16, 3, 8, 8)]), None)
     assert gp.ndim == 0 and torch.isfinite(gp)
+
+
+def test_continuous_values_are_standardised_for_mechanisms_and_restored() -> None:
+    """Mechanisms read standardised continuous parents and emit standardised values, so a study
+    in any units trains alike: with X ~ (1000, 50) and Y ~ (-3, 2) in the data, a mechanism
+    Y := standardised X gives Y = -3 + 2 * (x - 1000) / 50."""
+    cont = {v: Variable(v, "continuous", shape=(1,)) for v in "XY"}
+    m = DCM(schema_of("X -> Y", **cont), SMALL)
+
+    class Pass(HandSet):
+        def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            return cond[:, :1]
+
+    m.generators["Y"] = Pass(SMALL.noise_dim)
+    rng = np.random.default_rng(0)
+    x = 1000 + 50 * rng.standard_normal(5000)
+    y = -3 + 2 * rng.standard_normal(5000)
+    m.fit_scales({"X": x, "Y": y})
+    assert abs(float(m.scales["X"].loc) - x.mean()) < 1e-3
+    out = m.sample(3, {"X": 1050.0}, seed=0)["Y"]
+    expect = y.mean() + y.std(ddof=1) * (1050.0 - x.mean()) / x.std(ddof=1)
+    assert torch.allclose(out, torch.full((3, 1), expect, dtype=torch.float32), atol=1e-3)
+    m.fit_scales({"X": x * 0, "Y": y * 0})  # fitted scales are kept (resume)
+    assert abs(float(m.scales["X"].loc) - x.mean()) < 1e-3

@@ -48,7 +48,9 @@ import torch
 from torch import nn
 
 from . import _callable_module, checkpoints
-from .data import Dataset, Study
+from .coders import as_float_images, as_uint8_images
+from .data import Dataset, ImageArray, Study
+from .fidelity import pooled
 from .fitcheck import CLUSTERS, QUANTILES, DownstreamProbe, FitCheck, kmeans, stop_reason
 from .model import DCM
 from .nets import Critic, gradient_penalty, has_log_prob, mmd2
@@ -64,6 +66,9 @@ __all__ = [
     "pick_device",
     "train",
     "stage_objective",
+    "StageResult",
+    "fit_coders",
+    "train_stage",
 ]
 
 
@@ -161,6 +166,7 @@ class StageSummary:
     quality: float | None
     stopped_by: str  # "tolerance"|"plateau"|"steps"|"time"|"stop"|"pretrained"|"no data"
     fits: Mapping[str, float | None] = field(default_factory=dict)  # final fit per regime
+    floor: float = 0.0  # the fit a perfect model would read (sampling noise of the check)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -179,6 +185,7 @@ class StageSummary:
             d["quality"],
             d["stopped_by"],
             dict(d.get("fits") or {}),
+            float(d.get("floor") or 0.0),
         )
 
 
@@ -220,11 +227,7 @@ def stage_objective(model: DCM, stage: Stage, objective: str) -> str:
     schema = model.schema
     if any(schema[v].kind == "image" and not model.latent_image(v) for v in stage.trains):
         return "wgan"
-    if (
-        all(has_log_prob(model.generators[v]) for v in stage.trains)
-        and stage.targets
-        and all(t.is_conditional for t in stage.targets)
-    ):
+    if stage.is_conditional and has_log_prob(model.generators[stage.trains[0]]):
         return "mle"
     return "mmd"
 
@@ -254,16 +257,29 @@ def _pooled(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- data
 class _RegimeData:
-    """A regime's real rows, encoded on the device (categorical one-hot, images float)."""
+    """A regime's real rows, encoded on the device: categorical one-hot, continuous float, images
+    as stored (the 8-bit pixels of an :class:`mdcm.data.ImageArray` stay uint8, shared with the
+    dataset on a CPU: a quarter of the memory of floats) and converted to float in [-1, 1] one
+    batch at a time by :meth:`rows`."""
 
     def __init__(self, model: DCM, datasets: Sequence[Dataset], device: torch.device) -> None:
         self.cols: dict[str, torch.Tensor] = {}
+        self.images: set[str] = set()
         for v in model.schema.names:
-            parts = [np.asarray(d.columns[v]) for d in datasets if v in d.columns]
-            if len(parts) != len(datasets):
+            cols = [d.columns[v] for d in datasets if v in d.columns]
+            if len(cols) != len(datasets):
                 continue
-            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
             var = model.schema[v]
+            if var.kind == "image":
+                if all(isinstance(c, ImageArray) for c in cols):
+                    ts = [torch.from_numpy(np.ascontiguousarray(c.pixels)) for c in cols]
+                else:
+                    ts = [torch.as_tensor(np.asarray(c, dtype=np.float32)) for c in cols]
+                self.cols[v] = (torch.cat(ts) if len(ts) > 1 else ts[0]).to(device)
+                self.images.add(v)
+                continue
+            parts = [np.asarray(c) for c in cols]
+            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if var.kind == "categorical":
                 t = torch.as_tensor(arr, dtype=torch.long)
                 self.cols[v] = torch.nn.functional.one_hot(t, var.classes).float().to(device)
@@ -274,8 +290,17 @@ class _RegimeData:
                 self.cols[v] = t.to(device)
         self.n = sum(d.n for d in datasets)
 
-    def rows(self, idx: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {v: self.cols[v][idx] for v in names}
+    def rows(
+        self, idx: torch.Tensor, names: Sequence[str], *, raw: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The rows ``idx`` of ``names``; images as float in [-1, 1], or as stored with ``raw``
+        (uint8 for 8-bit columns: the fit check reads them chunk by chunk)."""
+        return {
+            v: self.cols[v][idx]
+            if raw or v not in self.images
+            else as_float_images(self.cols[v][idx])
+            for v in names
+        }
 
 
 # ---------------------------------------------------------------------- one target's matcher
@@ -312,7 +337,8 @@ class _Matcher:
         # Row layout: flat part (labels, continuous, codes of images not trained here) + pixels.
         # Trained images: pixels (WGAN: conv critic input; MMD: pooled pixels) plus their code;
         # other images (frozen or given): only their code.
-        self.trained_images = [v for v in self.rows if schema[v].kind == "image" and v in trains]
+        # (an intervened image of the stage sits in `given` in that regime: not trained there)
+        self.trained_images = [v for v in self.matches if schema[v].kind == "image" and v in trains]
         self.pixel_vars = self.trained_images if objective == "wgan" else []
         self.pool_vars = self.trained_images if objective == "mmd" else []
         self.code_vars = [v for v in self.rows if schema[v].kind == "image"]
@@ -341,7 +367,7 @@ class _Matcher:
             self.given,
             self.matches,
             {v: schema[v].kind for v in self.rows},
-            self.real(self.check_idx),
+            self.data.rows(self.check_idx, self.rows, raw=True),
             lambda v, x: model.coders[v].encode(x),
             rng,
             self._probes(stage, rng),
@@ -407,14 +433,44 @@ class _Matcher:
                 straight_through=grad,
             )
 
+    def fake_rows(
+        self, real: Mapping[str, torch.Tensor], gen: torch.Generator, tau: float
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`fake` without gradients for many rows, in chunks small enough for large images
+        (:func:`_chunk_rows`); with more than one chunk, generated images are kept as 8-bit
+        pixels like the data's."""
+        n = len(next(iter(real.values())))
+        step = _chunk_rows(self.model)
+        with torch.no_grad():
+            if step >= n:
+                return self.fake(real, gen, tau, grad=False)
+            parts = [
+                self.fake({v: x[i : i + step] for v, x in real.items()}, gen, tau, grad=False)
+                for i in range(0, n, step)
+            ]
+        images = {v for v in parts[0] if self.model.schema[v].kind == "image"}
+        return {
+            v: torch.cat([as_uint8_images(p[v]) if v in images else p[v] for p in parts])
+            for v in parts[0]
+        }
+
     def check(self, gen: torch.Generator, tau: float) -> float | None:
         """The fit check on the held check rows (None when it has nothing to read)."""
         if self.fit.empty:
             return None
-        real = self.real(self.check_idx)
-        with torch.no_grad():
-            fake = self.fake(real, gen, tau, grad=False)
-        return self.fit.tvd(real, fake)
+        real = self.data.rows(self.check_idx, self.rows, raw=True)
+        return self.fit.tvd(real, self.fake_rows(real, gen, tau))
+
+
+#: image values (pixels x rows) generated at once outside training steps (fit checks, warnings)
+CHUNK_VALUES = 2**21
+
+
+def _chunk_rows(model: DCM) -> int:
+    """Rows per chunk when generating outside a training step: all at once for small images,
+    about :data:`CHUNK_VALUES` image values per chunk for large ones (at least 64)."""
+    sizes = [math.prod(v.shape) for v in model.schema.variables if v.kind == "image"]
+    return max(64, CHUNK_VALUES // max(sizes, default=1))
 
 
 def _probe_target(
@@ -531,8 +587,20 @@ class StageState:
 
 
 # ---------------------------------------------------------------------- pre-trained mechanisms
+def _continuous_columns(study: Study, model: DCM) -> dict[str, np.ndarray]:
+    """Each continuous variable's values over every dataset that records it (its scale)."""
+    out = {}
+    for v in model.scales:
+        parts = [np.asarray(d.columns[v], np.float32) for d in study.datasets if v in d.columns]
+        if parts:
+            out[v] = np.concatenate([p.reshape(len(p), -1) for p in parts])
+    return out
+
+
 def _install_pretrained(model: DCM, v: str, source: DCM | nn.Module) -> None:
     target = model.generators[v]
+    if isinstance(source, DCM) and v in model.scales and v in source.scales:
+        model.scales[v].load_state_dict(source.scales[v].state_dict())  # its output's units
     if isinstance(source, DCM):
         if v not in source.generators:
             raise TrainingError(f"pre-trained model has no mechanism for {v!r}")
@@ -597,6 +665,69 @@ def train(
     return trainer.run(resume)
 
 
+# ---------------------------------------------------------------------- one stage at a time
+@dataclass(frozen=True)
+class StageResult:
+    """What :func:`train_stage` trained: the stage's summary and the trained state of its
+    mechanisms (the model's ``generators.V.…`` state-dict entries of V in ``stage.trains``, on
+    the CPU), ready to be merged into another copy of the model."""
+
+    summary: StageSummary
+    state: dict[str, torch.Tensor]
+
+
+def fit_coders(
+    model: DCM,
+    plan: Plan,
+    study: Study,
+    config: TrainConfig = TrainConfig(),
+    on_event: Callable[[Event], None] = lambda e: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    pretrained: Mapping[str, DCM | nn.Module] | None = None,
+) -> bool:
+    """Install pre-trained image coders and fit the others on the study's real images, exactly
+    as :func:`train` does before its first stage (same seed, same order). False when a stop
+    request ended a fit. For schedulers that train the stages one by one
+    (:func:`train_stage`, :mod:`mdcm.scheduler`)."""
+    trainer = _Trainer(
+        model, plan, study, config, on_event, should_stop, None, dict(pretrained or {})
+    )
+
+    def work() -> bool:
+        trainer._prepare()
+        trainer._pretrained_coders()
+        return trainer._fit_coders()
+
+    return trainer._guarded(work)
+
+
+def train_stage(
+    model: DCM,
+    plan: Plan,
+    study: Study,
+    stage_id: int,
+    config: TrainConfig = TrainConfig(),
+    on_event: Callable[[Event], None] = lambda e: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    pretrained: Mapping[str, DCM | nn.Module] | None = None,
+) -> StageResult:
+    """Train ONE stage of ``plan`` on ``model``, exactly as :func:`train` trains it.
+
+    The stage's result depends only on the weights of the mechanisms it runs frozen (those of
+    the stages it depends on, which must be trained already), its own seed and the data, so
+    independent stages can be trained in separate processes and merged back
+    (:mod:`mdcm.scheduler`). The image coders must be fitted first (:func:`fit_coders`).
+    ``checkpoint_dir`` receives this stage's mid-stage checkpoints; ``resume`` continues from
+    the one there (step for step as if never interrupted)."""
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    trainer = _Trainer(
+        model, plan, study, config, on_event, should_stop, ckdir, dict(pretrained or {})
+    )
+    return trainer._guarded(lambda: trainer._one_stage(stage_id, resume))
+
+
 class _Trainer:
     def __init__(
         self,
@@ -647,11 +778,16 @@ class _Trainer:
 
     # -- the whole plan
     def run(self, resume: bool) -> TrainResult:
+        return self._guarded(lambda: self._run(resume))
+
+    def _guarded(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` with the training thread count; errors become events (and memory
+        errors an actionable TrainingError)."""
         prev = torch.get_num_threads()
         if self.cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads)
         try:
-            return self._run(resume)
+            return work()
         except TrainingError as exc:
             self.emit("error", -1, 0, message=str(exc))
             raise
@@ -670,14 +806,19 @@ class _Trainer:
         finally:
             torch.set_num_threads(prev)
 
-    def _run(self, resume: bool) -> TrainResult:
-        cfg, model = self.cfg, self.model
-        _seed_all(cfg.seed)
-        model.to(self.device)
+    def _prepare(self) -> None:
+        """Seed, move the model to the device and encode each regime's data (the start of
+        :func:`train`, :func:`fit_coders` and :func:`train_stage`)."""
+        _seed_all(self.cfg.seed)
+        self.model.to(self.device)
         regimes: dict[frozenset[str], list[Dataset]] = {}
         for d in self.study.datasets:
             regimes.setdefault(frozenset(d.do), []).append(d)
-        self.data = {k: _RegimeData(model, v, self.device) for k, v in regimes.items()}
+        self.data = {k: _RegimeData(self.model, v, self.device) for k, v in regimes.items()}
+
+    def _run(self, resume: bool) -> TrainResult:
+        model = self.model
+        self._prepare()
         summaries: list[StageSummary] = []
         start_stage, ck = 0, None
         if resume:
@@ -689,6 +830,7 @@ class _Trainer:
                 model.load_state_dict(_strip(tensors, "model."))
                 start_stage = state["stage_index"]
                 summaries = [StageSummary.from_json(s) for s in state["summaries"]]
+        model.fit_scales(_continuous_columns(self.study, model))
         self._pretrained_coders()
         stopped = not self._fit_coders()
         for si in range(start_stage, len(self.plan.stages)):
@@ -715,6 +857,46 @@ class _Trainer:
             quality=max((s.quality for s in summaries if s.quality is not None), default=None),
         )
         return result
+
+    def _one_stage(self, stage_id: int, resume: bool) -> StageResult:
+        """:func:`train_stage`: prepare, resume the stage's checkpoint, train, hand back."""
+        index = {s.id: i for i, s in enumerate(self.plan.stages)}
+        if stage_id not in index:
+            raise TrainingError(f"the plan has no stage {stage_id}; its stages are {list(index)}")
+        si, stage = index[stage_id], self.plan.stages[index[stage_id]]
+        self._prepare()
+        unfitted = [
+            v
+            for v, c in self.model.coders.items()
+            if not bool(c.fitted) and any(v in d.cols for d in self.data.values())
+        ]
+        if unfitted:
+            raise TrainingError(
+                f"the image code of {', '.join(unfitted)} is not fitted; fit it before "
+                "training single stages (mdcm.train.fit_coders)"
+            )
+        ck = None
+        if resume:
+            if self.ckdir is None:
+                raise TrainingError("resume=True needs a checkpoint_dir")
+            ck = self._load_checkpoint()
+            if ck is not None:
+                if ck[2].get("stage_index") != si:
+                    raise TrainingError(
+                        f"checkpoint in {self.ckdir} belongs to stage index "
+                        f"{ck[2].get('stage_index')}, not to stage {stage_id}"
+                    )
+                self.model.load_state_dict(_strip(ck[0], "model."))
+        summary = self.stage(si, [], ck)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        keep = tuple(f"generators.{v}." for v in stage.trains)
+        state = {
+            k: v.detach().cpu().clone()
+            for k, v in self.model.state_dict().items()
+            if k.startswith(keep)
+        }
+        return StageResult(summary, state)
 
     def _pretrained_coders(self) -> None:
         """A latent image mechanism emits codes of ITS autoencoder: reusing it means reusing that
@@ -758,6 +940,8 @@ class _Trainer:
             ims = [d.cols[v] for d in self.data.values() if v in d.cols]
             if not ims:
                 continue
+            if len({x.dtype for x in ims}) > 1:  # 8-bit and float regimes: all float
+                ims = [as_float_images(x) for x in ims]
             total = self.cfg.coder_steps
             self.emit("coder", -1, 0, message=f"fitting the image code of {v} ({total} steps)")
 
@@ -795,6 +979,11 @@ class _Trainer:
             raise TrainingError(f"{exc}; start again without resume") from None
         if ck is not None and ck[2].get("plan") != _plan_json(self.plan):
             raise TrainingError(f"checkpoint in {self.ckdir} was made for another plan")
+        if ck is not None and ck[2].get("scheduler"):
+            raise TrainingError(
+                f"checkpoint in {self.ckdir} was written by a parallel run (mdcm.scheduler); "
+                "resume it with workers (mdcm train --resume --workers N or --ray-address)"
+            )
         return ck
 
     def _checkpoint(
@@ -860,11 +1049,7 @@ class _Trainer:
 
     def _fill_pretrained(self, stage: Stage, t_start: float) -> StageSummary:
         trains = stage.trains
-        if (
-            len(trains) != 1
-            or not stage.targets
-            or not all(t.is_conditional for t in stage.targets)
-        ):
+        if not stage.is_conditional:
             raise TrainingError(
                 f"stage {stage.id} trains {', '.join(trains)}; a pre-trained mechanism can "
                 "only fill a stage whose target is a plain conditional P(V | pa(V))"
@@ -996,7 +1181,15 @@ class _Trainer:
             message=f"stopped by {stopped_by} after {st.step} steps, {secs:.1f} s{note}",
         )
         return StageSummary(
-            st.stage.id, st.stage.trains, st.objective, st.step, secs, quality, stopped_by, fits
+            st.stage.id,
+            st.stage.trains,
+            st.objective,
+            st.step,
+            secs,
+            quality,
+            stopped_by,
+            fits,
+            st.floor,
         )
 
     def _leakage(self, m: _Matcher, trains: tuple[str, ...]) -> str:
@@ -1010,17 +1203,14 @@ class _Trainer:
             for b in (b for b in m.fit.given if m.fit.kinds[b] == "categorical"):
                 if b not in self.model.parents[v]:
                     continue
-                real = m.data.rows(m.check_idx[:2000], (b, v))
-                with torch.no_grad():
-                    fake = m.fake(
-                        real,
-                        torch.Generator(device=self.device).manual_seed(7),
-                        self.cfg.tau,
-                        grad=False,
-                    )
+                real = m.data.rows(m.check_idx[:2000], m.rows, raw=True)
+                fake = m.fake_rows(
+                    real, torch.Generator(device=self.device).manual_seed(7), self.cfg.tau
+                )
                 lab = real[b].argmax(1).cpu().numpy()
-                r = predictability(lab, real[v].cpu().numpy(), "image")
-                f = predictability(lab, fake[v].clamp(-1, 1).cpu().numpy(), "image")
+                # predictability reads images pooled to 8x8: pool chunk by chunk first
+                r = predictability(lab, pooled(real[v], 8), "image")
+                f = predictability(lab, pooled(fake[v], 8), "image")
                 if f > r + 0.15:
                     notes.append(
                         f"; warning: generated {v} reveals {b} (linear probe balanced "

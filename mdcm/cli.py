@@ -9,6 +9,7 @@ Subcommands::
     mdcm train --run-dir RUN [--resume]          (a background run made by mdcm.runs.start_run)
     mdcm sample --model MODEL_DIR [--do X=1 ...] [--given Z=0 ...] -n N --out DIR [--seed S]
     mdcm sample --model MODEL_DIR --do X=1 -n N --as-dataset DIR   (a dataset of regime do(X=1))
+    mdcm check --model MODEL_DIR (--study DIR | --example NAME [--size S]) [--json]
     mdcm export-example NAME --out DIR [--size cpu|64|128|256|gpu] [--n N] [--seed S]
     mdcm runs list|show RUN|stop RUN|resume RUN [--root DIR]
 
@@ -681,6 +682,42 @@ def _write_samples(
     return out / "samples.csv"
 
 
+# ---------------------------------------------------------------------- check (image fidelity)
+def cmd_check(args: argparse.Namespace) -> int:
+    """Image fidelity of a trained model against a study (mdcm.fidelity): per image variable,
+    probe agreement, Fréchet distance and sharpness, each next to its real-vs-real floor."""
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise CliError(f"--model {args.model}: no such model folder")
+    if bool(args.study) == bool(args.example):
+        raise CliError("give exactly one of --study DIR and --example NAME")
+    if args.example:
+        source = {"example": {"name": args.example, "size": args.size, "n": args.n, "seed": 0}}
+    else:
+        source = {"study_dir": str(Path(args.study))}
+    study = _study_from_config(source)
+    from .fidelity import format_report, model_fidelity
+    from .model import load_model
+
+    model = load_model(model_dir, expect_schema=study.schema)
+    images = model.schema.of_kind("image")
+    if not images:
+        raise CliError(f"--model {args.model}: the model has no image variable to check")
+    unknown = [v for v in args.variable or () if v not in images]
+    if unknown:
+        raise CliError(f"--variable {unknown[0]}: not an image variable ({', '.join(images)})")
+    if study.observational is None:
+        raise CliError("the study has no observational dataset to compare the images with")
+    results = model_fidelity(
+        model, study, variables=args.variable or None, n=args.images, seed=args.seed
+    )
+    if args.json:
+        print(json.dumps({v: r.to_json() for v, r in results.items()}, indent=1))
+    else:
+        print("\n\n".join(format_report(r) for r in results.values()))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- export-example
 def cmd_export_example(args: argparse.Namespace) -> int:
     from .examples import EXAMPLES, export_example
@@ -922,6 +959,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=_nonneg_int, default=0)
     sp.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser(
+        "check", help="image fidelity of a trained model: probe agreement, Fréchet, sharpness"
+    )
+    sp.add_argument("--model", required=True, metavar="MODEL_DIR")
+    sp.add_argument("--study", metavar="DIR", help="the study folder the model was trained on")
+    sp.add_argument("--example", metavar="NAME", help="or a built-in example (with --size, --n)")
+    sp.add_argument("--size", choices=EXAMPLE_SIZES, default="cpu", help="example size")
+    sp.add_argument("--n", type=_positive_int, help="example rows")
+    sp.add_argument("--variable", action="append", metavar="IMAGE", help="only this image")
+    sp.add_argument(
+        "--images",
+        type=_int_in(20, 100_000, "a number 20..100000"),
+        default=1000,
+        help="generated images (and held-out real ones per half) compared; default 1000",
+    )
+    sp.add_argument("--seed", type=_nonneg_int, default=0)
+    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("export-example", help="write a built-in example as a study folder")
     sp.add_argument("name", metavar="NAME")

@@ -43,9 +43,11 @@ __all__ = [
     "ClassAgreement",
     "ImageFidelity",
     "LabelAgreement",
+    "format_report",
     "frechet_distance",
     "image_fidelity",
     "model_fidelity",
+    "neighbour_labels",
     "pooled",
     "top_octave_share",
 ]
@@ -454,3 +456,30 @@ def model_fidelity(
             seed=seed,
         )
     return out
+
+
+def format_report(fid: ImageFidelity) -> str:
+    """A plain-text table of one image variable's figures and their floors (``mdcm check``)."""
+    shape = "x".join(str(s) for s in fid.shape)
+    lines = [
+        f"image {fid.variable} ({shape}): {fid.n_generated} generated vs {fid.n_real} "
+        "held-out real images (floor: real vs real)",
+        f"  {'figure':44} {'generated':>10} {'floor':>8}  ok",
+    ]
+    for r in fid.rows():
+        ok = "yes" if r["ok"] else "NO"
+        lines.append(f"  {r['figure']:44} {r['generated']:10.3f} {r['real (floor)']:8.3f}  {ok}")
+    for a in fid.agreement:
+        per = ", ".join(
+            f"{c.value}: {_pct(c.generated_recall)} vs {_pct(c.real_recall)}" for c in a.classes
+        )
+        lines.append(f"    {a.label} per class (generated vs real recall): {per}")
+    problems = fid.flags()
+    lines.append("  problems: " + ("none" if not problems else ""))
+    lines += [f"    - {p}" for p in problems]
+    lines += [f"  note: {n}" for n in fid.notes]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"

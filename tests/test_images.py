@@ -76,3 +76,118 @@ def test_features_readable_at_64_px():
     cuts = [(means[0] + means[1]) / 2, (means[1] + means[2]) / 2]
     pred = np.digitize(bright[300:], cuts)
     assert np.mean(pred == hidden["X.opacity"][300:]) >= 0.95
+
+
+# ---------------------------------------------------------------------- fidelity figures
+@pytest.fixture(scope="module")
+def digits_fidelity():
+    """Fidelity of three 'generators' of colored digits against the study's real images, with
+    the labels drawn by the exact generating SCM: faithful (fresh draws of the true process),
+    blurred (the same draws, box-blurred) and class-less (the same images, shuffled against
+    their labels, so they no longer carry D or A)."""
+    from mdcm.fidelity import image_fidelity
+
+    ex = load_example("colored_digits", size="cpu", n=2400, seed=0)
+    obs = ex.study.observational
+    roles = {"D": "parent", "A": "child"}
+    classes = {k: ex.schema[k].classes for k in roles}
+    cols, _ = ex.sample(600, seed=5)
+    x = torch.as_tensor(np.asarray(cols["I"]))
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False).numpy()
+    shuffled = np.asarray(cols["I"])[np.random.default_rng(0).permutation(600)]
+    out = {}
+    for name, images in (("faithful", cols["I"]), ("blurred", blurred), ("class-less", shuffled)):
+        out[name] = image_fidelity(
+            "I",
+            obs.columns["I"],
+            {k: obs.columns[k] for k in roles},
+            images,
+            {k: cols[k] for k in roles},
+            classes,
+            roles,
+            n_eval=600,
+            probe_steps=250,
+            seed=1,
+        )
+    return out
+
+
+def test_fidelity_of_a_faithful_generator_sits_at_its_floors(digits_fidelity):
+    f = digits_fidelity["faithful"]
+    assert f.flags() == [], f.flags()
+    assert f.n_real == f.n_generated == 600 and f.features == "probe"
+    for a in f.agreement:  # the probe reads D and A off real images better than chance
+        assert a.real_accuracy > 0.45 and a.agrees
+    assert 0.8 < f.sharpness_floor < 1.25 and 0.8 < f.sharpness < 1.25
+
+
+def test_fidelity_flags_blurred_and_class_less_images(digits_fidelity):
+    blurred, classless = digits_fidelity["blurred"], digits_fidelity["class-less"]
+    assert blurred.sharpness < 0.6 * blurred.sharpness_floor
+    assert blurred.frechet > 4 * blurred.frechet_floor
+    assert any("blurred" in p for p in blurred.flags())
+    # shuffled images have the right look (marginal) but carry neither D nor A
+    assert {a.label for a in classless.agreement if not a.agrees} == {"D", "A"}
+    assert all(a.gap < -0.1 for a in classless.agreement)
+    assert any("carry D more weakly" in p for p in classless.flags())
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 1.0, (20000, 2))
+    b = rng.normal(0.0, 1.0, (20000, 2)) * np.array([2.0, 1.0]) + np.array([1.0, 0.0])
+    # N(0, I) vs N((1, 0), diag(4, 1)): |mu|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) = 1 + (1 + 4 - 4)
+    from mdcm.fidelity import frechet_distance
+
+    assert frechet_distance(a, b) == pytest.approx(2.0, abs=0.06)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def _run_cli(*argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from mdcm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_cli_check_prints_the_figures_with_their_floors(tmp_path):
+    import json
+
+    study = tmp_path / "xray"
+    assert _run_cli("export-example", "xray", "--out", str(study), "--n", "400")[0] == 0
+    quick = ["--steps", "4", "--batch-size", "16", "--device", "cpu", "--progress", "off"]
+    quick += ["--set", "coder_steps=5", "--set", "check_samples=128", "--set", "mmd_batch=32"]
+    rc, _, err = _run_cli("train", "--study", str(study), "--out", str(tmp_path / "m"), *quick)
+    assert rc == 0, err
+    rc, out, err = _run_cli(
+        "check", "--model", str(tmp_path / "m"), "--study", str(study), "--images", "200"
+    )
+    assert rc == 0, err
+    assert "image X (1x16x16)" in out and "probe accuracy: C (parent)" in out
+    assert "probe accuracy: N (child)" in out and "Fréchet distance" in out
+    assert "sharpness" in out and "problems:" in out
+    rc, out, _ = _run_cli(
+        "check",
+        "--model",
+        str(tmp_path / "m"),
+        "--example",
+        "xray",
+        "--n",
+        "400",
+        "--json",
+        "--images",
+        "100",
+    )
+    figures = json.loads(out)["X"]
+    assert figures["n_real"] == 100 and figures["frechet_floor"] >= 0
+    assert {a["label"] for a in figures["agreement"]} == {"C", "N"}
+    # bad input: one line, exit 2
+    rc, _, err = _run_cli("check", "--model", str(tmp_path / "nope"), "--study", str(study))
+    assert rc == 2 and "no such model folder" in err and err.count("\n") == 1
+    rc, _, err = _run_cli("check", "--model", str(tmp_path / "m"), "--example", "napkin")
+    assert rc == 2 and err.count("\n") == 1

@@ -140,9 +140,11 @@ def queue_note(home: Path, run_dir: Path, limits: Limits) -> str:
             f"it starts when one of your {mine} running training run(s) ends "
             f"(at most {limits.per_user} per person at a time)"
         )
-    else:
+    elif limits.total is not None:
         why = (
             f"it starts when a training slot is free (at most {limits.total} runs at a time "
             "on this server)"
         )
+    else:
+        why = "it starts at the next dispatch (within a few seconds)"
     return f"Waiting in the training queue: position {pos + 1} of {len(q['waiting'])}; {why}."

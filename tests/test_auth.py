@@ -232,3 +232,44 @@ def test_config_file_sets_the_loopback_address():
 
     assert tomllib.loads(text)["server"]["address"] == "127.0.0.1"
     assert "shared mode" in textwrap.dedent(text)
+
+
+def test_workspace_page_publish_copy_and_delete(accounts, home):
+    from mdcm.runs import start_run
+
+    alice = _sign_in("alice")
+    a_user = alice.session_state["auth_user"]
+    alice.switch_page("pages/workspace.py").run()
+    assert not alice.exception
+    [a_sid] = [p.name for p in (home / "users" / a_user.key / "studies").iterdir()]
+    # a queued run of her study: the study cannot be deleted while it waits
+    a_study = home / "users" / a_user.key / "studies" / a_sid
+    held = start_run(
+        home / "users" / a_user.key / "runs", example="backdoor", hold=True, label=a_sid
+    )
+    (a_study / "runs.json").write_text(json.dumps([held.run_id]))
+    alice.checkbox(key="ws_confirm").check().run()
+    alice.button(key="ws_delete").click().run()
+    assert "still running or queued; stop it first" in alice.session_state["ws_notice"]
+    assert a_study.is_dir()
+    alice.button(key="ws_publish").click().run()
+    assert "Published study" in alice.session_state["ws_notice"]
+    assert (home / "published" / a_sid / "app.json").is_file()
+
+    bob = _sign_in("bob")
+    b_user = bob.session_state["auth_user"]
+    bob.switch_page("pages/workspace.py").run()
+    assert not [b for b in bob.button if b.key == "ws_publish"]  # not a teacher
+    bob.button(key=f"ws_pub_open_{a_sid}").click().run()
+    copy_sid = bob.session_state["study_id"]
+    assert copy_sid != a_sid
+    copy = home / "users" / b_user.key / "studies" / copy_sid
+    assert json.loads((copy / "app.json").read_text())["graph"]
+    published = (home / "published" / a_sid / "app.json").read_bytes()
+    bob.selectbox(key="ws_study").set_value(copy_sid).run()
+    bob.checkbox(key="ws_confirm").check().run()
+    bob.button(key="ws_delete").click().run()
+    assert not copy.exists() and (home / "published" / a_sid / "app.json").read_bytes() == published
+    events = [(r["event"], r["user"]) for r in workspace.read_audit(home)]
+    for ev in (("publish", "alice"), ("copy_published", "bob"), ("delete", "bob")):
+        assert ev in events

@@ -92,17 +92,33 @@ def distribution(
     interventions: Sequence[Sequence[str]] = (),
 ):
     """P(outcome | do, given) from the query's one draw (a :class:`mdcm.query.QueryResult`)."""
+    regimes = tuple(tuple(sorted(i)) for i in interventions)
+    return _result(
+        model_id, query_key(do, given), outcome, regimes, model, dict(do), dict(given or {})
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=512)
+def _result(
+    model_id: str,
+    key: str,
+    outcome: str,
+    regimes: tuple[tuple[str, ...], ...],
+    _model: Any,
+    _do: Mapping[str, Any],
+    _given: Mapping[str, int],
+):
     from mdcm.query import result_from_samples
 
-    d = query_draw(model_id, model, do, given)
+    d = query_draw(model_id, _model, _do, _given)
     return result_from_samples(
-        model,
+        _model,
         outcome,
         d.samples[outcome],
         d.acceptance_rate,
-        do,
-        given,
-        interventions=[list(i) for i in interventions],
+        _do,
+        _given,
+        interventions=[list(r) for r in regimes],
     )
 
 

@@ -304,11 +304,22 @@ def variables_without_data(meta: state.StudyMeta) -> list[str]:
 # ---------------------------------------------------------------------- model state
 def model_fits(model_dir: Path, schema: Schema) -> tuple[bool, str]:
     """Whether the model saved in ``model_dir`` was trained for this graph and these kinds, and
-    if not, why (in words). Reads only model.json (no torch)."""
+    if not, why (in words). Reads only model.json (no torch), once per file version."""
+    path = Path(model_dir) / "model.json"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return False, "its model description cannot be read"
+    return _model_fits(str(path), stamp, json.dumps(schema.to_json(descriptions=False)))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _model_fits(path: str, stamp: int, schema_json: str) -> tuple[bool, str]:
     from mdcm.files import JsonFileError, read_json_file
 
+    schema = Schema.from_json(json.loads(schema_json))
     try:
-        trained = Schema.from_json(read_json_file(Path(model_dir) / "model.json")["schema"])
+        trained = Schema.from_json(read_json_file(path)["schema"])
     except (JsonFileError, KeyError, TypeError, ValueError, OSError):
         return False, "its model description cannot be read"
     if trained.same_structure(schema):
@@ -497,6 +508,29 @@ def _terms(text: str) -> list[str]:
     return [t for t in GLOSSARY if t.lower() in low]
 
 
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _identify(
+    graph_text: str,
+    treatment: tuple[str, ...],
+    outcome: str,
+    given: tuple[str, ...],
+    regimes: tuple[tuple[str, ...], ...],
+):
+    """(verdict, textbook criterion or None) of one query, once per graph and query."""
+    from mdcm.explain import criterion
+    from mdcm.graph import parse_graph
+    from mdcm.identify import identify
+
+    graph = parse_graph(graph_text)
+    ident = identify(graph, list(treatment), [outcome], list(given), [list(r) for r in regimes])
+    crit = (
+        criterion(graph, treatment[0], outcome)
+        if ident.identifiable and len(treatment) == 1 and not given
+        else None
+    )
+    return ident, crit
+
+
 def verdict(
     schema: Schema,
     treatment: list[str],
@@ -508,25 +542,22 @@ def verdict(
     words (the formula, its criterion and the algorithm's reason in a "technical details"
     expander). Returns outcome -> :class:`mdcm.identify.Identification` (None on a bad query).
     Used by the Intervene page and the Graph & plan page."""
-    from mdcm.explain import GLOSSARY, criterion, query_words, verdict_headline
-    from mdcm.identify import IdentificationError, identify
+    from mdcm.explain import GLOSSARY, query_words, verdict_headline
+    from mdcm.identify import IdentificationError
 
     out: dict[str, Any] = {}
+    text = schema.graph.to_text()
+    regimes = tuple(tuple(sorted(i)) for i in interventions)
     for y in outcomes:
         formal = f"P({y} | do({', '.join(treatment)}){', ' + ', '.join(given) if given else ''})"
         try:
-            ident = identify(schema.graph, treatment, [y], list(given), interventions)
+            ident, crit = _identify(text, tuple(treatment), y, tuple(given), regimes)
         except (IdentificationError, ValueError) as exc:
             st.error(f"The question {formal} cannot be asked: {exc}", icon=":material/block:")
             out[y] = None
             continue
         out[y] = ident
         words = query_words(schema, treatment, y, given)
-        crit = (
-            criterion(schema.graph, treatment[0], y)
-            if ident.identifiable and len(treatment) == 1 and not given
-            else None
-        )
         if ident.identifiable:
             how = f"  \nHow: the {crit.title}." if crit is not None else ""
             st.success(

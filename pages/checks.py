@@ -3,13 +3,15 @@ difference (total variation distance), per-class image grids, and for built-in s
 distance to the exact interventional truth, from the same sample draws the Intervene page shows.
 Plots and image grids download as PNG."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mdcm import explain
 from mdcm.query import tvd
-from mdcm_app import answers, plots, ui
+from mdcm_app import answers, bundles, plots, ui
 
 N_CHECK = 2000
 TVD_HELP = "Difference = " + explain.GLOSSARY["TVD"]
@@ -55,7 +57,8 @@ def _marginals(schema, real: dict, fake: dict) -> None:
                 )
                 st.download_button(
                     f"Download {v.name} (PNG)",
-                    plots.bar_png(
+                    functools.partial(
+                        plots.bar_png,
                         {"data": pr, "model": pf},
                         explain.class_labels(v),
                         f"{explain.var_name(v)}: data vs model",
@@ -97,7 +100,7 @@ def _images(schema, real: dict, fake: dict) -> None:
             col.image(grid, caption=f"{name}: {who}")
             col.download_button(
                 f"Download {who} grid (PNG)",
-                plots.png_bytes(grid),
+                functools.partial(plots.png_bytes, grid),
                 file_name=f"{v}_{who}.png",
                 mime="image/png",
                 key=f"chk_grid_{v}_{who}",
@@ -184,7 +187,8 @@ def _truth(ctx, ex) -> None:
     }
     st.download_button(
         "Download distance chart (PNG)",
-        plots.bar_png(
+        functools.partial(
+            plots.bar_png,
             series,
             explain.class_labels(tvar),
             f"Difference (TVD) from the exact P({y} | do({t}))",
@@ -209,6 +213,7 @@ def main() -> None:
         st.info("The checks compare the model with observational data; this study has none.")
         return
     mid, model = ui.pick_model(meta, schema, "chk_run")
+    bundles.study_model_download(meta, st.session_state.get("chk_run"), key="chk_bundle")
     obs = study.observational
     n = min(N_CHECK, obs.n)
     real = {k: np.asarray(v)[:n] for k, v in obs.columns.items()}

@@ -5,13 +5,14 @@ identifiability verdict is always shown, and a non-identifiable answer carries i
 sentence, the chart and the table. One sample draw per query feeds all of them (and Checks)."""
 
 import contextlib
+import functools
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mdcm import explain
-from mdcm_app import answers, plots, state, ui
+from mdcm_app import answers, bundles, plots, state, ui
 
 
 # ---------------------------------------------------------------------- typed interventions
@@ -260,7 +261,9 @@ def _answer(ctx, y: str, do: dict, given: dict, ident) -> None:
         )
         st.download_button(
             f"Download chart of {y} (PNG)",
-            plots.bar_png(series, cats, title + (" (not identifiable)" if unsure else "")),
+            functools.partial(
+                plots.bar_png, series, cats, title + (" (not identifiable)" if unsure else "")
+            ),
             file_name=f"P_{y}_do.png",
             mime="image/png",
             key=f"iv_png_{y}",
@@ -445,11 +448,12 @@ def main() -> None:
             )
             st.download_button(
                 f"Download {v} grid (PNG)",
-                plots.png_bytes(grid),
+                functools.partial(plots.png_bytes, grid),
                 file_name=f"{v}_do.png",
                 mime="image/png",
                 key=f"iv_grid_png_{v}",
             )
+    bundles.save_samples_control(meta, model, do, given)  # canvas engineer's control (#14)
     effect_ys = [y for y in outcomes if schema[y].kind != "image"]
     if (
         len(treat) == 1

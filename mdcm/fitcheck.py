@@ -266,12 +266,14 @@ class FitCheck:
         """Nothing to compare (a stage whose A holds no variable the check can read)."""
         return not self.matches and not self.probes
 
-    def _columns(self, v: str, x: torch.Tensor) -> list[np.ndarray]:
+    def _columns(
+        self, v: str, x: torch.Tensor, code: torch.Tensor | None = None
+    ) -> list[np.ndarray]:
         kind = self.kinds[v]
         if kind == "categorical":
             return [x.argmax(1).cpu().numpy()]
         if kind == "image":
-            codes = _encoded(self.encode, v, x)
+            codes = code if code is not None else _encoded(self.encode, v, x)
             return [torch.cdist(codes, self.centroids[v]).argmin(1).cpu().numpy()]
         return [
             torch.bucketize(x[:, j].contiguous(), edges).cpu().numpy()
@@ -280,8 +282,17 @@ class FitCheck:
 
     def labels(self, vals: Mapping[str, torch.Tensor]) -> tuple[list[np.ndarray], int]:
         """(the label columns of encoded rows, given first, then A's; how many are given)."""
-        given = [c for v in self.given for c in self._columns(v, vals[v])]
-        return given + [c for v in self.matches for c in self._columns(v, vals[v])], len(given)
+        given = [c for v in self.given for c in self._read(v, vals)]
+        return given + [c for v in self.matches for c in self._read(v, vals)], len(given)
+
+    def _read(self, v: str, vals: Mapping[str, torch.Tensor]) -> list[np.ndarray]:
+        """The label columns of ``v``; a generated latent image is read through the code its
+        mechanism drew (what its children read, :class:`mdcm.model.SampledValues`), without
+        decoding it."""
+        codes = getattr(vals, "codes", {})
+        if v in codes:
+            return self._columns(v, None, codes[v])  # type: ignore[arg-type]
+        return self._columns(v, vals[v])
 
     def table(self, real: Mapping[str, torch.Tensor], fake: Mapping[str, torch.Tensor]) -> float:
         """Conditional TVD of the label tables of real vs fake rows."""

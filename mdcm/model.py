@@ -12,9 +12,10 @@ atomically, in an order that never leaves a replaced model unloadable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ __all__ = [
     "load_model",
     "MODEL_FORMAT",
     "NoiseStreams",
+    "SampledValues",
 ]
 
 MODEL_FORMAT = "mdcm-model/2"
@@ -134,6 +136,54 @@ class Scale(nn.Module):
 
     def restore(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.scale + self.loc
+
+
+class SampledValues(Mapping[str, torch.Tensor]):
+    """The encoded values of one forward pass (:meth:`DCM.forward_values`), by variable.
+
+    A latent image generated in the pass keeps the code its mixture drew (``codes``); its pixels
+    are decoded only when someone reads ``values[v]``. The image's children, the label stages'
+    losses and the fit checks read the code (:meth:`DCM.code`), so a label stage over 64-256 px
+    images never pays for a decoder and an encoder per step, and a child reads exactly the
+    feature its parent's mechanism drew rather than a re-encoding of decoded (smoothed) pixels.
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, torch.Tensor] | None = None,
+        codes: Mapping[str, torch.Tensor] | None = None,
+        decode: Mapping[str, Callable[[], torch.Tensor]] | None = None,
+    ) -> None:
+        self._values: dict[str, torch.Tensor] = dict(values or {})
+        self._pending: dict[str, Callable[[], torch.Tensor]] = dict(decode or {})
+        self.codes: dict[str, torch.Tensor] = dict(codes or {})
+        self._keys = list(self._values) + [k for k in self._pending if k not in self._values]
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        if name not in self._values and name not in self._pending:
+            self._keys.append(name)
+        self._values[name] = value
+
+    def set_latent(self, name: str, code: torch.Tensor, decode: Callable[[], torch.Tensor]) -> None:
+        """A latent image: its code now, its pixels (``decode()``) when first read."""
+        if name not in self._values and name not in self._pending:
+            self._keys.append(name)
+        self.codes[name] = code
+        self._pending[name] = decode
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._values and name in self._pending:
+            self._values[name] = self._pending.pop(name)()
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values or name in self._pending
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class NoiseStreams:
@@ -352,8 +402,18 @@ class DCM(nn.Module):
             if not bool(sc.fitted) and v in columns:
                 sc.fit(torch.as_tensor(np.asarray(columns[v], np.float32)).reshape(-1, sc.dim))
 
+    def code(self, name: str, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The standardised code of image ``name`` in ``values``: the code its latent mechanism
+        drew when it was generated in that pass (:class:`SampledValues`), else its coder's
+        encoding of the given pixels (data rows, do(X = image))."""
+        codes = getattr(values, "codes", {})
+        return codes[name] if name in codes else self.coders[name].encode(values[name])
+
     def condition(self, name: str, values: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
-        parts = [self.features(p, values[p]) for p in self.parents[name]]
+        codes = getattr(values, "codes", {})
+        parts = [
+            codes[p] if p in codes else self.features(p, values[p]) for p in self.parents[name]
+        ]
         if not parts:
             return torch.zeros(n, 0, device=self.device)
         return torch.cat(parts, dim=1)
@@ -369,7 +429,7 @@ class DCM(nn.Module):
         tau: float = 1.0,
         straight_through: bool = False,
         noise_seed: int | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> SampledValues:
         """ONE topological sampling loop over encoded values.
 
         ``fixed`` holds encoded values (n rows) that override mechanisms (do-values, or the real
@@ -382,9 +442,12 @@ class DCM(nn.Module):
         seeded from ``noise_seed`` (default: one draw from ``gen``): two calls with the same
         ``noise_seed`` share all exogenous noise, whichever mechanisms are overridden, which is
         what a twin network needs (design.md §5a).
+
+        A latent image's children read the code its mixture drew, and its pixels are decoded
+        only when read (:class:`SampledValues`); given images are read through their coder.
         """
         need = set(self.order if needed is None else needed) - set(fixed)
-        values: dict[str, torch.Tensor] = dict(fixed)
+        values = SampledValues(fixed)
         streams = NoiseStreams(self, gen, noise_seed)
         for v in self.order:
             if v not in need:
@@ -395,14 +458,13 @@ class DCM(nn.Module):
                     f"cannot generate {v}: parent(s) {', '.join(missing)} are neither "
                     "generated nor given"
                 )
-            out = self.generators[v].sample(
-                self.condition(v, values, n),
-                streams.u(v, n),
-                streams.own(v),
-                tau=tau,
-                straight_through=straight_through,
-            )
-            values[v] = self.scales[v].restore(out) if v in self.scales else out
+            mech, args = self.generators[v], (self.condition(v, values, n), streams.u(v, n))
+            if self.latent_image(v):
+                code = mech.code(*args, streams.own(v), tau=tau, straight_through=straight_through)
+                values.set_latent(v, code, functools.partial(self.coders[v].decode, code))
+                continue
+            out = mech.sample(*args, streams.own(v), tau=tau, straight_through=straight_through)
+            values.set(v, self.scales[v].restore(out) if v in self.scales else out)
         return values
 
     @torch.no_grad()

@@ -199,6 +199,20 @@ class LatentMixture(nn.Module):
         pick = gumbel_one_hot(logits, tau, gen, straight_through)
         return torch.einsum("nk,nkc->nc", pick, mu + log_s.exp() * eps[:, None, :])
 
+    def code(
+        self,
+        cond: torch.Tensor,
+        u: torch.Tensor,
+        gen: torch.Generator | None,
+        *,
+        tau: float = 1.0,
+        straight_through: bool = False,
+    ) -> torch.Tensor:
+        """A code drawn with this mechanism's own noise ``Z_V = (k, eps)`` from ``gen``: what
+        :meth:`sample` decodes, and what the image's children read (:class:`mdcm.model.DCM`)."""
+        eps = torch.randn(cond.shape[0], self.c, generator=gen, device=cond.device)
+        return self.sample_code(cond, u, eps, gen, tau=tau, straight_through=straight_through)
+
     def sample(
         self,
         cond: torch.Tensor,
@@ -208,8 +222,7 @@ class LatentMixture(nn.Module):
         tau: float = 1.0,
         straight_through: bool = False,
     ) -> torch.Tensor:
-        eps = torch.randn(cond.shape[0], self.c, generator=gen, device=cond.device)
-        code = self.sample_code(cond, u, eps, gen, tau=tau, straight_through=straight_through)
+        code = self.code(cond, u, gen, tau=tau, straight_through=straight_through)
         return code if self.coder is None else self.coder.decode(code)
 
     def code_log_prob(

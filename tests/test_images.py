@@ -191,3 +191,52 @@ def test_cli_check_prints_the_figures_with_their_floors(tmp_path):
     assert rc == 2 and "no such model folder" in err and err.count("\n") == 1
     rc, _, err = _run_cli("check", "--model", str(tmp_path / "m"), "--example", "napkin")
     assert rc == 2 and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------- latent images
+def test_children_of_a_latent_image_read_its_code_and_pixels_decode_when_read():
+    """A generated latent image's child reads the code its mixture drew (oracle: the child's
+    mechanism run by hand on that code with the same noise stream); a GIVEN image is read
+    through the coder; pixels are decoded only when someone reads them."""
+    from mdcm.graph import CausalGraph
+    from mdcm.model import DCM, ModelConfig, NoiseStreams
+    from mdcm.variables import Schema, Variable
+
+    schema = Schema(
+        CausalGraph.parse("C -> X -> N"),
+        (
+            Variable("C", "categorical", classes=2),
+            Variable("X", "image", shape=(1, 8, 8)),
+            Variable("N", "categorical", classes=3),
+        ),
+    )
+    torch.manual_seed(0)
+    m = DCM(schema, ModelConfig(code_dim=4, image_modes=3)).eval()
+    coder = m.coders["X"]
+    calls = {"n": 0}
+    decode = coder.decode
+
+    def counting(code):
+        calls["n"] += 1
+        return decode(code)
+
+    coder.decode = counting
+    c = m.encode("C", torch.tensor([0, 1, 1, 0, 1, 0]))
+    with torch.no_grad():
+        vals = m.forward_values(6, {"C": c}, ["X", "N"], noise_seed=11)
+        assert calls["n"] == 0 and "X" in vals.codes  # nothing decoded so far
+        streams = NoiseStreams(m, None, 11)
+        code = m.generators["X"].code(c, c[:, :0], streams.own("X"))
+        torch.testing.assert_close(vals.codes["X"], code)
+        n_by_hand = m.generators["N"].sample(code, code[:, :0], streams.own("N"))
+        torch.testing.assert_close(vals["N"], n_by_hand)
+        assert calls["n"] == 0
+        torch.testing.assert_close(vals["X"], decode(code))  # pixels on first read, once
+        vals["X"]
+        assert calls["n"] == 1 and list(vals) == ["C", "X", "N"]
+        # do(X = image): the child reads the coder's encoding of the given pixels
+        img = decode(code)
+        given = m.forward_values(6, {"X": img}, ["N"], noise_seed=11)
+        streams = NoiseStreams(m, None, 11)
+        by_hand = m.generators["N"].sample(coder.encode(img), code[:, :0], streams.own("N"))
+        torch.testing.assert_close(given["N"], by_hand)

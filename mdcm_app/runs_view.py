@@ -33,6 +33,7 @@ __all__ = [
     "stage_progress",
     "stop",
     "study_run_ids",
+    "study_runs",
     "submit_training",
 ]
 
@@ -73,6 +74,17 @@ def find_model(run_dir: Path) -> Path | None:
     while the run has not written it."""
     path = Path(run_dir) / MODEL_DIR
     return path if (path / "model.json").is_file() else None
+
+
+def study_runs(study_id: str) -> list[RunInfo]:
+    """The study's runs in the current user's workspace, newest first (unreadable ones left out)."""
+    out = []
+    for rid in study_run_ids(study_id):
+        try:
+            out.append(run_status(run_path(state.runs_root(), rid)))
+        except (RunError, OSError, ValueError):
+            continue
+    return out
 
 
 def own_run_dir(study_id: str, run_id: str) -> Path:
@@ -220,6 +232,7 @@ def submit_training(
     *,
     plan: str,
     train_config: Mapping[str, Any],
+    pretrained: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RunInfo:
     """Start training a study: checks the storage quota, creates the run *held* in the user's
     workspace, queues it and launches it at once when the job limits allow (else it waits, with
@@ -237,6 +250,7 @@ def submit_training(
         train_config=dict(train_config),
         label=meta.study_id,
         hold=True,
+        pretrained=pretrained,
         **source,
     )
     record_run(meta.study_id, info.run_id)

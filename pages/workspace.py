@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from mdcm.runs import RunError, run_path, run_status
+from mdcm.runs import RunError
 from mdcm_app import auth, runs_view, state, ui, workspace
 
 
@@ -56,28 +56,33 @@ def _delete_run(sid: str) -> None:
     _notice(f"Deleted run {rid} and its model.")
 
 
-@ui.safe_callback
-def _publish(sid: str) -> None:
+def _teacher_action(sid: str, act, event: str, done: str) -> None:
+    """Publish or withdraw (teachers only: workspace.publish_study / unpublish_study check)."""
     s, user = auth.settings(), auth.current_user()
     try:
-        workspace.publish_study(s, user, state.study_dir(sid))
+        act(s, user, sid)
     except (workspace.AccessError, ValueError, OSError) as exc:
-        _notice(f"Could not publish: {exc}")
+        _notice(f"Could not {event}: {exc}")
         return
-    workspace.audit(s.home, "publish", user, study=sid)
-    _notice(f"Published study {sid} read-only to the class.")
+    workspace.audit(s.home, event, user, study=sid)
+    _notice(done)
+
+
+@ui.safe_callback
+def _publish(sid: str) -> None:
+    _teacher_action(
+        sid,
+        lambda s, user, sid: workspace.publish_study(s, user, state.study_dir(sid)),
+        "publish",
+        f"Published study {sid} read-only to the class.",
+    )
 
 
 @ui.safe_callback
 def _unpublish(pid: str) -> None:
-    s, user = auth.settings(), auth.current_user()
-    try:
-        workspace.unpublish_study(s, user, pid)
-    except (workspace.AccessError, OSError) as exc:
-        _notice(f"Could not withdraw: {exc}")
-        return
-    workspace.audit(s.home, "unpublish", user, study=pid)
-    _notice(f"Withdrew the published study {pid}.")
+    _teacher_action(
+        pid, workspace.unpublish_study, "unpublish", f"Withdrew the published study {pid}."
+    )
 
 
 @ui.safe_callback
@@ -111,12 +116,7 @@ def _storage(s: workspace.Settings) -> None:
 
 
 def _runs_of(sid: str) -> None:
-    infos = []
-    for rid in runs_view.study_run_ids(sid):
-        try:
-            infos.append(run_status(run_path(state.runs_root(), rid)))
-        except (RunError, OSError, ValueError):
-            continue
+    infos = runs_view.study_runs(sid)
     if not infos:
         st.caption("No runs for this study.")
         return

@@ -69,19 +69,7 @@ def streamlit_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer on {url} in {timeout_s} s")
-            time.sleep(0.3)
+        wait_http(url + "/_stcore/health", proc, timeout_s)
         yield url
     finally:
         proc.terminate()
@@ -91,6 +79,23 @@ def streamlit_server(
             proc.kill()
         if log:
             out.close()
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Wait until ``url`` answers 200; RuntimeError if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answered on {url} in {timeout_s} s")
+        time.sleep(0.3)
 
 
 def launch_chromium(playwright):

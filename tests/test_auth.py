@@ -14,11 +14,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from serve import free_port, wait_http
 from streamlit.testing.v1 import AppTest
 
 from mdcm_app import workspace
@@ -169,12 +168,6 @@ def test_upload_over_quota_is_refused_and_nothing_is_written(home, monkeypatch):
 
 
 # ---------------------------------------------------------------------- the listening socket
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _outside_address() -> str | None:
     """An address of this machine that is not loopback, if it has one."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -190,23 +183,14 @@ def test_readme_command_listens_on_loopback_only(tmp_path):
     psutil = pytest.importorskip("psutil")
     readme = (REPO / "README.md").read_text()
     assert "streamlit run app.py" in readme
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
         cwd=REPO, env={**__import__("os").environ, "MDCM_HOME": str(tmp_path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "streamlit exited"
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2),
-            ):
-                break
-            assert time.monotonic() < deadline, "streamlit did not answer"
-            time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
         listening = [
             c.laddr
             for c in psutil.Process(proc.pid).net_connections(kind="inet")

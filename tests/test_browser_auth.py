@@ -20,14 +20,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve import CHROMIUM, REPO, free_port, launch_chromium, wait_idle
+from serve import CHROMIUM, REPO, free_port, launch_chromium, wait_http, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]
 
@@ -37,19 +35,6 @@ USERS = {
 }
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with code {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-            if r.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing answered on {url} in {timeout_s} s")
-        time.sleep(0.3)
-
-
 @contextlib.contextmanager
 def _process(argv: list[str], env: dict, log: Path, health: str) -> Iterator[None]:
     with open(log, "wb") as out:
@@ -57,7 +42,7 @@ def _process(argv: list[str], env: dict, log: Path, health: str) -> Iterator[Non
             argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _wait_http(health, proc)
+            wait_http(health, proc)
             yield
         finally:
             proc.terminate()

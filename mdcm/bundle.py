@@ -74,13 +74,10 @@ _CONFIG_FIELDS = (
 
 # ---------------------------------------------------------------------- reusing mechanisms
 def fillable_stages(plan: Plan) -> dict[str, Stage]:
-    """Variable -> its stage, for every stage a pre-trained mechanism can fill: one variable
-    trained, and every target the plain conditional P(V | pa(V)) (``Target.is_conditional``)."""
-    return {
-        s.trains[0]: s
-        for s in plan.stages
-        if len(s.trains) == 1 and s.targets and all(t.is_conditional for t in s.targets)
-    }
+    """Variable -> its stage, for every stage a pre-trained mechanism can fill
+    (:attr:`mdcm.plan.Stage.is_conditional`: one variable trained, every target the plain
+    conditional P(V | pa(V)))."""
+    return {s.trains[0]: s for s in plan.stages if s.is_conditional}
 
 
 def _spec(var: Any) -> tuple:

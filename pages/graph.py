@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from mdcm.graph import GraphError
-from mdcm.plan import PlanError, make_plan
+from mdcm.plan import PlanError, describe_stage, make_plan
 from mdcm.variables import KINDS, SchemaError
 from mdcm_app import graphview, state, ui
 from mdcm_app.canvas import graph_canvas
@@ -162,9 +162,9 @@ def _canvas(meta: state.StudyMeta, graph) -> None:
     elif st.session_state.get("graph_notice"):
         st.success(st.session_state["graph_notice"], icon=":material/check_circle:")
     st.caption(
-        "Solid arrows: causes. Dashed red double arrows: hidden confounders. Variables of "
-        "one color form a c-component (they share hidden confounding and their mechanisms "
-        "train together)."
+        "Solid arrows: causes. Dashed red double arrows: hidden confounders (an unseen common "
+        "cause). Variables of one color are linked by hidden confounders, so their models "
+        "train together (a c-component)."
     )
 
 
@@ -273,6 +273,11 @@ def _kinds(meta: state.StudyMeta, graph) -> None:
             st.error(st.session_state[f"graph_kind_error_{v}"])
 
 
+def _md(text: str) -> str:
+    """Plain plan text as markdown: variable names may hold '_' (or '*')."""
+    return text.replace("\\", "\\\\").replace("_", "\\_").replace("*", "\\*")
+
+
 def _plan(meta: state.StudyMeta, graph) -> None:
     st.subheader("Training plan")
     study, _ = ui.study_data(meta)
@@ -294,44 +299,23 @@ def _plan(meta: state.StudyMeta, graph) -> None:
     except PlanError as exc:
         st.error(f"No plan: {exc}")
         return
-    levels = plan.levels()
-    regimes = ", ".join(r.label for r in plan.regimes)
-    st.markdown(
-        f"**{len(plan.stages)} stage{'s' if len(plan.stages) != 1 else ''}** in "
-        f"**{len(levels)} level{'s' if len(levels) != 1 else ''}** "
-        f"(stages in one level can train in parallel); data regimes: {regimes}."
-    )
+    st.markdown(f"**{_md(plan.summary())}**")
+    with st.expander("In technical terms"):
+        st.code(plan.describe(technical=True), language=None)
     for s in plan.stages:
-        joint = len(s.trains) > 1
-        how = "jointly" if joint else "separately"
+        d = describe_stage(plan, s).plain
         with st.container(border=True):
-            after = (
-                ("after stage " + ", ".join(map(str, s.depends_on)))
-                if s.depends_on
-                else "no dependencies"
-            )
-            st.markdown(
-                f"**Stage {s.id}** · level {s.level} · {after} · trains "
-                f"**{', '.join(s.trains)}** {how}"
-            )
-            if not s.targets:
-                st.warning("No dataset can train this stage (every regime intervenes on it).")
-            for t in s.targets:
-                given = ", ".join(t.given) if t.given else "nothing"
-                line = (
-                    f"- {t.regime.label}: matches **{', '.join(t.matches)}**, conditions on "
-                    f"**{given}**"
-                )
-                if t.frozen:
-                    line += f", runs **{', '.join(t.frozen)}** frozen"
-                if t.is_conditional:
-                    line += " (a plain conditional: a pre-trained generator can stand in)"
-                st.markdown(line)
-            if s.reasons:
-                st.caption("Why: " + "; ".join(s.reasons))
+            st.markdown(f"**{_md(d.title)}**")
+            for line in d.data:
+                st.markdown(f"- {_md(line)}")
+            for i, note in enumerate(d.notes):  # the last note of a plain conditional: reuse
+                reuse = s.is_conditional and not plan.joint and i == len(d.notes) - 1
+                (st.info if reuse else st.warning)(_md(note))
+            if d.why:
+                st.caption("Why: " + "; ".join(_md(w) for w in d.why) + ".")
     st.markdown(
-        "**Stage dependency graph** (an arrow: the later stage runs the earlier "
-        "one's mechanisms frozen)"
+        "**Stage dependency graph** (an arrow: the later stage uses what the earlier one "
+        "trained, held fixed)"
     )
     st.iframe(graphview.plan_dependency_html(plan.stages, height=220), height=265)
     st.download_button(
@@ -355,7 +339,7 @@ def main() -> None:
             st.error(f"The stored graph is invalid: {err}. Fix the text form on the right.")
         else:
             _canvas(meta, graph)
-            with st.expander("Edit with forms instead (keyboard)"):
+            with st.expander("Edit with forms instead (keyboard)", key="graph_forms"):
                 _forms(graph)
     with right:
         st.markdown(

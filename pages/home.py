@@ -5,7 +5,7 @@ Train button are there without a click."""
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from mdcm_app import graphview, plots, state, ui
+from mdcm_app import bundles, graphview, plots, state, ui
 
 DEFAULT_EXAMPLE = "colored_digits"
 
@@ -133,6 +133,8 @@ def main() -> None:
     else:
         st.error(f"The stored graph is invalid: {err}")
     _data_glimpse(meta)
+    with st.expander("Add a trained model to this study (a model bundle)"):
+        bundles.bundle_upload()
     n1, n2, n3 = st.columns(3)
     with n1:
         ui.page_link("graph", "Edit the graph and see the plan", ":material/hub:")

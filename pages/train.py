@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mdcm_app import runs_view, state, ui
+from mdcm_app import bundles, runs_view, state, ui
 
 
 def _devices() -> list[str]:
@@ -71,6 +71,7 @@ def _start() -> None:
             ex.study.schema if ex else None,
             plan=st.session_state.get("train_plan", "modular"),
             train_config=cfg,
+            pretrained=bundles.chosen_mechanisms(study),
         )
     except (RunError, ValueError, OSError) as exc:
         st.session_state["train_error"] = f"Could not start training: {exc}"
@@ -212,6 +213,8 @@ def _progress(run_dir) -> bool:
         (st.error if info.status == "failed" else st.warning)(info.message)
     if info.held:
         st.info(runs_view.queue_note(run_dir) or info.message, icon=":material/schedule:")
+    for var, src in (info.config.get("pretrained") or {}).items():  # recorded in run.json
+        st.caption(f"{var}: mechanism reused from run {src.get('run') or src.get('model')}")
     pre = [e for e in events if e.get("stage") == -1 and e.get("kind") == "step"]
     if pre:
         st.caption(f"Preparation: {pre[-1].get('message', '')}")
@@ -250,22 +253,16 @@ def _progress(run_dir) -> bool:
             "or look at the Checks page."
         )
         ui.page_link("intervene", "Go to Intervene", ":material/tune:")
+        bundles.bundle_download(info.model_dir, key="train_bundle", source={"run": info.run_id})
     return info.active
 
 
 def _runs_area(meta, run_dir) -> None:
     """Progress of the followed run and the list of past runs, redrawn every second (a
     fragment) while any run of the study is active."""
-    from mdcm.runs import RunError, run_path, run_status
 
     def any_active() -> bool:
-        for rid in runs_view.study_run_ids(meta.study_id):
-            try:
-                if run_status(run_path(state.runs_root(), rid)).active:
-                    return True
-            except (RunError, OSError, ValueError):
-                continue
-        return False
+        return any(i.active for i in runs_view.study_runs(meta.study_id))
 
     active = any_active()
 
@@ -293,16 +290,8 @@ def _runs_area(meta, run_dir) -> None:
 
 
 def _past_runs(meta) -> None:
-    from mdcm.runs import RunError, run_path, run_status
-
     st.subheader("Past runs")
-    ids = runs_view.study_run_ids(meta.study_id)
-    infos = []
-    for rid in ids:
-        try:
-            infos.append(run_status(run_path(state.runs_root(), rid)))
-        except (RunError, OSError, ValueError):
-            continue
+    infos = runs_view.study_runs(meta.study_id)
     if not infos:
         st.caption("No runs yet for this study.")
         return
@@ -340,6 +329,9 @@ def main() -> None:
         "browser or restart the app; runs and their progress stay on disk."
     )
     _settings()
+    study, _ = ui.study_data(meta)
+    if study is not None:
+        bundles.reuse_controls(study)  # per stage: train it, or reuse a trained mechanism
     st.button("Start training", key="train_start", on_click=_start, type="primary")
     if st.session_state.get("train_error"):
         st.error(st.session_state["train_error"], icon=":material/block:")

@@ -159,7 +159,7 @@ def test_canvas_draws_front_door_from_empty_study(home):
         assert not at.error
     assert parse_graph(at.text_area(key="graph_text").value) == parse_graph("C -> X -> N; C <-> N")
     stages = _stages(at)
-    assert len(stages) == 2 and "**X**" in stages[0] and "C, N" in stages[1]
+    assert len(stages) == 2 and "trains X**" in stages[0] and "trains C and N**" in stages[1]
     drawn = canvas_drawn(at)
     assert {n["id"]: (n["x"], n["y"]) for n in drawn["nodes"]} == {
         "C": (120.0, 200.0),

@@ -84,7 +84,7 @@ def _text(page) -> set[str]:
 
 
 def _stages(page) -> list[str]:
-    return [t for t in page.locator("strong").all_inner_texts() if re.fullmatch(r"Stage \d+", t)]
+    return [t for t in page.locator("strong").all_inner_texts() if re.match(r"Stage \d+ \(", t)]
 
 
 def test_draw_the_front_door_on_the_canvas(page_url):
@@ -112,7 +112,8 @@ def test_draw_the_front_door_on_the_canvas(page_url):
     stages = _stages(page)
     assert len(stages) == 2, stages
     body = " ".join(page.locator("[data-testid='stMarkdownContainer']").all_inner_texts())
-    assert "trains X separately" in body and "trains C, N jointly" in body
+    assert "Stage 0 (can start at once): trains X" in body
+    assert "Stage 1 (after stage 0): trains C and N" in body
     assert page.locator(".mdcm-canvas .line.bi").count() == 1  # drawn dashed (class bi)
     dash = page.locator(".mdcm-canvas .line.bi").evaluate(
         "e => getComputedStyle(e).strokeDasharray"

@@ -294,3 +294,74 @@ def _flow(alice, bob, url: str, home: Path, tmp_path: Path) -> None:
 
 def _audit(home: Path) -> list[dict]:
     return [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
+
+
+def test_local_accounts_sign_in_and_out_in_a_real_browser(tmp_path):
+    """streamlit-authenticator's form, bcrypt check and re-login cookie in Chromium: a wrong
+    password is refused, the right one opens the user's own workspace, a reload keeps the user
+    signed in (the signed cookie), and signing out ends access."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from streamlit_authenticator.utilities.hasher import Hasher
+
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text(
+        json.dumps(
+            {
+                "credentials": {
+                    "usernames": {
+                        "carol": {"name": "Carol", "email": "carol@school.test",
+                                  "password": Hasher.hash("carol-pw-5521")},
+                    }
+                },
+                "cookie": {"name": "mdcm_login", "key": os.urandom(24).hex(), "expiry_days": 1},
+            }
+        )
+    )  # fmt: skip
+    home, port = tmp_path / "home", free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ, MDCM_HOME=str(home), MDCM_SHARED="1", MDCM_ACCOUNTS=str(accounts),
+        PYTHONPATH=str(REPO),
+    )  # fmt: skip
+    argv = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    with (
+        _process(argv, env, tmp_path / "streamlit.log", f"{url}/_stcore/health"),
+        sync_api.sync_playwright() as p,
+    ):
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.wait_for_selector("text=Sign in to reach your own studies")
+            user, pw = page.locator("input[type='text']"), page.locator("input[type='password']")
+            user.fill("carol")
+            pw.fill("wrong")
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("text=Wrong user name or password")
+            assert not (home / "users").exists()
+            pw.fill("carol-pw-5521")
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("text=Signed in as Carol")
+            page.wait_for_selector("text=Current study")
+            sid = _query(page, "study")
+            [key] = [d.name for d in (home / "users").iterdir()]
+            assert (home / "users" / key / "studies" / sid / "app.json").is_file()
+            page.reload()  # a new session: the signed re-login cookie signs her in again
+            page.wait_for_selector("text=Signed in as Carol")
+            page.locator(".st-key-auth_logout button").click()
+            page.wait_for_selector("text=Sign in to reach your own studies")
+            page.goto(f"{url}/?study={sid}")
+            page.wait_for_selector("text=Sign in to reach your own studies")
+            wait_idle(page)
+            assert page.locator("text=Current study").count() == 0
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
+            raise
+        finally:
+            browser.close()
+    events = [r["event"] for r in _audit(home)]
+    assert events.count("login") >= 2 and "logout" in events

@@ -258,6 +258,8 @@ class FitCheck:
                 self.centroids[v] = kmeans(codes, CLUSTERS, rng)
         # the conditioning columns of the probe comparison: discrete and binned do-parents
         self.cell_vars = [v for v in self.given if kinds[v] != "image"]
+        #: the downstream probe TVD of the last :meth:`tvd` (None without probes)
+        self.last_downstream: float | None = None
         #: what a perfect model scores on these rows (sampling noise of two tables of this size)
         self.floor = table_floor(*self.labels(real)) if self.matches else 0.0
 
@@ -317,5 +319,5 @@ class FitCheck:
     def tvd(self, real: Mapping[str, torch.Tensor], fake: Mapping[str, torch.Tensor]) -> float:
         """The check's value: the worse of the label-table TVD and the downstream probe TVD."""
         parts = [self.table(real, fake)] if self.matches else []
-        down = self.downstream(real, fake)
+        down = self.last_downstream = self.downstream(real, fake)
         return max(parts + ([down] if down is not None else []))

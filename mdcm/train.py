@@ -34,6 +34,7 @@ of the best check. Progress goes out through ``on_event`` callbacks only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -52,7 +53,7 @@ from .coders import as_float_images, as_uint8_images
 from .data import Dataset, ImageArray, Study
 from .fidelity import pooled
 from .fitcheck import CLUSTERS, QUANTILES, DownstreamProbe, FitCheck, kmeans, stop_reason
-from .model import DCM
+from .model import DCM, SampledValues
 from .nets import Critic, gradient_penalty, has_log_prob, mmd2
 from .plan import Plan, Stage, Target
 
@@ -67,7 +68,7 @@ __all__ = [
     "train",
     "stage_objective",
     "StageResult",
-    "fit_coders",
+    "prepare_stages",
     "train_stage",
 ]
 
@@ -359,7 +360,11 @@ class _Matcher:
                 hidden=max(model.config.hidden, 64),
                 channels=model.config.image_channels,
             ).to(device)
-        n_check = min(config.check_samples, data.n)
+        graph = model.schema.graph
+        probed = any(c in data.cols for v in self.trained_images for c in graph.children(v))
+        # rows kept out of the check to fit the downstream probes on (a third, at most 4096)
+        n_probe = min(4096, data.n // 3) if probed else 0
+        n_check = min(config.check_samples, data.n - n_probe)
         self.check_idx = torch.as_tensor(
             np.sort(rng.choice(data.n, n_check, replace=False)), device=device
         )
@@ -407,7 +412,7 @@ class _Matcher:
                 x = (x - mu) / sd
             parts.append(x)
         k = math.sqrt(self.model.config.code_dim)
-        parts += [self.model.coders[v].encode(vals[v]) / k for v in self.code_vars]
+        parts += [self.model.code(v, vals) / k for v in self.code_vars]
         parts += [_pooled(vals[v]) for v in self.pool_vars]
         return torch.cat(parts, dim=1)
 
@@ -435,24 +440,46 @@ class _Matcher:
 
     def fake_rows(
         self, real: Mapping[str, torch.Tensor], gen: torch.Generator, tau: float
-    ) -> dict[str, torch.Tensor]:
+    ) -> Mapping[str, torch.Tensor]:
         """:meth:`fake` without gradients for many rows, in chunks small enough for large images
         (:func:`_chunk_rows`); with more than one chunk, generated images are kept as 8-bit
-        pixels like the data's."""
+        pixels like the data's, and latent images keep their codes and are decoded (chunk by
+        chunk) only if read."""
         n = len(next(iter(real.values())))
         step = _chunk_rows(self.model)
         with torch.no_grad():
             if step >= n:
                 return self.fake(real, gen, tau, grad=False)
-            parts = [
-                self.fake({v: x[i : i + step] for v, x in real.items()}, gen, tau, grad=False)
-                for i in range(0, n, step)
-            ]
+            parts = []
+            for i in range(0, n, step):
+                self._poll()
+                parts.append(
+                    self.fake({v: x[i : i + step] for v, x in real.items()}, gen, tau, grad=False)
+                )
+        codes = {v: torch.cat([p.codes[v] for p in parts]) for v in parts[0].codes}
+
+        def pixels(v: str) -> torch.Tensor:
+            out = []
+            with torch.no_grad():
+                for i in range(0, n, step):
+                    self._poll()
+                    out.append(as_uint8_images(self.model.coders[v].decode(codes[v][i : i + step])))
+            return torch.cat(out)
+
         images = {v for v in parts[0] if self.model.schema[v].kind == "image"}
-        return {
+        plain = {
             v: torch.cat([as_uint8_images(p[v]) if v in images else p[v] for p in parts])
             for v in parts[0]
+            if v not in codes
         }
+        return SampledValues(plain, codes, {v: functools.partial(pixels, v) for v in codes})
+
+    #: polled between the chunks of long no-grad passes (the trainer sets its should_stop)
+    should_stop: Callable[[], bool] = staticmethod(lambda: False)
+
+    def _poll(self) -> None:
+        if self.should_stop():
+            raise _StopRequested
 
     def check(self, gen: torch.Generator, tau: float) -> float | None:
         """The fit check on the held check rows (None when it has nothing to read)."""
@@ -460,6 +487,11 @@ class _Matcher:
             return None
         real = self.data.rows(self.check_idx, self.rows, raw=True)
         return self.fit.tvd(real, self.fake_rows(real, gen, tau))
+
+
+class _StopRequested(Exception):
+    """A stop request seen between the chunks of a fit check: the stage stops as it would
+    between two steps (with a checkpoint), instead of finishing a check of large images."""
 
 
 #: image values (pixels x rows) generated at once outside training steps (fit checks, warnings)
@@ -668,15 +700,15 @@ def train(
 # ---------------------------------------------------------------------- one stage at a time
 @dataclass(frozen=True)
 class StageResult:
-    """What :func:`train_stage` trained: the stage's summary and the trained state of its
-    mechanisms (the model's ``generators.V.…`` state-dict entries of V in ``stage.trains``, on
-    the CPU), ready to be merged into another copy of the model."""
+    """What :func:`train_stage` trained: the stage's summary and the state of its variables
+    (the model's state-dict entries ``<part>.V.…`` of V in ``stage.trains``: ``generators``,
+    ``scales``, ``coders``; on the CPU), ready to be merged into another copy of the model."""
 
     summary: StageSummary
     state: dict[str, torch.Tensor]
 
 
-def fit_coders(
+def prepare_stages(
     model: DCM,
     plan: Plan,
     study: Study,
@@ -685,18 +717,17 @@ def fit_coders(
     should_stop: Callable[[], bool] = lambda: False,
     pretrained: Mapping[str, DCM | nn.Module] | None = None,
 ) -> bool:
-    """Install pre-trained image coders and fit the others on the study's real images, exactly
-    as :func:`train` does before its first stage (same seed, same order). False when a stop
-    request ended a fit. For schedulers that train the stages one by one
-    (:func:`train_stage`, :mod:`mdcm.scheduler`)."""
+    """Do what :func:`train` does before its first stage, exactly (same seed, same order): the
+    continuous variables' data scales, the pre-trained image coders, the fit of the others on
+    the study's real images. False when a stop request ended a fit. For schedulers that train
+    the stages one by one (:func:`train_stage`, :mod:`mdcm.scheduler`)."""
     trainer = _Trainer(
         model, plan, study, config, on_event, should_stop, None, dict(pretrained or {})
     )
 
     def work() -> bool:
         trainer._prepare()
-        trainer._pretrained_coders()
-        return trainer._fit_coders()
+        return trainer._before_stages()
 
     return trainer._guarded(work)
 
@@ -718,7 +749,7 @@ def train_stage(
     The stage's result depends only on the weights of the mechanisms it runs frozen (those of
     the stages it depends on, which must be trained already), its own seed and the data, so
     independent stages can be trained in separate processes and merged back
-    (:mod:`mdcm.scheduler`). The image coders must be fitted first (:func:`fit_coders`).
+    (:mod:`mdcm.scheduler`). :func:`prepare_stages` must have run on the model first.
     ``checkpoint_dir`` receives this stage's mid-stage checkpoints; ``resume`` continues from
     the one there (step for step as if never interrupted)."""
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -830,9 +861,7 @@ class _Trainer:
                 model.load_state_dict(_strip(tensors, "model."))
                 start_stage = state["stage_index"]
                 summaries = [StageSummary.from_json(s) for s in state["summaries"]]
-        model.fit_scales(_continuous_columns(self.study, model))
-        self._pretrained_coders()
-        stopped = not self._fit_coders()
+        stopped = not self._before_stages()
         for si in range(start_stage, len(self.plan.stages)):
             if stopped:
                 break
@@ -867,14 +896,19 @@ class _Trainer:
         self._prepare()
         unfitted = [
             v
-            for v, c in self.model.coders.items()
-            if not bool(c.fitted) and any(v in d.cols for d in self.data.values())
+            for v, part in (*self.model.coders.items(), *self.model.scales.items())
+            if not bool(part.fitted) and any(v in d.cols for d in self.data.values())
         ]
         if unfitted:
             raise TrainingError(
-                f"the image code of {', '.join(unfitted)} is not fitted; fit it before "
-                "training single stages (mdcm.train.fit_coders)"
+                f"the image code or data scale of {', '.join(unfitted)} is not fitted; "
+                "run mdcm.train.prepare_stages before training single stages"
             )
+
+        def own(key: str) -> bool:  # <part>.V.… of V in H
+            parts = key.split(".")
+            return len(parts) > 2 and parts[1] in stage.trains
+
         ck = None
         if resume:
             if self.ckdir is None:
@@ -886,17 +920,20 @@ class _Trainer:
                         f"checkpoint in {self.ckdir} belongs to stage index "
                         f"{ck[2].get('stage_index')}, not to stage {stage_id}"
                     )
-                self.model.load_state_dict(_strip(ck[0], "model."))
+                mine = {k: v for k, v in _strip(ck[0], "model.").items() if own(k)}
+                self.model.load_state_dict(mine, strict=False)
         summary = self.stage(si, [], ck)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        keep = tuple(f"generators.{v}." for v in stage.trains)
-        state = {
-            k: v.detach().cpu().clone()
-            for k, v in self.model.state_dict().items()
-            if k.startswith(keep)
-        }
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if own(k)}
         return StageResult(summary, state)
+
+    def _before_stages(self) -> bool:
+        """What every run does before its first stage: the continuous variables' data scales,
+        the pre-trained image coders, the fit of the others (False when a stop ended it)."""
+        self.model.fit_scales(_continuous_columns(self.study, self.model))
+        self._pretrained_coders()
+        return self._fit_coders()
 
     def _pretrained_coders(self) -> None:
         """A latent image mechanism emits codes of ITS autoencoder: reusing it means reusing that
@@ -1031,7 +1068,10 @@ class _Trainer:
         if ck is not None and ck[2]["step"] > 0:
             st.load_state_dict(*ck)
         t_start -= st.seconds
-        stopped_by = self._loop(si, st, summaries, t_start)
+        try:
+            stopped_by = self._loop(si, st, summaries, t_start)
+        except _StopRequested:  # during a fit check: the step it followed is complete
+            stopped_by = "stop"
         if stopped_by == "stop":
             if self.ckdir is not None:
                 st.seconds = time.monotonic() - t_start
@@ -1087,6 +1127,8 @@ class _Trainer:
             )
             for t in specs
         ]
+        for m in matchers:  # fit checks of large images poll between their chunks
+            m.should_stop = self.should_stop
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
         lr = cfg.lr if objective == "wgan" else cfg.mmd_lr
@@ -1157,7 +1199,10 @@ class _Trainer:
         return "steps"
 
     def _finish(self, st: StageState, stopped_by: str, t_start: float) -> StageSummary:
-        """End on the EMA weights (of the best fit check when asked) and check them once more."""
+        """End on the EMA weights (of the best fit check when asked) and check them once more
+        (to the end: the stage's training is over, a stop request waits for the next stage)."""
+        for m in st.matchers:
+            m.should_stop = _Matcher.should_stop
         final = st.ema.shadow
         if self.cfg.keep_best and st.best is not None and stopped_by != "tolerance":
             final = st.best
@@ -1291,6 +1336,9 @@ class _Trainer:
                 for m in st.matchers:
                     check_gen.manual_seed(st.seed + 1)
                     fits[m.label] = m.check(check_gen, self.cfg.tau)
+                    if m.fit.last_downstream is not None:  # reported on its own too (#10.4)
+                        kids = ", ".join(m.fit.probes)
+                        fits[f"{m.label}, what the children of {kids} read"] = m.fit.last_downstream
         finally:
             self.model.train(was)
         return fits

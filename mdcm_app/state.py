@@ -45,7 +45,6 @@ Widget keys are prefixed by page (``graph_*``, ``data_*``, ``train_*``, ``iv_*``
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -66,12 +65,6 @@ BUILTIN_TITLES: dict[str, str] = {
     "bow": "Bow graph (not identifiable: for teaching)",
 }
 DEFAULT_VARIABLE = {"kind": "categorical", "classes": 2}
-
-
-def data_home() -> Path:
-    """The data home ``MDCM_HOME`` (default ``./.mdcm``): every workspace, the audit log and
-    the job queue live under it."""
-    return Path(os.environ.get("MDCM_HOME") or ".mdcm").expanduser()
 
 
 def mdcm_home() -> Path:

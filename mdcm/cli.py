@@ -336,6 +336,7 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.loading = False  # while the data loads, a stop request interrupts the load
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, _frame: Any) -> None:
@@ -344,7 +345,38 @@ class _StopSignals:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if self.loading:
+            raise _StoppedWhileLoading
         print("\nstopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
+
+    def load(self, cfg: Mapping[str, Any], recorder: Any) -> Any:
+        """The study of ``cfg``, or None when a stop request (a signal, or the run's stop flag,
+        watched from a thread) came while it loaded: a large study takes minutes to read or
+        draw, and a stop must not wait for that."""
+        import _thread
+        import signal
+        import threading
+
+        done = threading.Event()
+
+        def watch() -> None:  # the flag file has no signal: ask the main thread's handler
+            while not done.wait(0.2):
+                if recorder.should_stop():
+                    _thread.interrupt_main(signal.SIGTERM)
+                    return
+
+        self.loading = True
+        try:
+            if self._old and recorder is not None:
+                threading.Thread(target=watch, daemon=True, name="mdcm-stop-watch").start()
+            if self.requested:
+                return None
+            return _study_from_config(cfg)
+        except _StoppedWhileLoading:
+            return None
+        finally:
+            self.loading = False
+            done.set()
 
     def __enter__(self) -> _StopSignals:
         import signal
@@ -362,6 +394,10 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
+class _StoppedWhileLoading(Exception):
+    """A stop request arrived while the study was loading (see :meth:`_StopSignals.load`)."""
+
+
 def _train(
     args: argparse.Namespace,
     cfg: dict,
@@ -370,7 +406,14 @@ def _train(
     recorder: Any,
     signals: _StopSignals,
 ) -> int:
-    study = _study_from_config(cfg)  # bad data fails before torch is imported
+    cluster = _cluster_choice(args, cfg, recorder)  # a bad cluster fails before the data load
+    study = signals.load(cfg, recorder)  # bad data fails before torch is imported
+    if study is None:
+        message = "stopped while loading the data; resume to start training"
+        if recorder is not None:
+            recorder.finish("stopped", message)
+        print(message, file=sys.stderr)
+        return EXIT_OK
 
     from .model import DCM, save_model
     from .plan import make_plan
@@ -400,17 +443,22 @@ def _train(
         ckpt.mkdir(parents=True, exist_ok=True)
     if not show and recorder is None:
         print(f"training {len(plan.stages)} stage(s) ...", file=sys.stderr)
-    result = train(
-        model,
-        plan,
-        study,
-        tconf,
-        on_event=on_event,
-        should_stop=should_stop,
-        checkpoint_dir=ckpt,
-        resume=bool(args.resume),
-        pretrained=donors,
-    )
+    if cluster:
+        result = _train_on_ray(
+            cluster, (model, plan, study, tconf), recorder, show, should_stop, ckpt, args, donors
+        )
+    else:
+        result = train(
+            model,
+            plan,
+            study,
+            tconf,
+            on_event=on_event,
+            should_stop=should_stop,
+            checkpoint_dir=ckpt,
+            resume=bool(args.resume),
+            pretrained=donors,
+        )
     progress.close()
     stopped = result.stopped
     extra = {
@@ -459,6 +507,109 @@ def _train(
         )
     print(f"model saved to {path}{' (stopped early)' if stopped else ''}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------- train on Ray
+def _cluster_choice(args: argparse.Namespace, cfg: Mapping[str, Any], recorder: Any) -> dict:
+    """Where to train (mdcm.scheduler.cluster_settings): --workers / --ray-address, else the
+    run's recorded setting, else $MDCM_RAY_ADDRESS, else {} (one process). Flags given to a run
+    folder are recorded there, so ``mdcm runs resume`` trains the same way. An address is
+    probed at once (an unreachable cluster fails in seconds, before any data is read)."""
+    from . import scheduler
+
+    cluster = scheduler.cluster_settings(args.workers, args.ray_address)
+    if cluster and recorder is not None:
+        from .runs import set_run_cluster
+
+        set_run_cluster(recorder.run_dir, args.workers, args.ray_address)
+    if not cluster:
+        cluster = scheduler.recorded_cluster(cfg)
+    if not cluster and os.environ.get(scheduler.ADDRESS_ENV):
+        cluster = scheduler.cluster_settings(None, os.environ[scheduler.ADDRESS_ENV])
+    if "address" in cluster:
+        scheduler.probe(cluster["address"])
+    return cluster
+
+
+class _StageLines:
+    """Progress of stages that train at the same time: a line when a stage starts, ends or is
+    retried, and one status line of every running stage's step."""
+
+    def __init__(self, enabled: bool, steps: int) -> None:
+        self.enabled, self.steps = enabled, steps
+        self.at: dict[int, int] = {}
+        self._last = 0.0
+        self._status = False  # a status line is on the screen (ends without a newline)
+
+    def __call__(self, ev: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        kind, stage = ev.get("kind"), ev.get("stage")
+        if kind == "stage_start":
+            self.at[stage] = 0
+            w = ev.get("worker") or {}
+            where = f" on {w.get('host')} (node {w.get('node')}, pid {w.get('pid')})" if w else ""
+            self._print(f"stage {stage} started{where}")
+        elif kind in ("stage_end", "retry", "error") or (kind == "coder" and ev.get("message")):
+            self.at.pop(stage, None)
+            self._print(f"stage {stage}: {ev.get('message', '')}" if stage >= 0 else ev["message"])
+        elif kind in ("step", "check") and stage in self.at:
+            self.at[stage] = int(ev.get("step") or 0)
+            if time.monotonic() - self._last > 0.5:
+                self._last = time.monotonic()
+                line = " | ".join(f"stage {s} {n}/{self.steps}" for s, n in sorted(self.at.items()))
+                print(f"\r{line[:150]}", end="", file=sys.stderr, flush=True)
+                self._status = True
+
+    def _print(self, text: str) -> None:
+        print(("\n" if self._status else "") + text, file=sys.stderr, flush=True)
+        self._status = False
+
+
+def _train_on_ray(
+    cluster: Mapping[str, Any],
+    job: tuple[Any, Any, Any, Any],
+    recorder: Any,
+    show: bool,
+    should_stop: Callable[[], bool],
+    ckpt: Path | None,
+    args: argparse.Namespace,
+    donors: Mapping[str, Any],
+) -> Any:
+    """:func:`mdcm.scheduler.train_parallel` for ``mdcm train --workers/--ray-address``; a lost
+    cluster's message says how to resume this run."""
+    from .scheduler import ClusterLostError, train_parallel
+
+    model, plan, study, tconf = job
+    lines = _StageLines(show, tconf.steps)
+
+    def on_event(ev: dict) -> None:
+        if recorder is not None:
+            recorder.on_event(ev)
+        lines(ev)
+
+    try:
+        return train_parallel(
+            model,
+            plan,
+            study,
+            tconf,
+            on_event,
+            should_stop,
+            ckpt,
+            bool(args.resume),
+            donors,
+            workers=cluster.get("workers"),
+            address=cluster.get("address"),
+        )
+    except ClusterLostError as exc:
+        if recorder is not None:
+            how = f"mdcm runs resume {recorder.run_dir.name} --root {recorder.run_dir.parent}"
+        elif ckpt is not None:
+            how = f"the same command plus --resume --checkpoint-dir {ckpt}"
+        else:
+            how = "nothing (no checkpoint folder was given)"
+        raise ClusterLostError(f"{exc}; resume with: {how}") from None
 
 
 def _pretrained_arg(values: Sequence[str] | None) -> dict:
@@ -933,6 +1084,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoints (default RUN/checkpoint)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     sp.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    sp.add_argument(
+        "--workers",
+        type=_int_in(1, 4096, "a number of workers of at least 1"),
+        metavar="N",
+        help="train independent stages at the same time on N local Ray workers",
+    )
+    sp.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="train on a running Ray cluster: HOST:PORT of its head, ray://HOST:10001 or auto "
+        "(default: $MDCM_RAY_ADDRESS)",
+    )
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("sample", help="sample a trained model, optionally under do(...)")

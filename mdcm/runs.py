@@ -54,6 +54,7 @@ __all__ = [
     "run_path",
     "run_status",
     "scan_runs",
+    "set_run_cluster",
     "start_run",
     "stop_run",
     "validate_run_id",
@@ -515,6 +516,8 @@ def start_run(
     label: str = "",
     hold: bool = False,
     pretrained: Mapping[str, Mapping[str, Any]] | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> RunInfo:
     """Create a run and launch its training in the background; returns at once (status queued).
     With ``hold`` the run is created but not launched: it stays ``queued`` until a job queue
@@ -524,7 +527,9 @@ def start_run(
     ``train_config`` holds mdcm.train.TrainConfig fields (steps, batch_size, objective, seed,
     device, time_limit_s, check_every, tolerance, checkpoint_every, ...). ``pretrained`` maps a
     variable to ``{"model": MODEL_DIR, "run": run id or None}``: its stage is filled with that
-    model's mechanism (``mdcm train --pretrained``, checked by the run process)."""
+    model's mechanism (``mdcm train --pretrained``, checked by the run process). ``workers``
+    (local Ray workers) or ``ray_address`` (a Ray cluster) train independent stages at the same
+    time (:mod:`mdcm.scheduler`); neither: one process, stage after stage."""
     if (example is None) == (study_dir is None):
         raise RunError("give exactly one of an example name and a study folder")
     if plan not in ("modular", "joint"):
@@ -551,12 +556,40 @@ def start_run(
             str(v): {"model": str(Path(src["model"]).resolve()), "run": src.get("run")}
             for v, src in pretrained.items()
         }
+    config.update(_cluster_entry(workers, ray_address))
     run_dir = create_run(root, config)
     if hold:
         _update_run_json(run_dir, held=True, message=HELD_MESSAGE)
     else:
         _launch(run_dir, resume=False)
     return run_status(run_dir)
+
+
+def _cluster_entry(workers: int | None, ray_address: str | None) -> dict[str, Any]:
+    """``{"cluster": ...}`` for a run config (:func:`mdcm.scheduler.cluster_settings`), or {}."""
+    from .scheduler import ClusterError, cluster_settings
+
+    try:
+        cluster = cluster_settings(workers, ray_address)
+    except ClusterError as exc:
+        raise RunError(str(exc)) from None
+    return {"cluster": cluster} if cluster else {}
+
+
+def set_run_cluster(
+    run_dir: Path | str, workers: int | None = None, ray_address: str | None = None
+) -> dict:
+    """Record where the run trains from now on (``mdcm train --run-dir RUN --resume --workers N``
+    moves a run to local workers, e.g. after its cluster went away); neither argument: one
+    process. Returns the run's new config."""
+    run_dir = Path(run_dir)
+    entry = _cluster_entry(workers, ray_address)
+    with locked(run_dir / "run.lock"):
+        data = _read_run_json(run_dir)
+        config = {k: v for k, v in data.get("config", {}).items() if k != "cluster"} | entry
+        data["config"] = config
+        atomic_write_json(run_dir / RUN_JSON, data)
+    return dict(config)
 
 
 def stop_run(run_dir: Path | str) -> RunInfo:
@@ -686,14 +719,15 @@ def attach_run(
 class RunRecorder:
     """Used inside the training process: records status, events, stop requests and errors.
 
-    ``on_event`` writes every event (``step`` events at most every STEP_EVENT_INTERVAL_S) as a
-    JSON line; ``should_stop`` is true once the ``stop`` flag exists or SIGTERM arrived."""
+    ``on_event`` writes every event (``step`` events at most every STEP_EVENT_INTERVAL_S per
+    stage: stages that train at the same time each keep their progress) as a JSON line;
+    ``should_stop`` is true once the ``stop`` flag exists or SIGTERM arrived."""
 
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
-        self._last_step_write = 0.0
+        self._last_step_write: dict[Any, float] = {}  # stage -> time of its last step line
         self._terminated = False
-        self._pending_step: dict | None = None
+        self._pending_step: dict[Any, dict] = {}  # stage -> its newest unwritten step event
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -719,15 +753,16 @@ class RunRecorder:
     def on_event(self, event: Any) -> None:
         ev = event.to_json() if hasattr(event, "to_json") else dict(event)
         ev.setdefault("time", time.time())
+        stage = ev.get("stage")
         if ev.get("kind") == "step":
             now = time.monotonic()
-            if now - self._last_step_write < STEP_EVENT_INTERVAL_S:
-                self._pending_step = ev
+            if now - self._last_step_write.get(stage, 0.0) < STEP_EVENT_INTERVAL_S:
+                self._pending_step[stage] = ev
                 return
-            self._last_step_write = now
-        elif self._pending_step is not None:  # keep the step just before a check/stage end
-            append_event(self.run_dir, self._pending_step)
-        self._pending_step = None
+            self._last_step_write[stage] = now
+        elif stage in self._pending_step:  # keep the step just before a check/stage end
+            append_event(self.run_dir, self._pending_step[stage])
+        self._pending_step.pop(stage, None)
         append_event(self.run_dir, ev)
 
     def request_stop(self, *_: Any) -> None:

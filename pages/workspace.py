@@ -98,6 +98,14 @@ def _open_published(pid: str) -> None:
     _notice(f"Opened your own copy of the published study {pid}.")
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def _table(rows) -> None:
+    st.dataframe(pd.DataFrame(list(rows)), hide_index=True, width="stretch")
+
+
 def _storage(s: workspace.Settings) -> None:
     used = workspace.used_bytes(state.mdcm_home())
     if s.quota_bytes:
@@ -120,20 +128,14 @@ def _runs_of(sid: str) -> None:
     if not infos:
         st.caption("No runs for this study.")
         return
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "run": i.run_id,
-                    "status": i.status,
-                    "queue": runs_view.queue_note(i.path) if i.held else "",
-                    "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created)),
-                }
-                for i in infos
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
+    _table(
+        {
+            "run": i.run_id,
+            "status": i.status,
+            "queue": runs_view.queue_note(i.path) if i.held else "",
+            "started": _when(i.created),
+        }
+        for i in infos
     )
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     c1.selectbox("Run", [i.run_id for i in infos], key="ws_run")
@@ -146,20 +148,14 @@ def _studies(user: workspace.User) -> None:
     if not studies:
         st.caption("No studies yet: open a built-in study or start one on the Home page.")
         return
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "title": m.title,
-                    "study": m.study_id,
-                    "model": runs_view.model_summary(m),
-                    "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)),
-                }
-                for m in studies
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
+    _table(
+        {
+            "title": m.title,
+            "study": m.study_id,
+            "model": runs_view.model_summary(m),
+            "created": _when(m.created),
+        }
+        for m in studies
     )
     titles = {m.study_id: m.title for m in studies}
     sid = st.selectbox(
@@ -181,7 +177,7 @@ def _published(s: workspace.Settings, user: workspace.User) -> None:
         st.caption("No published studies.")
         return
     for rec in pubs:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(rec.get("published") or 0)))
+        when = _when(float(rec.get("published") or 0))
         with st.container(border=True):
             st.markdown(f"**{rec.get('title') or rec['id']}** · by {rec.get('publisher')} · {when}")
             st.caption(f"`{rec.get('graph', '')}`")

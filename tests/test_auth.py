@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from serve import free_port, wait_http
+from serve import free_port, stop_process, wait_http
 from streamlit.testing.v1 import AppTest
 
 from mdcm_app import workspace
@@ -203,11 +203,7 @@ def test_readme_command_listens_on_loopback_only(tmp_path):
             with pytest.raises(OSError), socket.create_connection((outside, port), timeout=3):
                 pass
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_config_file_sets_the_loopback_address():

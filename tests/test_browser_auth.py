@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve import CHROMIUM, REPO, free_port, launch_chromium, wait_http, wait_idle
+from serve import CHROMIUM, REPO, free_port, launch_chromium, stop_process, wait_http, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]
 
@@ -45,11 +45,7 @@ def _process(argv: list[str], env: dict, log: Path, health: str) -> Iterator[Non
             wait_http(health, proc)
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")

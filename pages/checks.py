@@ -11,7 +11,7 @@ import streamlit as st
 
 from mdcm import explain
 from mdcm.query import tvd
-from mdcm_app import answers, bundles, plots, ui
+from mdcm_app import answers, bundles, fidelity_view, plots, ui
 
 N_CHECK = 2000
 TVD_HELP = "Difference = " + explain.GLOSSARY["TVD"]
@@ -216,7 +216,7 @@ def main() -> None:
     bundles.study_model_download(meta, st.session_state.get("chk_run"), key="chk_bundle")
     obs = study.observational
     n = min(N_CHECK, obs.n)
-    real = {k: np.asarray(v)[:n] for k, v in obs.columns.items()}
+    real = {k: np.asarray(v[:n]) for k, v in obs.columns.items()}  # slice first: 8-bit images
     fake = answers.query_draw(mid, model, {}).samples
     _marginals(schema, real, fake)
     _images(schema, real, fake)
@@ -229,6 +229,7 @@ def main() -> None:
             "interventions": list(study.interventions),
         }
         _truth(ctx, ex)
+    fidelity_view.section(mid, ui.data_key(meta), model, study, fake)
 
 
 ui.guard(main)

@@ -240,3 +240,28 @@ def test_children_of_a_latent_image_read_its_code_and_pixels_decode_when_read():
         streams = NoiseStreams(m, None, 11)
         by_hand = m.generators["N"].sample(coder.encode(img), code[:, :0], streams.own("N"))
         torch.testing.assert_close(given["N"], by_hand)
+
+
+def test_checks_page_shows_fidelity_with_floors_and_full_size_grids(tmp_path, monkeypatch):
+    """The Checks page (AppTest): the fidelity figures appear on request, each with its
+    real-vs-real floor, and the full-size grids download."""
+    import test_app
+
+    monkeypatch.setenv("MDCM_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(test_app.REPO)
+    sid = test_app._study("xray")
+    test_app._fake_trained_run(sid)
+    at = test_app._page("checks", sid).run(timeout=240)
+    assert not at.exception
+    at.button(key="fid_run").click().run(timeout=240)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    tables = [d.value for d in at.dataframe if "real vs real (floor)" in d.value.columns]
+    assert tables, "no fidelity table"
+    figures = list(tables[0]["figure"])
+    assert "probe accuracy: C (parent)" in figures and "probe accuracy: N (child)" in figures
+    assert any(f.startswith("Fréchet distance") for f in figures)
+    assert any(f.startswith("sharpness") for f in figures)
+    # an untrained model's images are noise: the figures say so
+    assert any("generated X" in w.value for w in at.warning)
+    keys = {b.key for b in at.get("download_button")}
+    assert {"fid_grid_X_data", "fid_grid_X_model"} <= keys

@@ -31,6 +31,7 @@ __all__ = [
     "record_run",
     "resume",
     "stage_progress",
+    "coder_progress",
     "stop",
     "study_run_ids",
     "study_runs",
@@ -180,6 +181,43 @@ def stage_progress(
             rec["fraction"] = min(1.0, rec["step"] / max_steps)
         else:
             rec["fraction"] = 0.0
+    return out
+
+
+def coder_progress(
+    events: Iterable[Mapping[str, Any]], total: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per image variable, the fit of its image code before stage 0 (the trainer's ``coder``
+    events): steps done, of how many (``total``, else the number the first event names), the
+    last reconstruction MSE, whether it finished, and its last message."""
+    import re
+
+    out: dict[str, dict[str, Any]] = {}
+    current: str | None = None
+    for e in events:
+        if e.get("kind") != "coder":
+            continue
+        msg = str(e.get("message") or "")
+        named = re.search(r"image code of (\S+?)(?: \((\d+) steps\))?(?: \(|$)", msg)
+        losses = e.get("losses") or {}
+        keys = [k[len("coder_") : -len("_mse")] for k in losses if k.startswith("coder_")]
+        var = keys[0] if keys else (named.group(1) if named else current)
+        if var is None:
+            continue
+        current = var
+        rec = out.setdefault(
+            var, {"step": 0, "total": total, "mse": None, "done": False, "message": ""}
+        )
+        if named and named.group(2) and rec["total"] is None:
+            rec["total"] = int(named.group(2))
+        rec["step"] = max(rec["step"], int(e.get("step") or 0))
+        if losses:
+            rec["mse"] = float(next(iter(losses.values())))
+        if msg:
+            rec["message"] = msg
+        rec["done"] = rec["done"] or msg.startswith("fitted")
+    for rec in out.values():
+        rec["fraction"] = 1.0 if rec["done"] else min(1.0, rec["step"] / max(rec["total"] or 1, 1))
     return out
 
 

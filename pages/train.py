@@ -174,7 +174,6 @@ def _curves(rec: dict, sid: int) -> None:
             title="losses",
             height=240,
             margin={"l": 30, "r": 10, "t": 40, "b": 30},
-            template="plotly_white",
         )
         c1.plotly_chart(fig, key=f"train_loss_{sid}", width="stretch")
     if rec["quality"]:
@@ -185,7 +184,6 @@ def _curves(rec: dict, sid: int) -> None:
             title="fit check vs steps (TVD to data, lower is better)",
             height=240,
             margin={"l": 30, "r": 10, "t": 40, "b": 30},
-            template="plotly_white",
         )
         c2.plotly_chart(fig, key=f"train_quality_{sid}", width="stretch")
 
@@ -220,6 +218,11 @@ def _progress(run_dir) -> bool:
         st.caption(f"Preparation: {pre[-1].get('message', '')}")
     elif info.active and not events and not info.held:
         st.caption("Starting the training process (loading data, fitting image codes)…")
+    coder_steps = (info.config.get("train") or {}).get("coder_steps")
+    for var, rec in runs_view.coder_progress(events, coder_steps).items():  # before stage 0
+        mse = "" if rec["mse"] is None else f" · reconstruction MSE {rec['mse']:.4f}"
+        total = rec["total"] or "?"
+        st.progress(rec["fraction"], text=f"Image code of {var}: step {rec['step']}/{total}{mse}")
     names = {
         int(e["stage"]): e.get("message", "") for e in events if e.get("kind") == "stage_start"
     }

@@ -70,6 +70,8 @@ def main() -> None:
         page.locator(".st-key-home_open_example button").click()
         page.wait_for_selector("text=Current study", timeout=60_000)
         shot(page, "1_home")
+        page.get_by_text("Add a trained model to this study").click()  # model bundle upload
+        shot(page, "1b_home_bundle")
 
         def visit(label: str, wait_for: str) -> None:
             page.get_by_role("link", name=label, exact=True).first.click()
@@ -97,10 +99,18 @@ def main() -> None:
                 print(f, f.read_text()[-2000:])
             raise
         shot(page, "4b_train_done")
-        visit("Intervene", "text=Identifiability")
+        page.locator(".st-key-train_reuse_I").click()  # reuse the image mechanism (#14)
+        page.get_by_role("option", name="use I from run", exact=False).click()
+        page.wait_for_selector("text=filled, not trained", timeout=60_000)
+        shot(page, "4c_train_reuse")
+        visit("Intervene", "text=Answers")
         page.locator(".stPlotlyChart").nth(1).wait_for(timeout=120_000)
         shot(page, "5_intervene")
-        visit("Checks", "text=Marginals: data vs model")
+        page.get_by_text("Save these samples as a dataset").click()
+        page.locator(".st-key-iv_export_go button").click()
+        page.wait_for_selector("text=/Saved .* samples as dataset/", timeout=120_000)
+        shot(page, "5b_intervene_export")
+        visit("Checks", "text=Each variable: data vs model")
         shot(page, "6_checks")
         browser.close()
     print(f"done in {time.time() - t0:.0f} s")

@@ -46,6 +46,10 @@ _LAZY = {
     "sample": "query",
     "interventional_distribution": "query",
     "effect_table": "query",
+    "export_samples": "bundle",
+    "load_pretrained": "bundle",
+    "model_bundle_bytes": "bundle",
+    "import_model_bundle": "bundle",
 }
 
 __all__ = ["CausalGraph", "GraphError", "parse_graph", "__version__", *_LAZY]

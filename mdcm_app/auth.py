@@ -21,6 +21,7 @@ folder, and :mod:`mdcm_app.state` resolves every path through it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -86,11 +87,40 @@ def oidc_configured() -> bool:
     return bool(oidc_providers())
 
 
+#: the environment variables :meth:`Settings.from_env` reads
+_ENV = (
+    "MDCM_HOME",
+    "MDCM_SHARED",
+    "MDCM_LOGIN",
+    "MDCM_ACCOUNTS",
+    "MDCM_QUOTA_MB",
+    "MDCM_JOBS_PER_USER",
+    "MDCM_JOBS_TOTAL",
+    "MDCM_TEACHERS",
+)
+
+
+def _secrets_stamp() -> tuple:
+    """The secrets files and their modification times (a changed file is read again)."""
+    out = []
+    for f in st.get_option("secrets.files") or []:
+        try:
+            out.append((f, os.stat(os.path.expanduser(f)).st_mtime_ns))
+        except OSError:
+            out.append((f, None))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_for(env: tuple, address: str | None, _stamp: tuple) -> Settings:
+    return Settings.from_env(dict(env), address, oidc_configured=oidc_configured())
+
+
 def settings() -> Settings:
-    """This process's settings: environment variables and the server address it listens on."""
-    return Settings.from_env(
-        os.environ, st.get_option("server.address"), oidc_configured=oidc_configured()
-    )
+    """This process's settings: environment variables and the server address it listens on
+    (read again when one of them or a secrets file changes; every path of a page asks)."""
+    env = tuple((k, os.environ[k]) for k in _ENV if k in os.environ)
+    return _settings_for(env, st.get_option("server.address"), _secrets_stamp())
 
 
 def limits(s: Settings) -> jobs.Limits:

@@ -19,6 +19,7 @@ Images may be given as float in [-1, 1] or as uint8 pixels ``0 … 255`` (memory
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -28,12 +29,21 @@ from torch.nn import functional as F
 
 from .nets import MLP, MLPImageGenerator, act
 
-__all__ = ["ImageCoder", "as_float_images", "as_uint8_images", "conv_widths"]
+__all__ = ["ImageCoder", "as_float_images", "as_uint8_images", "autocast", "conv_widths"]
 
 #: channels x resolution budget of the conv coder (width = BUDGET // side, clamped to 8 … 64)
 WIDTH_BUDGET = 512
 #: the conv coder's smallest feature map side
 MIN_SIDE = 4
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a CUDA device (matrix products and convolutions in bfloat16, reductions
+    and losses in float32; no loss scaling needed with bf16), a no-op elsewhere: on a CPU the
+    networks here are small and autocast only adds casts."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def as_float_images(x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +173,14 @@ class ImageCoder(nn.Module):
         on_progress: Callable[[int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         report_every: int = 50,
+        amp: bool = True,
     ) -> float | None:
         """Fit the autoencoder (MSE) on real images (float or uint8, on the training device);
         returns the final reconstruction MSE, or None when ``should_stop()`` (polled every step
         and between the chunks of the final pass) ended the fit (the coder is then unfitted).
-        ``on_progress(step, mse)`` is called every ``report_every`` steps."""
+        ``on_progress(step, mse)`` is called every ``report_every`` steps. With ``amp`` on a
+        CUDA device the forward pass runs under bf16 autocast (:func:`autocast`); the loss, the
+        weights and the code statistics stay float32."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         n = images.shape[0]
@@ -186,7 +199,9 @@ class ImageCoder(nn.Module):
                 return None
             idx = torch.randint(0, n, (min(batch, n),), generator=gen).to(images.device)
             x = as_float_images(images[idx])
-            loss = F.mse_loss(self.decode_raw(self.encoder(x)), x)
+            with autocast(x.device, amp):
+                rec = self.decode_raw(self.encoder(x))
+            loss = F.mse_loss(rec.float(), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -76,6 +76,7 @@ def gumbel_one_hot(
     ``tau`` (Jang et al. 2017), so gradients reach the logits and, through children, upstream
     generators. The forward value is the exact hard sample either way.
     """
+    logits = logits.float()  # float32 noise and softmax, also under bf16 autocast
     u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
     g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
     y = logits + g

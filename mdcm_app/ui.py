@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -533,10 +533,10 @@ def _identify(
 
 def verdict(
     schema: Schema,
-    treatment: list[str],
-    outcomes: list[str],
-    given: list[str] = (),
-    interventions: list[Any] = (),
+    treatment: Sequence[str],
+    outcomes: Sequence[str],
+    given: Sequence[str] = (),
+    interventions: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """The identifiability verdict of each query P(y | do(treatment), given), shown in plain
     words (the formula, its criterion and the algorithm's reason in a "technical details"
@@ -581,3 +581,37 @@ def verdict(
             for t in dict.fromkeys(terms):
                 st.caption(f"*{t}*: {GLOSSARY[t]}")
     return out
+
+
+def verdict_panel(
+    meta: state.StudyMeta, schema: Schema, interventions: Sequence[Any] = (), key: str = "graph_q"
+) -> dict[str, Any]:
+    """ "Can the data answer this question?" for one treatment and one outcome picked here (the
+    built-in study's own question by default), with :func:`verdict` below: the verdict next to
+    the training plan on the Graph & plan page."""
+    from mdcm.explain import var_name
+
+    names = list(schema.names)
+    if len(names) < 2:
+        return {}
+    ex = example_or_none(meta)
+    t0 = ex.treatment if ex is not None and ex.treatment in names else names[0]
+    c1, c2 = st.columns(2)
+    t = c1.selectbox(
+        "If we set",
+        names,
+        index=names.index(t0),
+        key=f"{key}_treatment",
+        format_func=lambda v: var_name(schema[v]),
+    )
+    rest = [v for v in names if v != t]
+    y0 = ex.outcome if ex is not None and ex.outcome in rest else rest[-1]
+    y = c2.selectbox(
+        "what happens to",
+        rest,
+        index=rest.index(y0),
+        key=f"{key}_outcome",
+        format_func=lambda v: var_name(schema[v]),
+    )
+    regimes = [r for r in interventions if set(r) <= set(names)]
+    return verdict(schema, [t], [y], (), regimes)

@@ -259,3 +259,36 @@ def test_page_errors_reach_apptest_under_mdcm_raise(app_home, monkeypatch):
     at2 = _page("checks", sid).run()
     assert not at2.exception
     assert any("Something went wrong" in e for e in _texts(at2.error))
+
+
+def _verdict_panel_script() -> None:
+    import streamlit as st
+
+    from mdcm_app import state, ui
+
+    meta = state.load_meta(st.session_state["study_id"])
+    ui.verdict_panel(meta, ui.schema_or_stop(meta), key="vp")
+
+
+def test_verdict_panel_for_the_graph_page(app_home):
+    """The verdict next to the plan: the built-in's own question by default, any other pair on
+    request, in plain words first and the algorithm's terms in the expander."""
+    sid = _study("napkin")
+    at = AppTest.from_function(_verdict_panel_script, default_timeout=TIMEOUT)
+    at.session_state["study_id"] = sid
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="vp_treatment").value == "X"
+    ok = " ".join(_texts(at.success))
+    assert "Identifiable" in ok and "criterion" not in ok  # napkin: neither back- nor front-door
+    at.selectbox(key="vp_treatment").select("W").run()
+    at.selectbox(key="vp_outcome").select("X").run()  # W -> Z -> X; W <-> X: front-door via Z
+    assert "front-door criterion, through Z" in " ".join(_texts(at.success))
+    at = AppTest.from_function(_verdict_panel_script, default_timeout=TIMEOUT)
+    at.session_state["study_id"] = _study("bow")
+    at.run()
+    bad = " ".join(_texts(at.warning))
+    assert "Not identifiable" in bad and "cannot decide" in bad
+    assert "hedge" not in bad
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "hedge" in captions and "c-forests" in captions  # the technical reason, in the expander

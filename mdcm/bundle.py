@@ -56,20 +56,19 @@ __all__ = [
 
 BUNDLE_FORMAT = "mdcm-bundle/1"
 BUNDLE_JSON = "bundle.json"
-#: config fields that shape a mechanism's network (all of them: a donor built with other sizes
-#: cannot be loaded into this model's mechanism)
-_CONFIG_FIELDS = (
-    "noise_dim",
-    "image_noise_dim",
-    "image_modes",
-    "confounder_dim",
-    "hidden",
-    "image_hidden",
-    "image_channels",
+#: the ModelConfig fields that shape the network of a mechanism of each kind (a donor built
+#: with other values cannot be loaded into this model's mechanism; an image brings its coder)
+_LABEL_FIELDS = ("noise_dim", "hidden")
+_IMAGE_FIELDS = (
     "image_net",
     "code_dim",
+    "image_hidden",
+    "image_modes",
+    "image_noise_dim",
+    "image_channels",
     "coder_mlp_max",
 )
+_CONFIG_FIELDS = _LABEL_FIELDS + _IMAGE_FIELDS
 
 
 # ---------------------------------------------------------------------- reusing mechanisms
@@ -133,7 +132,8 @@ def mechanism_mismatch(
             )
     cfg = config.to_json() if hasattr(config, "to_json") else dict(config)
     mine, theirs = _resolved(cfg), _resolved(dconfig)
-    diff = [k for k in _CONFIG_FIELDS if mine[k] != theirs[k]]
+    fields = _IMAGE_FIELDS if schema[var].kind == "image" else _LABEL_FIELDS
+    diff = [k for k in fields if mine[k] != theirs[k]]
     if diff:
         k = diff[0]
         return f"it was built with {k}={theirs[k]}, this model uses {k}={mine[k]}"

@@ -262,6 +262,12 @@ def test_mechanism_mismatch_names_the_reason(tmp_path):
         meta, "I", DIGITS, ModelConfig(image_hidden=64)
     )
     assert "D shares a hidden confounder with A" in mechanism_mismatch(meta, "D", DIGITS, cfg)
+    # only the sizes of the variable's own kind of network matter
+    chain_meta = read_model_json(_model(chain, tmp_path / "chain"))
+    assert mechanism_mismatch(chain_meta, "D", chain, ModelConfig(image_hidden=64)) is None
+    assert mechanism_mismatch(chain_meta, "D", chain, ModelConfig(hidden=32)) == (
+        "it was built with hidden=64, this model uses hidden=32"
+    )
     assert "through I's image code" in mechanism_mismatch(meta, "A", chain, cfg)
     assert "this study has no variable 'Q'" in mechanism_mismatch(meta, "Q", DIGITS, cfg)
     assert "it has no variable 'W'" in mechanism_mismatch(meta, "W", reparent, cfg)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .data import DataError, Dataset, save_dataset, validate_dataset
+from .data import DataError, Dataset, _describe, save_dataset, validate_dataset
 from .files import atomic_write_json
 from .limits import DEFAULT_LIMITS, UploadLimits
 from .readers import images_to_uint8, uint8_to_images
@@ -110,7 +110,7 @@ def mechanism_mismatch(
         return f"its model.json does not describe the mechanism of {var!r} ({exc})"
     want, got = _spec(schema[var]), _spec(donor[var])
     if want != got:
-        return f"its {var} is {_describe(donor[var])}, this study's is {_describe(schema[var])}"
+        return f"its {var} is {_describe(donor[var])}; this study's is {_describe(schema[var])}"
     parents = schema.graph.parents(var)
     if dparents != list(parents):
         return (
@@ -119,7 +119,7 @@ def mechanism_mismatch(
         )
     for p in parents:
         if _spec(donor[p]) != _spec(schema[p]):
-            return f"its parent {p} is {_describe(donor[p])}, here {_describe(schema[p])}"
+            return f"its parent {p} is {_describe(donor[p])}; here it is {_describe(schema[p])}"
         if schema[p].kind == "image":
             return (
                 f"{var} reads the image {p} through {p}'s image code, which another model's "
@@ -138,14 +138,6 @@ def mechanism_mismatch(
         k = diff[0]
         return f"it was built with {k}={theirs[k]}, this model uses {k}={mine[k]}"
     return None
-
-
-def _describe(var: Any) -> str:
-    if var.kind == "categorical":
-        return f"categorical with {var.classes} classes"
-    if var.kind == "continuous":
-        return f"continuous of dimension {var.shape[0]}"
-    return f"an image of shape {'x'.join(map(str, var.shape))}"
 
 
 def load_pretrained(

@@ -15,9 +15,9 @@ from PIL import Image
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
+from test_app import _page, _study  # noqa: E402 - the shared AppTest helpers
 
 REPO = Path(__file__).resolve().parent.parent
-TIMEOUT = 120
 
 
 @pytest.fixture()
@@ -25,18 +25,6 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MDCM_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(REPO)
     return tmp_path / "home"
-
-
-def _page(name: str, study_id: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
-    at.session_state["study_id"] = study_id
-    return at
-
-
-def _study(example: str) -> str:
-    from mdcm_app import state
-
-    return state.new_study(example=example).study_id
 
 
 def _texts(elements) -> str:
@@ -96,10 +84,10 @@ def _finished_run(study_id: str, schema=None, seed: int = 0) -> str:
     return run_dir.name
 
 
-def _stop_all(home: Path) -> None:
+def _stop_all(root: Path) -> None:
     from mdcm.runs import run_status, stop_run, wait_run
 
-    for rd in (home / "runs").iterdir():
+    for rd in (root / "runs").iterdir():
         if rd.is_dir() and (rd / "run.json").is_file() and run_status(rd).active:
             stop_run(rd)
             wait_run(rd, timeout_s=60)
@@ -116,7 +104,7 @@ def test_train_page_offers_only_fitting_mechanisms_and_records_the_choice(home):
     assert not at.exception and not at.error
     box = at.selectbox(key="train_reuse_I")
     assert box.options == ["train I here", f"use I from run {_label(good)}"]  # not `bad`
-    assert f"{bad}: its parent D is categorical with 4 classes" in _texts(at.caption)
+    assert f"{bad}: its parent D is categorical, 4 classes" in _texts(at.caption)
     box.select_index(1).run()
     md = _texts(at.markdown)
     assert "trains I** · :green[filled, not trained]" in md
@@ -151,7 +139,7 @@ def test_train_page_refuses_a_mechanism_from_an_incompatible_run(home):
     at.button(key="train_start").click().run()
     err = _texts(at.error)
     assert f"the mechanism of I from run {donor} cannot fill stage 0" in err
-    assert "its I is an image of shape 1x14x14, this study's is an image of shape 3x14x14" in err
+    assert "its I is image [1, 14, 14]; this study's is image [3, 14, 14]" in err
     assert sorted(p.name for p in (home / "runs").iterdir()) == runs_before  # nothing started
     assert not at.exception
     # and the list no longer offers it, saying why

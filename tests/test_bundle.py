@@ -238,11 +238,11 @@ def test_mechanism_mismatch_names_the_reason(tmp_path):
     variants = {
         "D has 10 classes": (
             {"D": {"kind": "categorical", "classes": 10}},
-            "its parent D is categorical with 3 classes, here categorical with 10 classes",
+            "its parent D is categorical, 3 classes; here it is categorical, 10 classes",
         ),
         "I is 1x8x8": (
             {"I": {"kind": "image", "shape": [1, 8, 8]}},
-            "its I is an image of shape 3x8x8, this study's is an image of shape 1x8x8",
+            "its I is image [3, 8, 8]; this study's is image [1, 8, 8]",
         ),
     }
     for what, (change, reason) in variants.items():
@@ -331,7 +331,11 @@ def test_cli_train_pretrained_refusals(tmp_path):
     )
     cases = [
         (bow, f"Y={donor}", "stage 0 trains X, Y; only a stage that learns the plain conditional"),
-        (chain, f"Y={donor}", "parent X is categorical with 3 classes, here categorical with 2"),
+        (
+            chain,
+            f"Y={donor}",
+            "parent X is categorical, 3 classes; here it is categorical, 2 classes",
+        ),
         (chain, f"Q={donor}", "unknown variable; the study has X, Y"),
         (chain, f"Y={tmp_path}", "no model.json there"),
         (chain, "Y", "expected NAME=VALUE"),

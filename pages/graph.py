@@ -311,6 +311,8 @@ def _plan(meta: state.StudyMeta, graph) -> None:
             for i, note in enumerate(d.notes):  # the last note of a plain conditional: reuse
                 reuse = s.is_conditional and not plan.joint and i == len(d.notes) - 1
                 (st.info if reuse else st.warning)(_md(note))
+                if reuse:
+                    ui.page_link("train", "Pick a trained mechanism on the Train page")
             if d.why:
                 st.caption("Why: " + "; ".join(_md(w) for w in d.why) + ".")
     st.markdown(

@@ -132,9 +132,6 @@ def main() -> None:
         st.iframe(graphview.graph_html(graph, kinds, height=300), height=345)
     else:
         st.error(f"The stored graph is invalid: {err}")
-    _data_glimpse(meta)
-    with st.expander("Add a trained model to this study (a model bundle)"):
-        bundles.bundle_upload()
     n1, n2, n3 = st.columns(3)
     with n1:
         ui.page_link("graph", "Edit the graph and see the plan", ":material/hub:")
@@ -145,6 +142,9 @@ def main() -> None:
             _switch("train")
     with n3:
         ui.page_link("intervene", "Ask an interventional question", ":material/tune:")
+    _data_glimpse(meta)
+    with st.expander("Add a trained model to this study (a model bundle)"):
+        bundles.bundle_upload()
 
 
 def _switch(page: str) -> None:

@@ -39,6 +39,9 @@ def streamlit_server(
     """Run ``streamlit run app.py`` with ``MDCM_HOME=home``; yields the base URL."""
     port = port or free_port()
     env = dict(os.environ, MDCM_HOME=str(home), PYTHONUNBUFFERED="1")
+    # the served app behaves as for users: a page error shows "Something went wrong" (which the
+    # browser tests look for), not the re-raise that MDCM_RAISE gives AppTests
+    env.pop("MDCM_RAISE", None)
     env["PYTHONPATH"] = str(REPO) + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )

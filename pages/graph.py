@@ -156,11 +156,19 @@ def _canvas(meta: state.StudyMeta, graph) -> None:
     kinds = {v: meta.variables.get(v, {}).get("kind", "") for v in graph.nodes}
     data = graphview.canvas_data(graph, graphview.node_positions(graph, meta.positions), kinds)
     data["ack"] = st.session_state.get("graph_canvas_ack")
+    if ui.study_models(meta):
+        st.caption(
+            "This study has trained models: changing the graph or a variable's kind means "
+            "training again."
+        )
     graph_canvas(data, key="graph_canvas", on_edit=_on_canvas)
+    stale = ui.stale_reason(meta)
     if st.session_state.get("graph_error"):
         st.error(st.session_state["graph_error"], icon=":material/block:")
     elif st.session_state.get("graph_notice"):
         st.success(st.session_state["graph_notice"], icon=":material/check_circle:")
+    if stale:
+        st.warning(f"Needs retraining: {stale}.", icon=":material/update:")
     st.caption(
         "Solid arrows: causes. Dashed red double arrows: hidden confounders (an unseen common "
         "cause). Variables of one color are linked by hidden confounders, so their models "
@@ -302,10 +310,17 @@ def _plan(meta: state.StudyMeta, graph) -> None:
     st.markdown(f"**{_md(plan.summary())}**")
     with st.expander("In technical terms"):
         st.code(plan.describe(technical=True), language=None)
+    missing = ui.variables_without_data(meta)
     for s in plan.stages:
         d = describe_stage(plan, s).plain
         with st.container(border=True):
             st.markdown(f"**{_md(d.title)}**")
+            for v in (v for v in s.trains if v in missing):
+                st.warning(
+                    f"No data yet for {_md(v)}: upload a dataset with a column {_md(v)} on the "
+                    f"Data page, or remove {_md(v)} from the graph.",
+                    icon=":material/database:",
+                )
             for line in d.data:
                 st.markdown(f"- {_md(line)}")
             for i, note in enumerate(d.notes):  # the last note of a plain conditional: reuse
@@ -327,6 +342,10 @@ def _plan(meta: state.StudyMeta, graph) -> None:
         mime="application/json",
         key="graph_plan_download",
     )
+    schema, _ = state.schema_or_error(meta)
+    if schema is not None:
+        st.subheader("Can the data answer a question?")
+        ui.verdict_panel(meta, schema, interventions)
 
 
 def main() -> None:

@@ -18,20 +18,26 @@ def _open_default_study() -> None:
     if st.session_state.get("home_default_done"):
         return  # once per session: a user who closed the study is not pushed back into it
     st.session_state["home_default_done"] = True
-    meta = next((m for m in state.list_studies() if m.example == DEFAULT_EXAMPLE), None)
     try:
-        meta = meta or state.new_study(example=DEFAULT_EXAMPLE)
+        meta = _copy_of(DEFAULT_EXAMPLE, fresh=False)
     except Exception as exc:  # noqa: BLE001 - shown inline; the page still works
         st.session_state["home_error"] = f"Could not open the default study: {exc}"
         return
     ui.set_current_study(meta)
 
 
+def _copy_of(example: str, *, fresh: bool) -> state.StudyMeta:
+    """The newest existing copy of a built-in study (studies are newest first), else — or with
+    ``fresh`` — a new one."""
+    old = None if fresh else next((m for m in state.list_studies() if m.example == example), None)
+    return old or state.new_study(example=example)
+
+
 @ui.safe_callback
 def _open_example() -> None:
     name = st.session_state.get("home_example")
     try:
-        meta = state.new_study(example=name)
+        meta = _copy_of(name, fresh=bool(st.session_state.get("home_fresh_copy")))
     except Exception as exc:  # noqa: BLE001 - shown inline next to the button
         st.session_state["home_error"] = f"Could not open the built-in study {name!r}: {exc}"
         return
@@ -93,6 +99,11 @@ def main() -> None:
         st.caption(plots.example_description(st.session_state.get("home_example") or names[0]))
         st.button(
             "Open built-in study", key="home_open_example", on_click=_open_example, type="primary"
+        )
+        st.checkbox(
+            "Start a fresh copy",
+            key="home_fresh_copy",
+            help="Otherwise the copy you opened last (with its edits, data and runs) reopens",
         )
         if st.session_state.get("home_error"):
             st.error(st.session_state["home_error"])

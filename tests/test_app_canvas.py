@@ -244,3 +244,36 @@ def test_first_visit_opens_the_default_study(home):
     bad.run()
     assert not bad.exception
     assert "No study open" in " ".join(str(i.value) for i in bad.info)
+
+
+def test_an_edit_of_a_trained_study_warns_and_marks_variables_without_data(home):
+    from test_app import _fake_trained_run
+
+    from mdcm_app import state
+
+    sid = state.new_study(example="bow").study_id
+    _fake_trained_run(sid)
+    at = _graph_page(sid)
+    assert any("training again" in str(c.value) for c in at.caption)  # said before any edit
+    assert not any("Needs retraining" in str(w.value) for w in at.warning)
+    assert any("Can the data answer" in str(s.value) for s in at.subheader)
+    gesture(at, {"op": "add_node", "name": "Z", "x": 300, "y": 300, "seq": 1})
+    gesture(at, {"op": "add_edge", "a": "Z", "b": "X", "kind": "->", "seq": 2})
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "Needs retraining" in warnings
+    assert "No data yet for Z: upload a dataset with a column Z on the Data page" in warnings
+    assert not at.exception
+
+
+def test_open_builtin_reopens_the_existing_copy_unless_a_fresh_one_is_asked(home):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    first = at.session_state["study_id"]  # the default study, opened on the first visit
+    at.selectbox(key="home_example").select("colored_digits")
+    at.button(key="home_open_example").click().run()
+    assert at.session_state["study_id"] == first
+    at.checkbox(key="home_fresh_copy").check()
+    at.button(key="home_open_example").click().run()
+    fresh = at.session_state["study_id"]
+    assert fresh != first and fresh.startswith("colored-digits-")
+    assert len(list((home / "studies").iterdir())) == 2
+    assert not at.exception and not at.error

@@ -671,4 +671,772 @@ def identify(
     return done(normalise(p), f"identified by gID (Lee, Correa & Bareinboim 2019): {via}{idc_note}")
 
 
+# ============================================================ ID* / IDC* (Shpitser & Pearl 2007)
+#
+# "What counterfactuals can be tested" (UAI 2007) and "Complete identification methods for the
+# causal hierarchy" (JMLR 2008, Figs. 6-8). A counterfactual event is a conjunction of values of
+# variables in possibly different worlds (``Y_{X=1} = 1 ∧ X = 0``). ID* builds the counterfactual
+# graph (the parallel-worlds graph, every world sharing the exogenous noise, with copies that are
+# provably the same random variable merged: Lemmas 24-25), factorises the event over its
+# c-components and reads each factor as an interventional probability; a c-component whose
+# factor would need one variable at two different values (line 8) is the witness of
+# non-identifiability. Each factor ``P_{do(x)}(s)`` is then identified from the *available*
+# distributions by ID / gID above (ID* itself assumes every interventional distribution P_*;
+# Correa, Lee & Bareinboim 2021 compose the two steps in the same way).
+
+
+@dataclass(frozen=True, order=True)
+class Sym:
+    """A summation value: the value of a free node of a counterfactual graph (``tag`` is unique
+    within one estimand; rendered ``z``, ``z'``, ...)."""
+
+    var: str
+    tag: int
+
+
+CfValue = int | Sym
+
+
+def _value_key(v: CfValue) -> tuple:
+    return (0, v, "") if isinstance(v, int) else (1, v.tag, v.var)
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """The variable ``variable`` in the world where ``do(world)`` holds (empty: the factual
+    world), e.g. ``Counterfactual("Y", frozenset({("X", 1)}))`` is ``Y_{X=1}``."""
+
+    variable: str
+    world: frozenset[tuple[str, CfValue]] = frozenset()
+
+    @classmethod
+    def of(cls, variable: str, do: Mapping[str, CfValue] | None = None) -> Counterfactual:
+        return cls(variable, frozenset((do or {}).items()))
+
+    @property
+    def do(self) -> dict[str, CfValue]:
+        return dict(self.world)
+
+
+Event = Mapping[Counterfactual, CfValue]
+
+
+# ---------------------------------------------------------------- counterfactual estimands
+@dataclass(frozen=True)
+class CfTerm:
+    """``P_{do(do)}(y | given)`` at the given values (ints, or :class:`Sym` bound by a CfSum)."""
+
+    y: tuple[tuple[str, CfValue], ...]
+    do: tuple[tuple[str, CfValue], ...] = ()
+    given: tuple[tuple[str, CfValue], ...] = ()
+
+    def signature(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """(outcome, treatment, given) variables: terms with one signature share one estimand."""
+        return (
+            frozenset(v for v, _ in self.y),
+            frozenset(v for v, _ in self.do),
+            frozenset(v for v, _ in self.given),
+        )
+
+
+@dataclass(frozen=True)
+class CfConst:
+    value: float
+
+
+@dataclass(frozen=True)
+class CfProduct:
+    factors: tuple[CfExpr, ...]
+
+
+@dataclass(frozen=True)
+class CfSum:
+    over: tuple[Sym, ...]
+    body: CfExpr
+
+
+@dataclass(frozen=True)
+class CfFraction:
+    num: CfExpr
+    den: CfExpr
+
+
+@dataclass(frozen=True)
+class CfDifference:
+    plus: CfExpr
+    minus: CfExpr
+
+
+CfExpr = CfTerm | CfConst | CfProduct | CfSum | CfFraction | CfDifference
+CF_ZERO, CF_ONE = CfConst(0.0), CfConst(1.0)
+
+
+def _items(d: Mapping[str, CfValue]) -> tuple[tuple[str, CfValue], ...]:
+    return tuple(sorted(d.items()))
+
+
+def _cf_product(factors: Iterable[CfExpr]) -> CfExpr:
+    flat: list[CfExpr] = []
+    for f in factors:
+        if f == CF_ZERO:
+            return CF_ZERO
+        if isinstance(f, CfProduct):
+            flat.extend(f.factors)
+        elif f != CF_ONE:
+            flat.append(f)
+    if not flat:
+        return CF_ONE
+    return flat[0] if len(flat) == 1 else CfProduct(tuple(flat))
+
+
+def _cf_sum(over: Iterable[Sym], body: CfExpr) -> CfExpr:
+    over = tuple(sorted(set(over)))
+    if not over or body == CF_ZERO:
+        return body
+    return CfSum(over, body)
+
+
+def _cf_fraction(num: CfExpr, den: CfExpr) -> CfExpr:
+    if num == CF_ZERO:
+        return CF_ZERO
+    if den == CF_ONE:
+        return num
+    if (
+        isinstance(num, CfTerm)
+        and isinstance(den, CfTerm)
+        and num.do == den.do
+        and num.given == den.given
+        and set(den.y) < set(num.y)
+    ):
+        rest = tuple(i for i in num.y if i not in den.y)
+        return CfTerm(rest, num.do, tuple(sorted(set(num.given) | set(den.y))))
+    return CfFraction(num, den)
+
+
+def cf_terms(e: CfExpr) -> list[CfTerm]:
+    """The interventional terms of a counterfactual estimand (in order, with repeats)."""
+    if isinstance(e, CfTerm):
+        return [e]
+    if isinstance(e, CfConst):
+        return []
+    if isinstance(e, CfProduct):
+        return [t for f in e.factors for t in cf_terms(f)]
+    if isinstance(e, CfSum):
+        return cf_terms(e.body)
+    if isinstance(e, CfFraction):
+        return cf_terms(e.num) + cf_terms(e.den)
+    return cf_terms(e.plus) + cf_terms(e.minus)
+
+
+def render_counterfactual(e: CfExpr, order: Callable[[str], object] | None = None) -> str:
+    """Readable text: ``Σ_{z} P_{do(X=1, Z=z)}(Y=1) P_{do(Z=z)}(X=0) P(Z=z) / P(X=0)``."""
+    key = order or (lambda v: v)
+    names: dict[Sym, str] = {}
+
+    def sym(s: Sym) -> str:
+        if s not in names:
+            base = s.var.lower()
+            taken = set(names.values())
+            name = base
+            while name in taken:
+                name += "'"
+            names[s] = name
+        return names[s]
+
+    def val(v: CfValue) -> str:
+        return sym(v) if isinstance(v, Sym) else str(v)
+
+    def assign(items: Iterable[tuple[str, CfValue]]) -> str:
+        return ", ".join(f"{k}={val(v)}" for k, v in sorted(items, key=lambda kv: key(kv[0])))
+
+    def atom(x: CfExpr) -> str:
+        text = go(x)
+        return text if isinstance(x, CfTerm | CfConst) else f"[{text}]"
+
+    def go(x: CfExpr) -> str:
+        if isinstance(x, CfConst):
+            return f"{x.value:g}"
+        if isinstance(x, CfTerm):
+            head = f"P_{{do({assign(x.do)})}}" if x.do else "P"
+            body = assign(x.y) + (f" | {assign(x.given)}" if x.given else "")
+            return f"{head}({body})"
+        if isinstance(x, CfProduct):
+            return " ".join(atom(f) for f in x.factors)
+        if isinstance(x, CfSum):
+            return f"Σ_{{{', '.join(sym(s) for s in x.over)}}} {go(x.body)}"
+        if isinstance(x, CfFraction):
+            return f"{atom(x.num)} / {atom(x.den)}"
+        return f"{atom(x.plus)} - {atom(x.minus)}"
+
+    return go(e)
+
+
+def evaluate_counterfactual(
+    e: CfExpr, term: Callable[[CfTerm], float], cards: Mapping[str, int]
+) -> float:
+    """The value of a counterfactual estimand, given the value of each interventional term at
+    concrete values (``term``) and the number of classes of every summed variable (0/0 = 0)."""
+
+    def subst(x: CfExpr, env: Mapping[Sym, int]) -> CfExpr:
+        if isinstance(x, CfTerm):
+
+            def fix(items: tuple[tuple[str, CfValue], ...]) -> tuple[tuple[str, CfValue], ...]:
+                return tuple((k, env.get(v, v) if isinstance(v, Sym) else v) for k, v in items)
+
+            return CfTerm(fix(x.y), fix(x.do), fix(x.given))
+        return x
+
+    def ev(x: CfExpr, env: dict[Sym, int]) -> float:
+        if isinstance(x, CfConst):
+            return x.value
+        if isinstance(x, CfTerm):
+            t = subst(x, env)
+            for _, v in t.y + t.do + t.given:
+                if isinstance(v, Sym):
+                    raise ValueError(f"unbound summation value {v} in {render_counterfactual(x)}")
+            return float(term(t))
+        if isinstance(x, CfProduct):
+            out = 1.0
+            for f in x.factors:
+                out *= ev(f, env)
+                if out == 0.0:
+                    break
+            return out
+        if isinstance(x, CfSum):
+            import itertools
+
+            total = 0.0
+            for values in itertools.product(*(range(cards[s.var]) for s in x.over)):
+                total += ev(x.body, {**env, **dict(zip(x.over, values, strict=True))})
+            return total
+        if isinstance(x, CfFraction):
+            den = ev(x.den, env)
+            return ev(x.num, env) / den if den > 0 else 0.0
+        return ev(x.plus, env) - ev(x.minus, env)
+
+    return ev(e, {})
+
+
+# ---------------------------------------------------------------- the counterfactual graph
+class CounterfactualConflict(Exception):
+    """ID* line 8: one c-component of the counterfactual graph needs ``variable`` at two
+    different values (``values``), so the query is not identifiable (Shpitser & Pearl 2007)."""
+
+    def __init__(
+        self, variable: str, values: tuple[CfValue, CfValue], district: tuple[Counterfactual, ...]
+    ) -> None:
+        super().__init__(variable, values, district)
+        self.variable, self.values, self.district = variable, values, district
+
+
+class CounterfactualUndefined(ValueError):
+    """IDC* line 1: the evidence of a conditional counterfactual has probability 0."""
+
+
+@dataclass
+class _CfGraph:
+    """A counterfactual graph: nodes (each one representative counterfactual variable), their
+    parents, the fixed (intervened) nodes with values, and the event on the representatives."""
+
+    nodes: list[Counterfactual]
+    parents: dict[Counterfactual, list[Counterfactual]]
+    fixed: dict[Counterfactual, CfValue]
+    values: dict[Counterfactual, CfValue]
+    rep: dict[Counterfactual, Counterfactual]  # every original node -> its representative
+
+    def ancestors(self, vs: Iterable[Counterfactual]) -> set[Counterfactual]:
+        out, stack = set(vs), list(vs)
+        while stack:
+            for p in self.parents[stack.pop()]:
+                if p not in out:
+                    out.add(p)
+                    stack.append(p)
+        return out
+
+    def districts(self, g: CausalGraph) -> list[list[Counterfactual]]:
+        """c-components over the non-fixed nodes: copies of one variable share its noise, and
+        copies of the two ends of a bidirected edge share that edge's confounder."""
+        free = [n for n in self.nodes if n not in self.fixed]
+        parent = {n: n for n in free}
+
+        def find(a: Counterfactual) -> Counterfactual:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        spouses = {v: set(g.spouses(v)) for v in g.nodes}
+        for i, a in enumerate(free):
+            for b in free[i + 1 :]:
+                if a.variable == b.variable or b.variable in spouses[a.variable]:
+                    parent[find(a)] = find(b)
+        groups: dict[Counterfactual, list[Counterfactual]] = {}
+        for n in free:
+            groups.setdefault(find(n), []).append(n)
+        return list(groups.values())
+
+    def as_graph(self, g: CausalGraph) -> tuple[CausalGraph, dict[Counterfactual, str]]:
+        """The counterfactual graph as an ADMG with plain node names (for d-separation): a
+        bidirected edge wherever two non-fixed nodes share noise (copies of one variable, or
+        copies of the two ends of a bidirected edge of ``g``)."""
+        name = {n: f"n{i}" for i, n in enumerate(self.nodes)}
+        free = [n for n in self.nodes if n not in self.fixed]
+        directed = [(name[p], name[n]) for n in self.nodes for p in self.parents[n]]
+        bidirected = [
+            (name[a], name[b])
+            for i, a in enumerate(free)
+            for b in free[i + 1 :]
+            if a.variable == b.variable or b.variable in g.spouses(a.variable)
+        ]
+        return CausalGraph.build(list(name.values()), directed, bidirected), name
+
+
+def _world_key(w: frozenset[tuple[str, CfValue]]) -> tuple:
+    return (len(w), sorted((k, _value_key(v)) for k, v in w))
+
+
+def _make_cg(g: CausalGraph, event: Event) -> _CfGraph | None:
+    """make-cg (Shpitser & Pearl 2008, Fig. 6): the parallel-worlds graph of the worlds in
+    ``event`` (plus the factual one), with copies merged in topological order whenever they
+    have the same mechanism and parents that are the same node or attain the same value, by
+    observation or intervention (Lemmas 24-25). Returns None when merging shows the event to be
+    inconsistent (one random variable at two values), and keeps only the ancestors of the
+    event."""
+    worlds = sorted({frozenset()} | {cf.world for cf in event}, key=_world_key)
+    fixed: dict[Counterfactual, CfValue] = {}
+    for w in worlds:
+        for v, x in w:
+            fixed[Counterfactual(v, w)] = x
+    rep: dict[Counterfactual, Counterfactual] = {}
+
+    def find(n: Counterfactual) -> Counterfactual:
+        while rep.get(n, n) != n:
+            n = rep[n]
+        return n
+
+    values: dict[Counterfactual, CfValue] = dict(event)
+
+    def value(n: Counterfactual) -> CfValue | None:
+        n = find(n)
+        return fixed[n] if n in fixed else values.get(n)
+
+    for v in g.topological_order():
+        pa = g.parents(v)
+        kept: list[Counterfactual] = []
+        for w in worlds:
+            b = Counterfactual(v, w)
+            if b in fixed:
+                continue
+            for a in kept:
+                same = True
+                for p in pa:
+                    pa_a, pa_b = find(Counterfactual(p, a.world)), find(Counterfactual(p, w))
+                    if pa_a != pa_b and (value(pa_a) is None or value(pa_a) != value(pa_b)):
+                        same = False
+                        break
+                if same:
+                    if b in values:
+                        if a in values and values[a] != values[b]:
+                            return None
+                        values[a] = values.pop(b)
+                    rep[b] = a
+                    break
+            else:
+                kept.append(b)
+    nodes_all = [
+        Counterfactual(v, w) for v in g.topological_order() for w in worlds
+    ]  # originals, in topological order
+    reps = [n for n in nodes_all if find(n) == n]
+    parents = {
+        n: ([] if n in fixed else [find(Counterfactual(p, n.world)) for p in g.parents(n.variable)])
+        for n in reps
+    }
+    cg = _CfGraph(reps, parents, fixed, values, {n: find(n) for n in nodes_all})
+    keep = cg.ancestors(values)
+    cg.nodes = [n for n in reps if n in keep]
+    cg.parents = {n: parents[n] for n in cg.nodes}
+    cg.fixed = {n: x for n, x in fixed.items() if n in keep}
+    return cg
+
+
+def _event_for(cg: _CfGraph, event: Event) -> dict[Counterfactual, CfValue]:
+    """``event`` in terms of the representatives of ``cg`` (its values after merging)."""
+    return {cg.rep[cf]: cg.values[cg.rep[cf]] for cf in event}
+
+
+def id_star(g: CausalGraph, event: Event, *, _tags: list[int] | None = None) -> CfExpr:
+    """ID* (Shpitser & Pearl 2008, Fig. 7): ``P(event)`` as an expression in interventional
+    probabilities. Raises :class:`CounterfactualConflict` when it is not identifiable even
+    from every interventional distribution (line 8)."""
+    tags = _tags if _tags is not None else [0]
+    # Line 1: the empty conjunction has probability 1.
+    if not event:
+        return CF_ONE
+    # Line 2: a variable set by its own world to another value (effectiveness): probability 0.
+    # Line 3: ... to the same value: a tautology that can be dropped.
+    reduced: dict[Counterfactual, CfValue] = {}
+    for cf, x in event.items():
+        own = cf.do.get(cf.variable)
+        if own is None:
+            reduced[cf] = x
+        elif own != x:
+            return CF_ZERO
+    if len(reduced) != len(event):
+        return id_star(g, reduced, _tags=tags)
+    if all(not cf.world for cf in event):  # a factual event: read it off P(V)
+        return CfTerm(_items({cf.variable: x for cf, x in event.items()}))
+    # Line 4-5: the counterfactual graph, or INCONSISTENT (probability 0).
+    cg = _make_cg(g, event)
+    if cg is None:
+        return CF_ZERO
+    # Line 6: factorise over the c-components of the counterfactual graph, summing over the
+    # values of the nodes that the event leaves free. Lines 7-9 per component S: the factor is
+    # the conjunction of each node under its parents' values, i.e. P_{do(pa(S) \ S)}(s) when
+    # no variable is needed at two different values (else line 8 fails).
+    sym: dict[Counterfactual, Sym] = {}
+    for n in cg.nodes:
+        if n not in cg.fixed and n not in cg.values:
+            tags[0] += 1
+            sym[n] = Sym(n.variable, tags[0])
+
+    def value(n: Counterfactual) -> CfValue:
+        return cg.fixed[n] if n in cg.fixed else cg.values.get(n, sym.get(n))
+
+    factors = [_district_factor(cg, d, value) for d in cg.districts(g)]
+    return _cf_sum(sym.values(), _cf_product(factors))
+
+
+def _district_factor(
+    cg: _CfGraph, district: list[Counterfactual], value: Callable[[Counterfactual], CfValue]
+) -> CfTerm:
+    """ID* lines 7-9 for one c-component S: ``P_{do(pa(S) \\ S)}(s)``, each node under its
+    parents' values; :class:`CounterfactualConflict` when a variable is needed at two values
+    (as a node of S and/or as a parent of one)."""
+    inside = set(district)
+    assign: dict[str, CfValue] = {}
+    y: dict[str, CfValue] = {}
+    needed = [(n.variable, value(n)) for n in district]
+    y.update(needed)
+    needed += [(p.variable, value(p)) for n in district for p in cg.parents[n] if p not in inside]
+    for var, x in needed:
+        if var in assign and assign[var] != x:
+            raise CounterfactualConflict(var, (assign[var], x), tuple(district))
+        assign[var] = x
+    return CfTerm(_items(y), _items({k: x for k, x in assign.items() if k not in y}))
+
+
+def idc_star(
+    g: CausalGraph, gamma: Event, delta: Event, *, _tags: list[int] | None = None
+) -> CfExpr:
+    """IDC* (Shpitser & Pearl 2008, Fig. 8): ``P(gamma | delta)``. Evidence that is
+    d-separated from the outcome once its outgoing edges are cut becomes an intervention
+    (line 4, the counterfactual rule 2; we condition on the rest of the evidence, as rule 2
+    does); the rest is ``ID*(gamma ∧ delta) / ID*(delta)``. Raises
+    :class:`CounterfactualConflict` (not identifiable) or :class:`CounterfactualUndefined`
+    (evidence of probability 0)."""
+    tags = _tags if _tags is not None else [0]
+    gamma, delta = dict(gamma), dict(delta)
+    for part in (gamma, delta):  # effectiveness (ID* lines 2-3) on both parts
+        for cf, x in list(part.items()):
+            own = cf.do.get(cf.variable)
+            if own is not None and own != x:
+                if part is delta:
+                    raise CounterfactualUndefined("the evidence has probability 0")
+                return CF_ZERO
+            if own is not None:
+                del part[cf]
+    if not delta:
+        return id_star(g, gamma, _tags=tags)
+    # Line 1: undefined when the evidence is impossible.
+    try:
+        if id_star(g, delta, _tags=tags) == CF_ZERO:
+            raise CounterfactualUndefined("the evidence has probability 0")
+    except CounterfactualConflict:
+        pass
+    # Lines 2-3: the counterfactual graph of the whole event.
+    clash = [cf for cf in gamma if cf in delta and gamma[cf] != delta[cf]]
+    if clash:
+        return CF_ZERO
+    cg = _make_cg(g, {**gamma, **delta})
+    if cg is None:
+        return CF_ZERO
+    d2 = _event_for(cg, delta)
+    g2 = {n: x for n, x in _event_for(cg, gamma).items() if n not in d2}
+    if all(not n.world for n in (*g2, *d2)):  # consistency made it factual: P(gamma | delta)
+        if not g2:
+            return CF_ONE
+        factual = {n.variable: x for n, x in g2.items()}
+        return CfTerm(_items(factual), given=_items({n.variable: x for n, x in d2.items()}))
+    # Line 4: move evidence into the subscripts when rule 2 allows it. This is rule 2 in the
+    # counterfactual graph G' read as a causal diagram: if y_x ⊥ γ' | δ' \ {y_x} in G' with
+    # the edges out of y_x cut, observing y_x equals setting it, and setting it adds Y=y to
+    # the world of every node downstream of it in G' -- evidence nodes included (leaving
+    # them in their old world, as a literal reading of line 4 does, is wrong when the
+    # moved variable is a parent of other evidence: Z -> W <-> Y, δ = {Z, W}).
+    if g2:
+        adm, name = cg.as_graph(g)
+        fixed_names = [name[n] for n in cg.fixed]
+        for n in sorted(d2, key=lambda c: (g.nodes.index(c.variable), _world_key(c.world))):
+            others = [name[m] for m in d2 if m != n]
+            cut = adm.remove_outgoing([name[n]])
+            if cut.d_separated([name[n]], [name[m] for m in g2], others + fixed_names):
+
+                def moved(part: Mapping[Counterfactual, CfValue], n=n) -> dict:
+                    out: dict[Counterfactual, CfValue] = {}
+                    for m, x in part.items():
+                        if m != n and n in cg.ancestors([m]) and n.variable not in m.do:
+                            m = Counterfactual(m.variable, m.world | {(n.variable, d2[n])})
+                        out[m] = x
+                    return out
+
+                rest = moved({m: x for m, x in d2.items() if m != n})
+                return idc_star(g, moved(g2), rest, _tags=tags)
+    # Lines 5-6: P' = ID*(gamma' ∧ delta'), normalised by P(delta').
+    num = id_star(g, {**g2, **d2}, _tags=tags)
+    try:
+        den = id_star(g, d2, _tags=tags)
+    except CounterfactualConflict:
+        # Σ_{gamma'} P' identifies P(delta') whenever P' is identified
+        fresh = {}
+        for n in g2:
+            tags[0] += 1
+            fresh[n] = Sym(n.variable, tags[0])
+        den = _cf_sum(fresh.values(), id_star(g, {**fresh, **d2}, _tags=tags))
+    return _cf_fraction(num, den)
+
+
+# ---------------------------------------------------------------- counterfactual queries
+@dataclass(frozen=True)
+class CounterfactualIdentification(Identification):
+    """The verdict for a counterfactual query ``P(Y_{do} | evidence)``. ``formula`` is the
+    ID*/IDC* estimand over interventional terms (:func:`render_counterfactual`,
+    :func:`evaluate_counterfactual`); ``factors`` the verdict of each distinct term from the
+    available distributions (ID / gID); ``witness`` on failure: (the c-component's
+    variables, the variable needed at two values)."""
+
+    query: str = ""
+    formula: CfExpr | None = field(default=None, compare=False, repr=False)
+    factors: tuple[tuple[str, Identification], ...] = field(default=(), compare=False, repr=False)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["query"] = self.query
+        out["factors"] = [
+            {"term": t, "identifiable": i.identifiable, "estimand": i.estimand}
+            for t, i in self.factors
+        ]
+        return out
+
+    @property
+    def regimes_used(self) -> tuple[frozenset[str], ...]:
+        found = {r for _, i in self.factors for r in i.regimes_used}
+        return tuple(sorted(found, key=lambda r: (len(r), sorted(r))))
+
+
+def _cf_name(cf: Counterfactual, g: CausalGraph) -> str:
+    if not cf.world:
+        return cf.variable
+    do = dict(cf.world)
+    inner = ", ".join(f"{k}={_show_value(do[k])}" for k in g.order(do))
+    return f"{cf.variable}_{{{inner}}}"
+
+
+def _show_value(x: CfValue) -> str:
+    return f"{x.var.lower()} (summed)" if isinstance(x, Sym) else str(x)
+
+
+def counterfactual_query_text(
+    graph: CausalGraph,
+    outcome: Mapping[str, int | None],
+    do: Mapping[str, int],
+    evidence: Mapping[str, int],
+) -> str:
+    """``P(Y_{X=1}=1 | X=0)``: the outcome in the world do(...), evidence in the factual one."""
+    sub = ", ".join(f"{k}={do[k]}" for k in graph.order(do))
+    ys = []
+    for y in graph.order(outcome):
+        name = f"{y}_{{{sub}}}" if sub else y
+        ys.append(name if outcome[y] is None else f"{name}={outcome[y]}")
+    ev = ", ".join(f"{k}={evidence[k]}" for k in graph.order(evidence))
+    return f"P({', '.join(ys)}{' | ' + ev if ev else ''})"
+
+
+def _check_values(
+    vs: Mapping[str, object], what: str, g: CausalGraph, classes: Mapping[str, int] | None
+) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for v, x in vs.items():
+        _names_arg([v], what, g)
+        if x is None and what == "outcome":
+            out[v] = None
+            continue
+        if isinstance(x, bool) or not isinstance(x, int | np.integer) or int(x) < 0:
+            raise IdentificationError(
+                f"{what} {v}={x!r}: a counterfactual value must be a class index 0, 1, …"
+            )
+        if classes is not None and v in classes and int(x) >= classes[v]:
+            raise IdentificationError(
+                f"{what} {v}={x}: out of range, {v} has classes 0 … {classes[v] - 1}"
+            )
+        out[v] = int(x)
+    return out
+
+
+def identify_counterfactual(
+    graph: CausalGraph,
+    outcome: str | Iterable[str] | Mapping[str, int | None],
+    do: Mapping[str, int],
+    evidence: Mapping[str, int] | None = None,
+    interventions: Iterable[Iterable[str]] = (),
+    *,
+    classes: Mapping[str, int] | None = None,
+) -> CounterfactualIdentification:
+    """Is ``P(outcome_{do} | evidence)`` identifiable, the outcome in the world where
+    ``do(...)`` holds and the evidence observed in the factual world (e.g. the effect of
+    treatment on the treated ``P(Y_{X=1} | X=0)``, the probability of necessity
+    ``P(Y_{X=0}=0 | X=1, Y=1)``)?
+
+    IDC* (Shpitser & Pearl 2007) reduces the query to interventional terms or fails on a
+    c-component of the counterfactual graph that needs one variable at two values (then the
+    answer depends on how a model couples the noise across worlds, not on the data). Each term
+    is then identified from the observational distribution plus one interventional
+    distribution per set in ``interventions`` (ID / gID). An outcome given without a value
+    (a name, or ``None``) is checked for every value: each of its ``classes`` when known, else
+    every value the query mentions and one fresh value. With ``classes`` and a binary
+    treatment, the effect of treatment on the treated is also identified by
+    ``P(y_x | x') = [P(y | do(x)) - P(y, x)] / P(x')`` where IDC* alone fails (Shpitser &
+    Pearl 2009, "Effects of treatment on the treated"). Raises :class:`IdentificationError`
+    for unknown variables, bad values, an outcome that is also intervened on, or impossible
+    evidence.
+    """
+    if isinstance(outcome, str):
+        outcome = {outcome: None}
+    elif not isinstance(outcome, Mapping):
+        outcome = dict.fromkeys(outcome)
+    if not outcome:
+        raise IdentificationError("outcome is empty: name at least one outcome variable")
+    evidence = dict(evidence or {})
+    ys = _check_values(outcome, "outcome", graph, classes)
+    xs = {k: v for k, v in _check_values(do, "do", graph, classes).items() if v is not None}
+    es = {k: v for k, v in _check_values(evidence, "evidence", graph, classes).items()}
+    both = set(ys) & set(xs)
+    if both:
+        raise IdentificationError(
+            f"{_list(both, graph)} is both intervened on and an outcome of the counterfactual"
+        )
+    regimes = [list(i) for i in interventions]
+    for k, r in enumerate(regimes):
+        _names_arg(r, f"intervention set #{k + 1}", graph)
+    query = counterfactual_query_text(graph, ys, xs, es)
+    world = frozenset(xs.items())
+
+    # outcome values to check: given ones, or every class / every mentioned value + a fresh one
+    choices: list[list[CfValue]] = []
+    for y in graph.order(ys):
+        if ys[y] is not None:
+            choices.append([ys[y]])
+        elif classes is not None and y in classes and classes[y] <= 16:
+            choices.append(list(range(classes[y])))
+        else:
+            seen = sorted({x for k, x in list(es.items()) if k == y})
+            choices.append([*seen, Sym(y, -1)])
+    import itertools
+
+    formulas: list[CfExpr] = []
+    for combo in itertools.product(*choices):
+        gamma = {Counterfactual(y, world): x for y, x in zip(graph.order(ys), combo, strict=True)}
+        delta = {Counterfactual(k): x for k, x in es.items()}
+        try:
+            formulas.append(idc_star(graph, gamma, delta))
+            continue
+        except CounterfactualUndefined:
+            raise IdentificationError(
+                f"evidence {', '.join(f'{k}={v}' for k, v in es.items())} is impossible in "
+                "every model (probability 0)"
+            ) from None
+        except CounterfactualConflict as c:
+            conflict = c
+        binary = _binary_ett(graph, gamma, xs, es, classes)
+        if binary is not None:
+            formulas.append(binary)
+            continue
+        district = ", ".join(_cf_name(n, graph) for n in conflict.district)
+        a, b = (_show_value(x) for x in conflict.values)
+        reason = (
+            f"not identifiable: in the counterfactual graph of {query}, the c-component "
+            f"{{{district}}} needs {conflict.variable} at {a} and at {b} at once (ID* line 8, "
+            "Shpitser & Pearl 2007). Models that agree on the data, and even on every "
+            "experiment, disagree here: the answer depends on how a model couples the noise "
+            "across the two worlds"
+        )
+        witness = (
+            frozenset(n.variable for n in conflict.district),
+            frozenset({conflict.variable}),
+        )
+        return CounterfactualIdentification(False, None, reason, witness=witness, query=query)
+
+    key = {v: i for i, v in enumerate(graph.nodes)}.__getitem__
+    factors: dict[str, Identification] = {}
+    for f in formulas:
+        for t in cf_terms(f):
+            y_vars, x_vars, z_vars = t.signature()
+            if not x_vars:
+                continue
+            text = _query_text(y_vars, x_vars, z_vars, graph)
+            if text not in factors:
+                factors[text] = identify(graph, x_vars, y_vars, z_vars, regimes)
+    binary = isinstance(formulas[0], CfFraction) and isinstance(formulas[0].num, CfDifference)
+    route = "the binary-treatment identity" if binary else "IDC* (Shpitser & Pearl 2007)"
+    bad = [(t, i) for t, i in factors.items() if not i.identifiable]
+    if bad:
+        t, i = bad[0]
+        reason = (
+            f"not identifiable from the available data: {route} reduces {query} to "
+            f"interventional terms, but {t} is not identifiable ({i.reason})"
+        )
+        return CounterfactualIdentification(
+            False, None, reason, witness=i.witness, query=query, factors=tuple(factors.items())
+        )
+    text = render_counterfactual(formulas[0], key)
+    if len(formulas) > 1 and any(ys[y] is None for y in ys):
+        text += "  (shown for the first value; the others alike)"
+    where = [f"{t} = {i.estimand}" for t, i in factors.items() if i.estimand != t]
+    if where:
+        text += "; where " + "; ".join(where)
+    reason = f"identified by {route}"
+    if factors:
+        reason += (
+            ": every interventional term is identified ("
+            + ", ".join(
+                "ID"
+                if "ID algorithm" in i.reason
+                else ("gID" if "gID" in i.reason else "do-calculus")
+                for i in factors.values()
+            )
+            + ")"
+        )
+    return CounterfactualIdentification(
+        True, text, reason, query=query, formula=formulas[0], factors=tuple(factors.items())
+    )
+
+
+def _binary_ett(
+    g: CausalGraph,
+    gamma: Mapping[Counterfactual, CfValue],
+    xs: Mapping[str, int],
+    es: Mapping[str, int],
+    classes: Mapping[str, int] | None,
+) -> CfExpr | None:
+    """``P(y_x | x') = [P(y | do(x)) - P(y, x)] / P(x')`` for a binary treatment X, evidence
+    ``X = x'`` only and x ≠ x' (total probability over X plus consistency), or None."""
+    if classes is None or len(xs) != 1 or set(es) != set(xs):
+        return None
+    (x, val), (_, seen) = next(iter(xs.items())), next(iter(es.items()))
+    if classes.get(x) != 2 or val == seen:
+        return None
+    y = tuple(sorted((cf.variable, v) for cf, v in gamma.items()))
+    minus = CfTerm(tuple(sorted((*y, (x, val)))))
+    return CfFraction(CfDifference(CfTerm(y, ((x, val),)), minus), CfTerm(((x, seen),)))
+
+
 _callable_module(__name__)  # mdcm.identify(...) works whether mdcm.identify is the module or not

@@ -145,7 +145,9 @@ class SCM:
         values are coupled comonotonically, and the probability that the node takes values
         ``v_1 … v_W`` in the worlds is the length of the intersection of the intervals
         ``[C(v_w - 1 | pa_w), C(v_w | pa_w))``); a standard normal root keeps one value in every
-        world where it is not intervened on (Gauss–Hermite nodes); latents are roots, shared.
+        world where it is not intervened on (Gauss–Hermite nodes); a deterministic node
+        (``fn``) is computed in each world; latents are roots, shared. A do value ``None``
+        (randomised by the experimenter) draws the node uniformly from its own noise.
         """
         import itertools
 
@@ -154,11 +156,17 @@ class SCM:
         w = np.ones(1)
         for node in self.nodes:
             m = len(w)
-            live = [i for i, wd in enumerate(worlds) if node.name not in wd]
             dtype = np.float64 if node.classes is None else np.int64
+            live, mech = [], {}
             for i, wd in enumerate(worlds):
-                if node.name in wd:
+                if node.name in wd and wd[node.name] is not None:
                     cols[i][node.name] = np.full(m, wd[node.name], dtype=dtype)
+                elif node.fn is not None:  # deterministic: computed per world, no branching
+                    parents = [cols[i][q] for q in node.parents]
+                    cols[i][node.name] = np.asarray(node.fn(*parents), np.float64)
+                else:  # randomised by the experimenter: a uniform root on the node's own noise
+                    live.append(i)
+                    mech[i] = _randomised(node) if node.name in wd else node
             if not live:
                 continue
             if node.classes is None:
@@ -169,7 +177,7 @@ class SCM:
                 k = node.classes
                 cdf = []
                 for i in live:
-                    p = np.asarray(node.cpt(*[cols[i][q] for q in node.parents]), np.float64)
+                    p = np.asarray(mech[i].cpt(*[cols[i][q] for q in mech[i].parents]), np.float64)
                     c = np.cumsum(np.broadcast_to(p, (m, k)), axis=1)
                     c[:, -1] = 1.0
                     cdf.append(np.concatenate([np.zeros((m, 1)), c], axis=1))
@@ -362,8 +370,28 @@ class Example:
         node = self.scm.node(outcome)
         if node.classes is None:
             raise ValueError(
-                f"{outcome!r} is continuous; exact answers are for categorical outcomes"
+                f"{outcome!r} is continuous; use counterfactual_truth_mean for its mean"
             )
+        cf, w = self._twin(outcome, evidence, do)
+        return np.bincount(cf, weights=w, minlength=node.classes)
+
+    def counterfactual_truth_mean(
+        self, outcome: str, evidence: Mapping[str, int], do: Mapping[str, object]
+    ) -> tuple[float, float]:
+        """Exact (E, SD) of a continuous ``outcome`` in the world where ``do(...)`` holds, among
+        the units whose factual values match ``evidence`` (see :meth:`counterfactual_truth`)."""
+        self._check_outcome(outcome)
+        if self.scm.node(outcome).classes is not None:
+            raise ValueError(f"{outcome!r} is categorical; use counterfactual_truth")
+        x, w = self._twin(outcome, evidence, do)
+        mean = float((w * x).sum())
+        return mean, float(np.sqrt(max((w * (x - mean) ** 2).sum(), 0.0)))
+
+    def _twin(
+        self, outcome: str, evidence: Mapping[str, int], do: Mapping[str, object]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The outcome's counterfactual values and their probabilities given the evidence."""
+        self._check_outcome(outcome)
         evidence = self._check_do(evidence, "evidence")
         do = self._check_do(do)
         (fact, cf), w = self.scm.enumerate_worlds([{}, do])
@@ -372,7 +400,7 @@ class Example:
         total = w.sum()
         if total <= 0:
             raise ValueError(f"the evidence {evidence} has probability 0")
-        return np.bincount(cf[outcome], weights=w, minlength=node.classes) / total
+        return cf[outcome], w / total
 
     def sample(
         self, n: int, do: Mapping[str, int] | None = None, seed: int = 0, *, render: bool = True

@@ -1215,6 +1215,7 @@ class CounterfactualIdentification(Identification):
     variables, the variable needed at two values)."""
 
     query: str = ""
+    cross_world: bool = False  # failed at ID* line 8 (not identifiable even from every P_x)
     formula: CfExpr | None = field(default=None, compare=False, repr=False)
     factors: tuple[tuple[str, Identification], ...] = field(default=(), compare=False, repr=False)
 
@@ -1373,7 +1374,9 @@ def identify_counterfactual(
             frozenset(n.variable for n in conflict.district),
             frozenset({conflict.variable}),
         )
-        return CounterfactualIdentification(False, None, reason, witness=witness, query=query)
+        return CounterfactualIdentification(
+            False, None, reason, witness=witness, query=query, cross_world=True
+        )
 
     key = {v: i for i, v in enumerate(graph.nodes)}.__getitem__
     factors: dict[str, Identification] = {}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .counterfactual import counterfactual_distribution, counterfactual_samples  # noqa: F401
 from .model import DCM
 
 __all__ = [

@@ -55,6 +55,7 @@ __all__ = [
     "run_status",
     "scan_runs",
     "set_run_cluster",
+    "stage_timeline",
     "start_run",
     "stop_run",
     "validate_run_id",
@@ -270,6 +271,40 @@ def read_events(run_dir: Path | str, *, kinds: tuple[str, ...] | None = None) ->
             and (kinds is None or ev["kind"] in kinds)
         ):
             out.append(ev)
+    return out
+
+
+def stage_timeline(events: list[dict]) -> dict[int, dict[str, Any]]:
+    """When and where each stage trained, from a run's events (parallel runs train several at
+    once; mdcm.scheduler). Per stage id: ``state`` ("queued": submitted, waiting for a worker;
+    "running"; "done"; "retried": its worker was lost and it waits to start again), ``start``
+    and ``end`` (event times, seconds since the epoch; ``end`` None while it runs), ``worker``
+    ({node, host, pid} of its latest attempt, {} in a one-process run) and ``attempts``; a
+    stage that had not ended when the run stopped or failed is "stopped"."""
+    out: dict[int, dict[str, Any]] = {}
+    for e in events:
+        stage, kind = e.get("stage"), e.get("kind")
+        if kind in ("done", "error"):  # the run (attempt) ended: what did not end, stopped
+            for rec in out.values():
+                if rec["state"] != "done":
+                    rec["state"] = "stopped"
+            continue
+        if not isinstance(stage, int) or stage < 0:
+            continue
+        rec = out.setdefault(
+            stage,
+            {"state": "queued", "start": None, "end": None, "worker": {}, "attempts": 0},
+        )
+        t = e.get("time")
+        if kind == "stage_start":
+            rec.update(state="running", end=None, worker=dict(e.get("worker") or {}))
+            rec["attempts"] += 1
+            if rec["start"] is None:
+                rec["start"] = t
+        elif kind == "stage_end":
+            rec.update(state="done", end=t)
+        elif kind == "retry":
+            rec["state"] = "retried"
     return out
 
 

@@ -84,8 +84,11 @@ ADDRESS_ENV = "MDCM_RAY_ADDRESS"
 GPU_FRACTION = 0.5
 #: seconds between two ``step`` events a worker sends for one stage (others always sent)
 STEP_INTERVAL_S = 0.25
-#: seconds between two health checks of the cluster's head (GCS) by the driver
-HEALTH_EVERY_S = 3.0
+#: seconds between two checks that the cluster's head (its GCS port) answers
+HEALTH_EVERY_S = 1.0
+#: seconds the head may stay silent before the watchdog calls ``on_lost`` (Ray itself ends a
+#: driver whose head has been gone for 60 s, from inside its own calls, with no message of ours)
+LOST_GRACE_S = 15.0
 _POLL_S = 0.2
 _ADDRESS_RE = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})\Z")
 
@@ -280,6 +283,7 @@ def _ray() -> Any:
 def probe(address: str, timeout_s: float = 3.0) -> None:
     """Fail fast (ClusterError) when nothing listens at ``address`` (Ray itself retries for
     minutes before it gives up)."""
+    address = validate_address(address)
     if address == "auto":
         return
     m = _ADDRESS_RE.match(address)
@@ -567,6 +571,7 @@ def train_parallel(
     address: str | None = None,
     retries: int = 3,
     gpu_fraction: float = GPU_FRACTION,
+    on_lost: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` along ``plan`` like :func:`mdcm.train.train`, the independent stages at
     the same time on Ray workers (see the module docstring).
@@ -576,7 +581,12 @@ def train_parallel(
     JSON dict (:meth:`mdcm.train.Event.to_json` plus ``time``; a task's first event carries
     ``worker`` = {node, host, pid}; the scheduler adds ``retry`` events). ``retries``: how often
     a stage whose worker was lost is submitted again. The same seeds give the same weights as
-    :func:`mdcm.train.train` on the same device. The model stays on the CPU in this process."""
+    :func:`mdcm.train.train` on the same device. The model stays on the CPU in this process.
+
+    A cluster whose head goes away ends the run with :class:`ClusterLostError` (the checkpoint
+    folder is up to date). Should this process be stuck inside a Ray call then, a watchdog calls
+    ``on_lost(message)`` after LOST_GRACE_S, before Ray ends the process on its own: the command
+    line records the run as failed there, says why, and exits."""
     from .train import TrainConfig
 
     cfg = config if config is not None else TrainConfig()
@@ -597,6 +607,7 @@ def train_parallel(
             info,
             retries,
             gpu_fraction,
+            on_lost,
         )
         return driver.run(resume)
 
@@ -617,6 +628,7 @@ class _Driver:
         info: ClusterInfo,
         retries: int,
         gpu_fraction: float,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         import ray
 
@@ -637,7 +649,9 @@ class _Driver:
         self.study_ref: Any = None
         self.pretrained_ref: Any = None
         self._model_ref: Any = None
-        self._last_health = time.monotonic()
+        self._last_health = self._last_nodes = time.monotonic()
+        self.on_lost = on_lost
+        self._over = threading.Event()
 
     # -- events and checkpoints
     def emit(self, ev: dict) -> None:
@@ -841,6 +855,8 @@ class _Driver:
             warm.remote()
         ray.get(self.channel.drain.remote())  # the channel is up before any task needs it
         stopped = False
+        if self.on_lost is not None and not self.info.local:
+            threading.Thread(target=self._watch, daemon=True, name="mdcm-cluster-watch").start()
         try:
             if not self.prepared:
                 self._submit(_Job("prepare", None, 1, self._resources(images)))
@@ -850,6 +866,7 @@ class _Driver:
             self._cancel_all()
             raise
         finally:
+            self._over.set()
             with contextlib.suppress(Exception):
                 self._save()
         for p in self.model.parameters():
@@ -913,24 +930,40 @@ class _Driver:
         if time.monotonic() - self._last_health >= HEALTH_EVERY_S:
             self._last_health = time.monotonic()
             self._check_alive(None)
-            self.info = _cluster_info(self.ray, self.info.address, self.info.local)
+            if self._last_health - self._last_nodes >= 10 * HEALTH_EVERY_S:  # joined or left
+                self._last_nodes = self._last_health
+                self.info = _cluster_info(self.ray, self.info.address, self.info.local)
 
-    def _check_alive(self, exc: BaseException | None) -> None:
-        """ClusterLostError when the cluster's head (GCS) no longer answers."""
-        if _reachable(self.info.gcs_address) or _reachable(self.info.gcs_address, 5.0):
-            return
+    def _lost_message(self, why: str = "") -> str:
         running = sorted(j.stage for j in self.running.values() if j.stage is not None)
-        why = f" ({type(exc).__name__})" if exc is not None else ""
         tail = (
             f"; stage(s) {', '.join(map(str, running))} go on from their last checkpoint"
             if running
             else ""
         )
-        raise ClusterLostError(
+        return (
             f"lost {self.info.describe()}: its head at {self.info.gcs_address} does not "
             f"answer{why}; {len(self.finished)} of {len(self.plan.stages)} stages are finished "
             f"and saved{tail} when the run is resumed"
         )
+
+    def _check_alive(self, exc: BaseException | None) -> None:
+        """ClusterLostError when the cluster's head (GCS) no longer answers."""
+        if _reachable(self.info.gcs_address) or _reachable(self.info.gcs_address, 5.0):
+            return
+        raise ClusterLostError(self._lost_message(f" ({type(exc).__name__})" if exc else ""))
+
+    def _watch(self) -> None:
+        """The watchdog thread: ``on_lost`` once the head has been silent for LOST_GRACE_S."""
+        silent_since: float | None = None
+        while not self._over.wait(HEALTH_EVERY_S):
+            if _reachable(self.info.gcs_address):
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= LOST_GRACE_S and self.on_lost is not None:
+                self.on_lost(self._lost_message())
+                return
 
     def _get(self, ref: Any, what: str) -> Any:
         """A task's result; its TrainingError as a TrainingError, a lost worker as
@@ -979,7 +1012,8 @@ class _Driver:
         self.finished[job.stage] = summary
         self.stage_ck.pop(job.stage, None)
         self._save()
-        self._note("checkpoint", job.stage, summary.steps, str(self.ckdir or ""))
+        if self.ckdir is not None:
+            self._note("checkpoint", job.stage, summary.steps, str(self.ckdir))
 
     def _retry(self, job: _Job, what: str, why: str) -> None:
         """Submit a job whose worker was lost again, from its stage's last checkpoint."""

@@ -271,6 +271,8 @@ def submit_training(
     plan: str,
     train_config: Mapping[str, Any],
     pretrained: Mapping[str, Mapping[str, Any]] | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> RunInfo:
     """Start training a study: checks the storage quota, creates the run *held* in the user's
     workspace, queues it and launches it at once when the job limits allow (else it waits, with
@@ -289,6 +291,8 @@ def submit_training(
         label=meta.study_id,
         hold=True,
         pretrained=pretrained,
+        workers=workers,
+        ray_address=ray_address,
         **source,
     )
     record_run(meta.study_id, info.run_id)

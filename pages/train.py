@@ -72,6 +72,7 @@ def _start() -> None:
             plan=st.session_state.get("train_plan", "modular"),
             train_config=cfg,
             pretrained=bundles.chosen_mechanisms(study),
+            **_where(),
         )
     except (RunError, ValueError, OSError) as exc:
         st.session_state["train_error"] = f"Could not start training: {exc}"
@@ -158,6 +159,97 @@ def _settings() -> None:
             key="train_check_samples",
             help="Samples drawn at each fit check (quality vs steps)",
         )
+    _scale_out()
+
+
+def _scale_out() -> None:
+    """Workers (local Ray worker processes) and an optional Ray cluster (mdcm.scheduler)."""
+    import os
+
+    from mdcm.scheduler import ADDRESS_ENV
+
+    c1, c2 = st.columns([1, 2])
+    c1.number_input(
+        "Workers",
+        min_value=1,
+        max_value=max(1, os.cpu_count() or 1),
+        value=1,
+        step=1,
+        key="train_workers",
+        help="Stages with no dependency between them train at the same time, each in its own "
+        "worker process (Ray). 1: one process, stage after stage.",
+    )
+    configured = os.environ.get(ADDRESS_ENV, "")
+    if _shared():  # a shared server only uses the cluster its administrator set up
+        if configured:
+            c2.checkbox(f"Train on the cluster at {configured}", key="train_use_cluster")
+        return
+    c2.text_input(
+        "Ray cluster address (optional)",
+        key="train_ray_address",
+        value=configured,
+        placeholder="HOST:PORT of the head node",
+        help="Train on a running Ray cluster instead of this machine (its head's address, "
+        "e.g. 10.0.0.5:6379). Empty: this machine.",
+    )
+
+
+def _shared() -> bool:
+    from mdcm_app import auth
+
+    return auth.settings().shared
+
+
+def _where() -> dict:
+    """submit_training's workers / ray_address from the Workers and cluster fields; a cluster
+    address that does not answer is refused here, at once (mdcm.scheduler.probe)."""
+    import os
+
+    from mdcm.scheduler import ADDRESS_ENV, probe
+
+    if _shared():
+        address = os.environ.get(ADDRESS_ENV) if st.session_state.get("train_use_cluster") else ""
+    else:
+        address = str(st.session_state.get("train_ray_address") or "").strip()
+    if address:
+        probe(address)  # ClusterError (a ValueError): shown as "Could not start training"
+        return {"ray_address": address}
+    workers = int(st.session_state.get("train_workers") or 1)
+    return {"workers": workers} if workers > 1 else {}
+
+
+def _timeline(events: list[dict]) -> None:
+    """Which stages trained at the same time, and where (parallel runs)."""
+    from mdcm.runs import stage_timeline
+
+    spans = stage_timeline(events)
+    started = [r["start"] for r in spans.values() if r["start"] is not None]
+    if len(started) < 2 or not any(r["worker"] for r in spans.values()):
+        return
+    t0, now = min(started), time.time()
+    fig = go.Figure()
+    for sid, r in sorted(spans.items()):
+        if r["start"] is None:
+            continue
+        w = r["worker"]
+        where = f"{w.get('host')} · pid {w.get('pid')}" if w else ""
+        end = r["end"] if r["end"] is not None else now
+        fig.add_bar(
+            y=[f"stage {sid}"],
+            x=[max(end - r["start"], 0.05)],
+            base=[r["start"] - t0],
+            orientation="h",
+            name=f"stage {sid}",
+            hovertext=f"{r['state']} on {where}; attempts {r['attempts']}",
+            showlegend=False,
+        )
+    fig.update_layout(
+        title="stages over time (seconds since the first stage started)",
+        height=60 + 24 * len(spans),
+        margin={"l": 60, "r": 10, "t": 40, "b": 30},
+        barmode="overlay",
+    )
+    st.plotly_chart(fig, key="train_timeline", width="stretch")
 
 
 def _curves(rec: dict, sid: int) -> None:
@@ -176,6 +268,10 @@ def _curves(rec: dict, sid: int) -> None:
             margin={"l": 30, "r": 10, "t": 40, "b": 30},
         )
         c1.plotly_chart(fig, key=f"train_loss_{sid}", width="stretch")
+        c1.caption(
+            "A loss can go below zero (a critic's or a kernel estimate's); lower is not always "
+            "better: the fit check on the right is the measure of quality."
+        )
     if rec["quality"]:
         df = pd.DataFrame(rec["quality"])
         fig = go.Figure()
@@ -235,10 +331,21 @@ def _progress(run_dir) -> bool:
         ],
         steps,
     )
+    _overall(info, prog)
+    from mdcm.runs import stage_timeline
+
+    where = stage_timeline(events)
+    _timeline(events)
     for sid in sorted(prog):
         rec = prog[sid]
         label = names.get(sid) or f"stage {sid}"
         extra = f" · {rec['message']}" if rec["done"] and rec["message"] else ""
+        span = where.get(sid) or {}
+        if span.get("worker") and not rec["done"]:
+            w = span["worker"]
+            extra += f" · {span['state']} on {w.get('host')} (pid {w.get('pid')})"
+        if span.get("attempts", 0) > 1:
+            extra += f" · attempt {span['attempts']} (its worker was lost)"
         st.progress(rec["fraction"], text=f"{label}: step {rec['step']}/{steps}{extra}")
         _curves(rec, sid)
     b1, b2 = st.columns(2)
@@ -258,6 +365,32 @@ def _progress(run_dir) -> bool:
         ui.page_link("intervene", "Go to Intervene", ":material/tune:")
         bundles.bundle_download(info.model_dir, key="train_bundle", source={"run": info.run_id})
     return info.active
+
+
+def _overall(info, prog: dict) -> None:
+    """One bar for the whole run: the share of its stages done, and the time left at the pace
+    so far (the plan of the study as it is now gives the number of stages)."""
+    from mdcm.plan import make_plan
+
+    meta = state.load_meta(st.session_state["study_id"])
+    study, _ = ui.study_data(meta)
+    if study is None or not prog:
+        return
+    plan = make_plan(
+        study.schema.graph, list(study.interventions), joint=info.config.get("plan") == "joint"
+    )
+    n = max(len(plan.stages), max(prog) + 1)
+    if n < 2:
+        return  # the stage's own bar says it all
+    frac = sum(rec["fraction"] for rec in prog.values()) / n
+    text = f"Overall: {frac:.0%} of {n} stage{'s' if n != 1 else ''}"
+    spent = sum(rec["elapsed_s"] for rec in prog.values())
+    if info.active and 0.02 < frac < 1 and spent > 0:
+        left = spent * (1 - frac) / frac
+        text += (
+            f" · about {left / 60:.0f} min left" if left >= 90 else f" · about {left:.0f} s left"
+        )
+    st.progress(min(1.0, frac), text=text)
 
 
 def _runs_area(meta, run_dir) -> None:
@@ -312,6 +445,10 @@ def _past_runs(meta) -> None:
     ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    followed = st.session_state.get("run_id")
+    if followed in {i.run_id for i in infos} and st.session_state.get("train_pick_for") != followed:
+        st.session_state["train_pick_run"] = followed  # the picker shows the run followed above
+        st.session_state["train_pick_for"] = followed
     c1.selectbox(
         "Follow a run",
         [i.run_id for i in infos],

@@ -4,11 +4,13 @@ Subcommands::
 
     mdcm plan --graph "C -> X -> N; C <-> N" [--intervention X ...] [--joint] [--json]
     mdcm identify --graph "..." --treatment X --outcome Y [--given Z] [--intervention W] [--json]
+    mdcm identify --graph "..." --outcome Y[=y] --do X=x [--evidence V=v ...] [--json]   (ID*/IDC*)
     mdcm train (--study DIR | --example NAME) --out MODEL_DIR [--plan modular|joint] [--steps N] ...
                [--pretrained X=MODEL_DIR ...]   (X's plain-conditional stage from another model)
     mdcm train --run-dir RUN [--resume]          (a background run made by mdcm.runs.start_run)
     mdcm sample --model MODEL_DIR [--do X=1 ...] [--given Z=0 ...] -n N --out DIR [--seed S]
     mdcm sample --model MODEL_DIR --do X=1 -n N --as-dataset DIR   (a dataset of regime do(X=1))
+    mdcm counterfactual --model MODEL_DIR --evidence V=v ... --do X=x ... -n N --out DIR [--seed S]
     mdcm check --model MODEL_DIR (--study DIR | --example NAME [--size S]) [--json]
     mdcm export-example NAME --out DIR [--size cpu|64|128|256|gpu] [--n N] [--seed S]
     mdcm runs list|show RUN|stop RUN|resume RUN [--root DIR]
@@ -123,6 +125,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    if args.do or args.evidence:
+        return _identify_counterfactual(args)
+    if not args.treatment:
+        raise CliError(
+            "give --treatment X for P(Y | do(X)), or --do X=x [--evidence V=v] for a counterfactual"
+        )
     from .identify import identify
 
     graph = _graph_arg(args.graph)
@@ -157,6 +165,69 @@ def cmd_identify(args: argparse.Namespace) -> int:
         )
     if payload.get("reason"):
         print(f"  reason: {payload['reason']}")
+    return EXIT_OK
+
+
+def _class_values(values: Sequence[str] | None, flag: str) -> dict[str, int]:
+    """``NAME=CLASS`` options with integer classes (a graph alone has no kinds)."""
+    out: dict[str, int] = {}
+    for k, v in _assignments(values, flag).items():
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise CliError(f"bad {flag} {k}={v}: give a class index 0, 1, …") from None
+        if out[k] < 0:
+            raise CliError(f"bad {flag} {k}={v}: give a class index 0, 1, …")
+    return out
+
+
+def _identify_counterfactual(args: argparse.Namespace) -> int:
+    """``identify --do X=x [--evidence V=v]``: the ID*/IDC* verdict for P(Y_{do} | evidence)."""
+    from .identify import identify_counterfactual
+
+    if args.treatment or args.given:
+        raise CliError(
+            "--do/--evidence ask a counterfactual; --treatment/--given an interventional "
+            "query: use one form"
+        )
+    if not args.do:
+        raise CliError("--evidence needs --do X=x (the world the outcome is asked about)")
+    graph = _graph_arg(args.graph)
+    outcome: dict[str, int | None] = {}
+    for raw in args.outcome:
+        for part in raw.split(","):
+            name, sep, value = (x.strip() for x in part.partition("="))
+            if not name or (sep and not value):
+                raise CliError(f"bad --outcome {raw!r}: expected Y or Y=value")
+            outcome[name] = _class_values([f"{name}={value}"], "--outcome")[name] if sep else None
+    do = _class_values(args.do, "--do")
+    evidence = _class_values(args.evidence, "--evidence")
+    classes = _class_values(args.classes, "--classes") or None
+    regimes = _sets(args.intervention, "--intervention")
+    for what, names in (("--outcome", outcome), ("--do", do), ("--evidence", evidence)):
+        _check_known(graph, list(names), what)
+    for r in regimes:
+        _check_known(graph, r, "--intervention")
+    result = identify_counterfactual(graph, outcome, do, evidence, regimes, classes=classes)
+    payload = result.to_json()
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return EXIT_OK
+    data = "P(V)" + "".join(f", P(V | do({', '.join(sorted(r))}))" for r in regimes)
+    if result.identifiable:
+        print(f"{result.query} is identifiable from {data}.")
+        print(f"  estimand: {result.estimand}")
+    else:
+        print(f"{result.query} is NOT identifiable from {data}.")
+        print(
+            "  A trained model will still answer it, but the number "
+            + (
+                "depends on how the model couples the noise across the two worlds."
+                if result.cross_world
+                else "is one of many that fit the data."
+            )
+        )
+    print(f"  reason: {result.reason}")
     return EXIT_OK
 
 
@@ -582,6 +653,20 @@ def _train_on_ray(
 
     model, plan, study, tconf = job
     lines = _StageLines(show, tconf.steps)
+    if recorder is not None:
+        how = f"mdcm runs resume {recorder.run_dir.name} --root {recorder.run_dir.parent}"
+    elif ckpt is not None:
+        how = f"the same command plus --resume --checkpoint-dir {ckpt}"
+    else:
+        how = "nothing (no checkpoint folder was given)"
+
+    def on_lost(message: str) -> None:  # stuck in a Ray call: record, say why, leave now
+        text = f"{message}; resume with: {how}"
+        if recorder is not None:
+            recorder.on_event({"kind": "error", "stage": -1, "step": 0, "message": text})
+            recorder.finish("failed", text)
+        print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+        os._exit(EXIT_USAGE)
 
     def on_event(ev: dict) -> None:
         if recorder is not None:
@@ -601,14 +686,9 @@ def _train_on_ray(
             donors,
             workers=cluster.get("workers"),
             address=cluster.get("address"),
+            on_lost=on_lost,
         )
     except ClusterLostError as exc:
-        if recorder is not None:
-            how = f"mdcm runs resume {recorder.run_dir.name} --root {recorder.run_dir.parent}"
-        elif ckpt is not None:
-            how = f"the same command plus --resume --checkpoint-dir {ckpt}"
-        else:
-            how = "nothing (no checkpoint folder was given)"
         raise ClusterLostError(f"{exc}; resume with: {how}") from None
 
 
@@ -833,6 +913,128 @@ def _write_samples(
     return out / "samples.csv"
 
 
+# ---------------------------------------------------------------------- counterfactual
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    """Units of the twin network (mdcm.counterfactual): factual values matching --evidence,
+    counterfactual values under --do, the same noise in both worlds."""
+    if args.n < 1 or args.n > 1_000_000:
+        raise CliError(f"-n {args.n}: give a sample count between 1 and 1000000")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise CliError(f"--model {args.model}: no such model folder")
+    do_text = _assignments(args.do, "--do")
+    ev_text = _assignments(args.evidence, "--evidence")
+    if not do_text:
+        raise CliError("give at least one --do X=VALUE (the counterfactual world)")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out {args.out}: exists and is not empty; pick a new folder")
+    from .counterfactual import counterfactual_samples
+    from .model import load_model
+
+    model = load_model(model_dir)
+    schema = model.schema
+    do = {k: _value(_schema_var(schema, k, "--do"), v, "--do") for k, v in do_text.items()}
+    evidence = {
+        k: _value(_schema_var(schema, k, "--evidence"), v, "--evidence") for k, v in ev_text.items()
+    }
+    samples = counterfactual_samples(model, evidence, do, args.n, args.seed)
+    summary = _counterfactual_summary(model, samples, do_text)
+    _write_twin_samples(schema, samples, out, do, do_text)
+    from .files import atomic_write_json
+
+    atomic_write_json(out / "summary.json", summary)
+    ev = ", ".join(f"{k}={v}" for k, v in evidence.items()) or "no evidence"
+    print(
+        f"wrote {samples.n} units ({ev}; acceptance {samples.acceptance_rate:.1%}) to "
+        f"{out / 'samples.csv'}"
+    )
+    for info in summary["outcomes"].values():
+        verdict = "identifiable" if info["identifiable"] else "NOT identifiable"
+        shown = info.get("counterfactual")
+        print(f"  {info['query']}: {verdict}" + (f"; model {shown}" if shown else ""))
+    return EXIT_OK
+
+
+def _counterfactual_summary(model: Any, samples: Any, do_text: Mapping[str, str]) -> dict:
+    """summary.json: the query, acceptance, and per outcome variable the verdict (ID*/IDC*) and,
+    for categorical ones, both worlds' distributions among the accepted units."""
+    import numpy as np
+
+    from .counterfactual import counterfactual_identification
+
+    regimes = model.record.get("regimes", ())
+    interventions = [list(r) for r in regimes if r]
+    outcomes = {}
+    for y in model.order:
+        if y in samples.do:
+            continue
+        ident = counterfactual_identification(model, y, samples.do, samples.evidence, interventions)
+        info: dict[str, Any] = {"query": ident.query, **ident.to_json()}
+        var = model.schema[y]
+        if var.kind == "categorical":
+            for world, vals in (
+                ("factual", samples.factual),
+                ("counterfactual", samples.counterfactual),
+            ):
+                p = np.bincount(vals[y].numpy(), minlength=var.classes) / max(samples.n, 1)
+                info[world] = [round(float(x), 4) for x in p]
+        outcomes[y] = info
+    return {
+        "evidence": samples.evidence,
+        "do": {
+            k: (do_text[k] if model.schema[k].kind == "image" else v) for k, v in samples.do.items()
+        },
+        "n": samples.n,
+        "drawn": samples.drawn,
+        "acceptance_rate": samples.acceptance_rate,
+        "outcomes": outcomes,
+        "note": "each row is one unit: the factual.V columns and the V columns share every "
+        "exogenous noise; non-identifiable answers depend on the model's noise coupling",
+    }
+
+
+def _write_twin_samples(
+    schema: Any, samples: Any, out: Path, do: Mapping[str, Any], do_text: Mapping[str, str]
+) -> Path:
+    """DIR/samples.csv: the counterfactual world's columns (data.csv conventions, images under
+    images/) and the factual world's as ``factual.<column>`` (images under factual/images/)."""
+    import csv
+    import io
+    import shutil
+
+    from .data import DATA_FILE, Dataset, save_dataset
+    from .files import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for k in do:
+        if schema[k].kind == "image":  # keep a copy of the intervention image
+            shutil.copyfile(do_text[k], out / f"do_{k}.png")
+    worlds = (("", samples.counterfactual, out), ("factual.", samples.factual, out / "factual"))
+    tables = []
+    for prefix, cols, folder in worlds:
+        columns = {k: v.numpy() for k, v in cols.items()}
+        save_dataset(Dataset(name="samples", columns=columns, do={}), schema, folder)
+        with open(folder / DATA_FILE, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        (folder / DATA_FILE).unlink()
+        images = {
+            i for i, c in enumerate(rows[0]) if c in schema.names and schema[c].kind == "image"
+        }
+        head = [prefix + c for c in rows[0]]
+        body = [
+            [("factual/" + x if prefix and i in images else x) for i, x in enumerate(r)]
+            for r in rows[1:]
+        ]
+        tables.append((head, body))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(tables[0][0] + tables[1][0])
+    w.writerows(a + b for a, b in zip(tables[0][1], tables[1][1], strict=True))
+    atomic_write(out / "samples.csv", buf.getvalue())
+    return out / "samples.csv"
+
+
 # ---------------------------------------------------------------------- check (image fidelity)
 def cmd_check(args: argparse.Namespace) -> int:
     """Image fidelity of a trained model against a study (mdcm.fidelity): per image variable,
@@ -1022,9 +1224,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("identify", help="is P(outcome | do(treatment)[, given]) identifiable?")
     sp.add_argument("--graph", required=True)
-    sp.add_argument("--treatment", action="append", required=True, metavar="X[,X2]")
+    sp.add_argument("--treatment", action="append", metavar="X[,X2]")
     sp.add_argument("--outcome", action="append", required=True, metavar="Y[,Y2]")
     sp.add_argument("--given", action="append", metavar="Z[,Z2]")
+    sp.add_argument(
+        "--do",
+        action="append",
+        metavar="X=x",
+        help="counterfactual form (ID*/IDC*): the outcome in the world do(X=x) (repeatable)",
+    )
+    sp.add_argument(
+        "--evidence",
+        action="append",
+        metavar="V=v",
+        help="counterfactual form: a value observed in the factual world (repeatable)",
+    )
+    sp.add_argument(
+        "--classes",
+        action="append",
+        metavar="V=K",
+        help="counterfactual form: V has K classes (checks every outcome value; a binary "
+        "treatment can identify the effect on the treated)",
+    )
     sp.add_argument(
         "--intervention",
         action="append",
@@ -1124,6 +1345,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_sample)
 
     sp = sub.add_parser(
+        "counterfactual",
+        help="units in two worlds: factual values matching --evidence, counterfactual ones "
+        "under --do (the same noise)",
+    )
+    sp.add_argument("--model", required=True, metavar="MODEL_DIR")
+    sp.add_argument(
+        "--evidence",
+        action="append",
+        metavar="V=VALUE",
+        help="a categorical value observed in the factual world (repeatable; rejection)",
+    )
+    sp.add_argument(
+        "--do",
+        action="append",
+        metavar="X=VALUE",
+        help="the counterfactual intervention (repeatable); an image takes a PNG path",
+    )
+    sp.add_argument("-n", type=_positive_int, required=True, help="number of accepted units")
+    sp.add_argument(
+        "--out", required=True, metavar="DIR", help="samples.csv, PNGs of both worlds, summary.json"
+    )
+    sp.add_argument("--seed", type=_nonneg_int, default=0)
+    sp.set_defaults(func=cmd_counterfactual)
+
+    sp = sub.add_parser(
         "check", help="image fidelity of a trained model: probe agreement, Fréchet, sharpness"
     )
     sp.add_argument("--model", required=True, metavar="MODEL_DIR")
@@ -1186,6 +1432,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         "mdcm.variables": "SchemaError",
         "mdcm.plan": "PlanError",
         "mdcm.identify": "IdentificationError",
+        "mdcm.query": "QueryError",
         "mdcm.limits": "DataError",
         "mdcm.model": "ModelFileError",
         "mdcm.train": "TrainingError",

@@ -201,12 +201,17 @@ class ImageFidelity:
 
 # ---------------------------------------------------------------------- pure figures
 def _chunks(images: Any, chunk: int) -> Iterable[np.ndarray]:
-    """float32 chunks of an image array (any array-like: ndarray, tensor, lazy image column)."""
+    """float32 chunks in [-1, 1] of an image array (any array-like: ndarray, tensor, 8-bit
+    image column; uint8 pixels 0 … 255 are converted)."""
     for lo in range(0, len(images), chunk):
         part = images[lo : lo + chunk]
         if hasattr(part, "detach"):
-            part = part.detach().float().cpu().numpy()
-        yield np.asarray(part, np.float32)
+            part = part.detach().cpu().numpy()
+        part = np.asarray(part)
+        if part.dtype == np.uint8:
+            yield (part.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+        else:
+            yield part.astype(np.float32, copy=False)
 
 
 def pooled(images: Any, side: int = PROBE_SIDE, chunk: int = 256) -> np.ndarray:

@@ -254,7 +254,8 @@ class FitCheck:
         for v in self.given + self.matches:
             if kinds[v] == "image":
                 with torch.no_grad():
-                    codes = _encoded(encode, v, real[v])
+                    known = getattr(real, "codes", {})  # codes the caller already has
+                    codes = known[v] if v in known else _encoded(encode, v, real[v])
                 self.centroids[v] = kmeans(codes, CLUSTERS, rng)
         # the conditioning columns of the probe comparison: discrete and binned do-parents
         self.cell_vars = [v for v in self.given if kinds[v] != "image"]

@@ -171,6 +171,28 @@ class SampledValues(Mapping[str, torch.Tensor]):
         self.codes[name] = code
         self._pending[name] = decode
 
+    def select(self, names: Iterable[str]) -> SampledValues:
+        """The entries ``names`` (values, codes and pending pixels), nothing decoded."""
+        names = [k for k in names if k in self]
+        out = SampledValues(
+            {k: self._values[k] for k in names if k in self._values},
+            {k: self.codes[k] for k in names if k in self.codes},
+            {k: self._pending[k] for k in names if k in self._pending},
+        )
+        out._keys = names
+        return out
+
+    def take(self, index: Any) -> SampledValues:
+        """Every entry indexed by ``index`` (rows); pending pixels stay pending."""
+        pending = {k: functools.partial(_take, f, index) for k, f in self._pending.items()}
+        out = SampledValues(
+            {k: v[index] for k, v in self._values.items()},
+            {k: c[index] for k, c in self.codes.items()},
+            pending,
+        )
+        out._keys = list(self._keys)
+        return out
+
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._values and name in self._pending:
             self._values[name] = self._pending.pop(name)()
@@ -184,6 +206,10 @@ class SampledValues(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _take(decode: Callable[[], torch.Tensor], index: Any) -> torch.Tensor:
+    return decode()[index]
 
 
 class NoiseStreams:
@@ -447,7 +473,7 @@ class DCM(nn.Module):
         only when read (:class:`SampledValues`); given images are read through their coder.
         """
         need = set(self.order if needed is None else needed) - set(fixed)
-        values = SampledValues(fixed)
+        values = fixed.select(fixed) if isinstance(fixed, SampledValues) else SampledValues(fixed)
         streams = NoiseStreams(self, gen, noise_seed)
         for v in self.order:
             if v not in need:

@@ -22,6 +22,7 @@ PAGES = [
     st.Page("pages/data.py", title="Data", icon=":material/folder_open:", url_path="data"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page("pages/intervene.py", title="Intervene", icon=":material/tune:", url_path="intervene"),
+    st.Page("pages/counterfactual.py", title="Counterfactual", icon=":material/alt_route:"),
     st.Page("pages/checks.py", title="Checks", icon=":material/fact_check:", url_path="checks"),
     st.Page(
         "pages/workspace.py", title="Workspace", icon=":material/inventory_2:", url_path="workspace"

@@ -199,19 +199,23 @@ def _distribution(res, schema, ex, outcome: str, do: dict, evidence: dict) -> No
 
 
 def _pairs(res, schema) -> None:
-    """Factual and counterfactual images of the same units, side by side."""
+    """Factual and counterfactual images of the same units, side by side (labelled "factual"
+    and "had X=x")."""
     s = res.samples
+    had = "had " + ", ".join(
+        f"{k}={v}" if schema[k].kind != "image" else f"{k}=img" for k, v in s.do.items()
+    )
     for v in schema.of_kind("image"):
         if v not in s.factual:
             continue
         k = min(PAIRS, s.n)
         f, c = s.factual[v][:k].numpy(), s.counterfactual[v][:k].numpy()
         both = np.stack([f, c], axis=1).reshape(2 * k, *f.shape[1:])
-        labels = [w for _ in range(k) for w in ("factual", "counterfactual")]
+        labels = [w for _ in range(k) for w in ("factual", had)]
         st.image(
             plots.image_grid(both, ncol=4, scale=5, labels=labels),
-            caption=f"{v}: each pair is one unit (the same noise) without and with the "
-            "intervention",
+            caption=f"{v}: each pair is one unit (the same noise): factual, then "
+            f"counterfactual ({had})",
         )
 
 

@@ -254,3 +254,28 @@ def test_intervene_saves_samples_as_a_dataset(home, tmp_path):
     (back,) = load_study(tmp_path / "for_a_classifier").datasets
     assert back.n == 60 and back.do == do
     assert not (state.study_dir(sid) / "study" / "for_a_classifier").exists()
+
+
+def test_train_progress_has_an_overall_bar_and_the_picker_follows_the_run(home):
+    from mdcm.runs import append_event
+    from mdcm_app import state
+
+    sid = _study("colored_digits")
+    old = _finished_run(sid, seed=1)
+    rid = _finished_run(sid)
+    for stage, secs in ((0, 3.0), (1, 5.0)):
+        append_event(state.runs_root() / rid, {"kind": "stage_start", "stage": stage, "step": 0})
+        append_event(
+            state.runs_root() / rid,
+            {"kind": "stage_end", "stage": stage, "step": 20, "elapsed_s": secs, "message": "ok"},
+        )
+    at = _page("train", sid)
+    at.session_state["run_id"] = rid
+    at.run()
+    assert not at.exception
+    bars = [str(p.proto.text) for p in at.get("progress")]
+    assert bars[0] == "Overall: 100% of 2 stages"
+    assert at.selectbox(key="train_pick_run").value == rid  # the run shown above, not `old`
+    at.session_state["run_id"] = old
+    at.run()
+    assert at.selectbox(key="train_pick_run").value == old

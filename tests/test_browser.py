@@ -135,14 +135,16 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.wait_for_selector("text=Progress")
     page.wait_for_selector("text=Training finished", timeout=TRAIN_WAIT_MS)
     bars = page.locator("[data-testid='stProgress']")
-    assert bars.count() == 2  # one bar per stage
+    assert bars.count() == 4  # the whole run, the image code, one bar per stage
+    assert page.locator("text=Overall: 100% of 2 stages").count() == 1
     assert page.locator("text=/step 20\\/20/").count() == 2
     runs = list((home / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "model" / "model.json").is_file()
+    wait_idle(page)  # the page reruns once when the run it follows ends; navigate after that
 
     # -- Intervene: the slider for D, then an uploaded PNG for the image I
     _nav(page, "Intervene")
-    page.wait_for_selector("text=Identifiability")
+    page.wait_for_selector("text=Can the data answer this?")
     page.wait_for_selector("text=Identifiable")
     page.wait_for_selector(".stPlotlyChart")
     slider = page.locator(".st-key-iv_val_D input[type='range']")
@@ -151,17 +153,17 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     slider.press("ArrowRight")
     wait_idle(page)
     assert slider.input_value() == "2"
-    page.wait_for_selector("text=P(A | do(D=2))")
+    page.wait_for_selector("text=If class D were set to 2")  # the answer in words
     assert page.locator("[data-testid='stImage']").count() >= 1  # generated image grid
     page.locator(".st-key-iv_treat").click()
-    page.get_by_role("option", name="I", exact=True).click()
+    page.get_by_role("option", name="image I", exact=True).click()
     page.keyboard.press("Escape")
     wait_idle(page)
     page.locator(".st-key-iv_img_I input[type='file']").set_input_files(
         str(_png(tmp_path / "seven.png"))
     )
     wait_idle(page)
-    page.wait_for_selector("text=do(I)")
+    page.wait_for_selector("text=as the model sees it")  # the preview at the model's size
     page.wait_for_selector(".stPlotlyChart")
     assert page.locator("[data-testid='stImage']").count() >= 2  # the uploaded image + samples
     assert page.locator("text=Something went wrong").count() == 0

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import SMALL  # the small networks of the trainer's own tests
 
 from mdcm import runs, scheduler
 from mdcm.examples import load_example
 from mdcm.graph import CausalGraph
-from mdcm.model import DCM, ModelConfig
+from mdcm.model import DCM
 from mdcm.plan import make_plan
 from mdcm.scheduler import (
     ClusterError,
@@ -37,15 +38,6 @@ from mdcm.train import TrainConfig, TrainingError, train
 
 ray = pytest.importorskip("ray")
 
-SMALL = ModelConfig(
-    noise_dim=4,
-    image_noise_dim=8,
-    confounder_dim=3,
-    hidden=32,
-    image_hidden=64,
-    image_channels=8,
-    code_dim=4,
-)
 CFG = TrainConfig(
     steps=30,
     batch_size=16,
@@ -91,11 +83,6 @@ def _same(a: DCM, b: DCM) -> list[str]:
 
 
 # ---------------------------------------------------------------------- pure parts
-def _chain_plan():
-    """Stages 0, 1, 2 at level 0 and one stage that depends on stage 0 (A <-> C after A)."""
-    return make_plan(CausalGraph.parse("A -> C; B; D; A <-> C"))
-
-
 def test_schedule_arithmetic_against_hand_computed_values():
     plan = make_plan(CausalGraph.parse("X -> M -> Y; X <-> Y; Z"))  # {M} then {X,Y}; {Z}
     ids = {s.trains: s.id for s in plan.stages}

@@ -166,6 +166,18 @@ class ImageFidelity:
         d["agreement_gap"] = self.agreement_gap
         return d
 
+    def summary(self) -> dict[str, Any]:
+        """The figures in short (benchmark tables): [generated, floor] pairs and the flags."""
+        return {
+            "agreement": {
+                a.label: [round(a.generated_accuracy, 3), round(a.real_accuracy, 3)]
+                for a in self.agreement
+            },
+            "frechet": [round(self.frechet, 3), round(self.frechet_floor, 3)],
+            "sharpness": [round(self.sharpness, 3), round(self.sharpness_floor, 3)],
+            "flags": self.flags(),
+        }
+
     def rows(self) -> list[dict[str, Any]]:
         """One table row per figure (CLI table, Checks page)."""
         out = []

@@ -20,6 +20,7 @@ networks happen to couple the noise across the two worlds, not on the data; resu
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import DCM
+from .model import DCM, NoiseStreams
 
 __all__ = [
     "COUPLING_WARNING",
@@ -37,6 +38,10 @@ __all__ = [
     "counterfactual_distribution",
     "counterfactual_identification",
     "counterfactual_samples",
+    "gumbel_posterior",
+    "unit_counterfactual",
+    "UnitCounterfactual",
+    "UNIT_LEVEL_NOTE",
 ]
 
 COUPLING_WARNING = (
@@ -389,3 +394,160 @@ def counterfactual_distribution(
         time.monotonic() - t0,
         samples if keep_samples or var.kind == "image" else None,
     )
+
+
+# ---------------------------------------------------------------------- unit level (stretch)
+UNIT_LEVEL_NOTE = (
+    "model-dependent: a unit-level counterfactual for one observed image rests on the model's "
+    "own noise (its mixture component and Gaussian noise, abducted from the image's code) and "
+    "on the Gumbel-max coupling of its choices; it is not identifiable from data alone in "
+    "general (Pan & Bareinboim 2024). Read it as what this model imagines, not as a fact"
+)
+
+
+def gumbel_posterior(
+    logits: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator | None = None
+) -> torch.Tensor:
+    """Gumbel noise ``g`` drawn from its posterior given that ``argmax(logits + g) = chosen``
+    (top-down sampling: the maximum is Gumbel(logsumexp(logits)), the others are Gumbels
+    truncated below it; Maddison et al. 2014, used for Gumbel-max counterfactuals by Oberst &
+    Sontag 2019). ``logits`` (n, K), ``chosen`` (n,) -> ``g`` (n, K)."""
+
+    def gumbel(shape: torch.Size) -> torch.Tensor:
+        u = torch.rand(shape, generator=gen, device=logits.device).clamp(1e-10, 1 - 1e-7)
+        return -torch.log(-torch.log(u))
+
+    top = torch.logsumexp(logits, dim=1, keepdim=True) + gumbel(logits.shape[:1] + (1,))
+    others = logits + gumbel(logits.shape)
+    # truncate every other perturbed logit below the maximum: -log(e^-T + e^-G)
+    trunc = -torch.logaddexp(-top, -others)
+    y = trunc.scatter(1, chosen[:, None], top)
+    return y - logits
+
+
+@dataclass(frozen=True)
+class UnitCounterfactual:
+    """Counterfactuals of ONE unit whose image ``image`` was observed: ``n`` draws from the
+    model's posterior over the unit's noise (importance-resampled, ``ess`` = effective sample
+    size of the weights) in the factual and in the counterfactual world. ``note`` says why the
+    answer is model-dependent."""
+
+    image: str
+    evidence: dict[str, int]
+    do: dict[str, Any]
+    factual: dict[str, torch.Tensor]
+    counterfactual: dict[str, torch.Tensor]
+    ess: float
+    drawn: int
+    note: str = UNIT_LEVEL_NOTE
+
+    def distribution(self, outcome: str, world: str = "counterfactual", classes: int = 0):
+        """Probabilities of a categorical ``outcome`` in one world among the draws."""
+        vals = (self.counterfactual if world == "counterfactual" else self.factual)[outcome]
+        return np.bincount(vals.numpy().astype(np.int64), minlength=classes) / max(len(vals), 1)
+
+
+@torch.no_grad()
+def unit_counterfactual(
+    model: DCM,
+    image: str,
+    observed: Any,
+    do: Mapping[str, Any],
+    evidence: Mapping[str, int] | None = None,
+    n: int = 256,
+    seed: int = 0,
+    *,
+    particles: int = 4096,
+) -> UnitCounterfactual:
+    """ "This image, had ``do`` held": abduction, action, prediction (Pearl 2009, §7.1) for one
+    unit whose image ``image`` (a latent image mechanism, :class:`mdcm.nets.LatentMixture`) was
+    observed, plus optional categorical ``evidence`` about the same unit.
+
+    Abduction: ``particles`` draws of the other noise from the prior; each is weighted by the
+    mixture likelihood of the image's code given its sampled parents and confounder noise
+    (exact for the image's own noise: the posterior over the component is
+    ``w_k N(code; mu_k, s_k)`` normalised, then ``eps = (code - mu_k) / s_k``; the Gumbel noise
+    of the component choice from :func:`gumbel_posterior`); evidence is applied by rejection.
+    Action and prediction: the counterfactual world reruns every mechanism on the same noise
+    with ``do``; the image's code there is ``mu'_{k'} + s'_{k'} eps`` with ``k'`` the Gumbel-max
+    choice under the new parents. ``n`` units are resampled by weight. See
+    :data:`UNIT_LEVEL_NOTE` for what such an answer means."""
+    model.check_schema()
+    if image not in model.specs or model.schema[image].kind != "image":
+        raise _query_error(f"{image!r} is not an image variable of the model")
+    if not model.latent_image(image):
+        raise _query_error(
+            f"unit-level abduction needs a latent image mechanism for {image} (this model's "
+            f"image mechanism is {model.config.image_kind()!r})"
+        )
+    do = dict(do or {})
+    if image in do:
+        raise _query_error(f"{image} is both observed and intervened on: drop do({image}=…)")
+    evidence = check_evidence(model, evidence or {})
+    graph = model.schema.graph
+    anc = graph.ancestors([image]) - {image}
+    mech = model.generators[image]
+    x_obs = model.encode(image, observed, 1)
+    code_obs = model.coders[image].encode(x_obs)
+    gen = torch.Generator(device=model.device).manual_seed(int(seed))
+    base = int(np.random.SeedSequence([int(seed), 7]).generate_state(1, np.uint64)[0] >> 2)
+    fact_parts: dict[str, list[torch.Tensor]] = {v: [] for v in model.order}
+    cf_parts: dict[str, list[torch.Tensor]] = {v: [] for v in model.order}
+    logw_parts: list[torch.Tensor] = []
+    drawn = 0
+    was = model.training
+    model.eval()
+    try:
+        i = 0
+        while drawn < particles:
+            m = min(_CHUNK, particles - drawn)
+            ns = (base + 104_729 * i) % 2**62
+            i += 1
+            streams = NoiseStreams(model, None, ns)
+            # factual world: the image's ancestors from the prior, the image as observed
+            f_anc = model.forward_values(m, {}, needed=anc, noise_seed=ns)
+            cond, u = model.condition(image, f_anc, m), streams.u(image, m)
+            code = code_obs.expand(m, -1)
+            logits, mu, log_s = mech.params(cond, u)
+            z = (code[:, None, :] - mu) * torch.exp(-log_s)
+            comp = -0.5 * z.pow(2).sum(-1) - log_s.sum(-1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
+            joint = torch.log_softmax(logits, dim=1) + comp
+            logw = torch.logsumexp(joint, dim=1)  # = mech.code_log_prob(cond, u, code)
+            k = torch.multinomial(torch.softmax(joint, dim=1), 1, generator=gen)[:, 0]
+            rows = torch.arange(m, device=model.device)
+            eps = (code - mu[rows, k]) * torch.exp(-log_s[rows, k])
+            g = gumbel_posterior(logits, k, gen)
+            f_anc.set(image, x_obs.expand(m, *x_obs.shape[1:]))  # children read its code
+            f_all = model.forward_values(m, f_anc, noise_seed=ns)
+            ok = torch.ones(m, dtype=torch.bool, device=model.device)
+            for v, x in evidence.items():
+                ok &= model.decode(v, f_all[v]) == x
+            # counterfactual world: the same noise, do(...), the image from its abducted noise
+            enc_do = _encode_do(model, do, m)
+            c_anc = model.forward_values(m, enc_do, needed=anc - set(do), noise_seed=ns)
+            logits2, mu2, log_s2 = mech.params(model.condition(image, c_anc, m), u)
+            k2 = (logits2 + g).argmax(1)
+            code2 = mu2[rows, k2] + torch.exp(log_s2[rows, k2]) * eps
+            c_anc.set_latent(image, code2, functools.partial(model.coders[image].decode, code2))
+            c_all = model.forward_values(m, c_anc, noise_seed=ns)
+            keep = ok.nonzero().flatten()
+            drawn += m
+            if len(keep):
+                logw_parts.append(logw[keep])
+                for v in model.order:
+                    fact_parts[v].append(_rows(model, v, f_all, keep))
+                    cf_parts[v].append(_rows(model, v, c_all, keep))
+    finally:
+        model.train(was)
+    if not logw_parts:
+        raise _query_error(
+            f"evidence {_ev_text(evidence)} never occurs with this {image} under the model "
+            f"(0 of {drawn} draws): impossible evidence for this unit"
+        )
+    logw = torch.cat(logw_parts)
+    w = torch.softmax(logw - logw.max(), dim=0)
+    ess = float(1.0 / (w**2).sum())
+    pick = torch.multinomial(w, n, replacement=True, generator=torch.Generator().manual_seed(seed))
+    fact = {v: torch.cat(t)[pick] for v, t in fact_parts.items()}
+    cf = {v: torch.cat(t)[pick] for v, t in cf_parts.items()}
+    return UnitCounterfactual(image, evidence, do, fact, cf, ess, drawn)

@@ -3,7 +3,9 @@ x?" The factual evidence (values, or "units like data row k"), the intervention 
 counterfactual world and the outcome are chosen here; the page always shows the ID*/IDC*
 verdict, the counterfactual distribution next to the interventional and the factual one (with
 95% intervals and, for built-in studies, the exact truth), and factual/counterfactual image
-pairs side by side: each pair is one unit (the same noise) in the two worlds."""
+pairs side by side: each pair is one unit (the same noise) in the two worlds. For one observed
+or uploaded image, a unit-level counterfactual ("this X-ray, had C been 1") by abduction of its
+noise, labelled model-dependent."""
 
 from __future__ import annotations
 
@@ -219,6 +221,83 @@ def _pairs(res, schema) -> None:
         )
 
 
+@st.cache_resource(show_spinner="Abducting this unit's noise…", max_entries=32)
+def _unit(model_id: str, key: str, image: str, _model: Any, _img, _do: dict, _evidence: dict):
+    from mdcm.counterfactual import unit_counterfactual
+
+    return unit_counterfactual(_model, image, _img, _do, _evidence, n=512, seed=answers.SEED)
+
+
+def _one_unit(mid, model, schema, study, outcome: str, do: dict, evidence: dict) -> None:
+    """ "This image, had X been x": a unit-level counterfactual, labelled model-dependent."""
+    from mdcm.counterfactual import UNIT_LEVEL_NOTE
+    from mdcm.query import QueryError
+
+    images = [v for v in schema.of_kind("image") if v not in do and model.latent_image(v)]
+    if not images:
+        return
+    st.subheader("One unit: this image, had the intervention held")
+    st.warning(f"Unit-level answers are {UNIT_LEVEL_NOTE}.", icon=":material/psychology:")
+    c1, c2 = st.columns(2)
+    image = c1.selectbox("Observed image", images, key="cf_unit_image")
+    var = schema[image]
+    up = c2.file_uploader(
+        f"Upload an image of {image} (PNG/JPEG)", type=["png", "jpg", "jpeg"], key="cf_unit_up"
+    )
+    obs = study.observational if study is not None else None
+    if up is not None:
+        try:
+            img = plots.image_to_array(up.getvalue(), var.shape, name=up.name)
+        except ValueError as exc:
+            st.error(f"{image}: {exc}")
+            return
+    elif obs is not None and image in obs.columns:
+        row = int(st.session_state.get("cf_row", 0))
+        k = int(
+            st.number_input(
+                "…or the data image number",
+                0,
+                obs.n - 1,
+                value=min(row, obs.n - 1),
+                key="cf_unit_k",
+            )
+        )
+        img = np.asarray(obs.columns[image][k], dtype=np.float32)
+    else:
+        st.info(f"Upload an image of {image}.")
+        return
+    if not st.button("Imagine this unit in the counterfactual world", key="cf_unit_go"):
+        return
+    key = answers.query_key(do, evidence) + "|" + answers.do_key({image: img})
+    try:
+        r = _unit(mid, key, image, model, img, do, evidence)
+    except (QueryError, ValueError) as exc:
+        st.error(f"This unit cannot be imagined: {exc}", icon=":material/block:")
+        return
+    st.caption(
+        f"{r.drawn} draws of the other noise, effective sample size {r.ess:.0f} after weighting "
+        "by how well each explains the image."
+    )
+    c1, c2 = st.columns([1, 3])
+    c1.image(plots.image_grid(img[None], ncol=1, scale=6), caption="observed (factual)")
+    c2.image(
+        plots.image_grid(r.counterfactual[image][:16].numpy(), ncol=8, scale=4),
+        caption="the same unit in the counterfactual world (draws of its posterior)",
+    )
+    out = schema[outcome]
+    if out.kind == "categorical" and outcome not in evidence:
+        series = {
+            f"{outcome} of this unit, factual": r.distribution(outcome, "factual", out.classes),
+            f"{outcome} of this unit, counterfactual": r.distribution(
+                outcome, "counterfactual", out.classes
+            ),
+        }
+        fig = plots.distribution_figure(
+            series, explain.class_labels(out), f"{outcome} of this unit (model-dependent)"
+        )
+        st.plotly_chart(fig, key="cf_unit_dist", width="stretch")
+
+
 def main() -> None:
     meta = ui.study_page("Counterfactual")
     st.caption(
@@ -283,6 +362,7 @@ def main() -> None:
     if schema.of_kind("image"):
         st.subheader("Units in both worlds")
         _pairs(res, schema)
+        _one_unit(mid, model, schema, study, outcome, do, evidence)
 
 
 ui.guard(main)

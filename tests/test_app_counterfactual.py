@@ -99,3 +99,18 @@ def test_impossible_question_is_a_message(app_home):
     at.multiselect(key="cf_do_vars").set_value([]).run()
     assert not at.exception
     assert any("Pick at least one variable" in t for t in _texts(at.info))
+
+
+def test_one_unit_is_imagined_and_labelled_model_dependent(app_home):
+    sid = _study("xray")
+    _fake_trained_run(sid)
+    at = _page("counterfactual", sid).run()
+    assert not at.exception
+    assert any("model-dependent" in t for t in _texts(at.warning))
+    at.number_input(key="cf_unit_k").set_value(2).run()
+    at.button(key="cf_unit_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("effective sample size" in t for t in _texts(at.caption))
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert "observed (factual)" in caps and any("counterfactual world" in c for c in caps)
+    assert _figure(at, "cf_unit_dist")["data"]

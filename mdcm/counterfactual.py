@@ -281,12 +281,10 @@ class CounterfactualResult:
 
 
 def _estimate_json(r: Any) -> dict:
-    return {
-        "probs": None if r.probs is None else r.probs.tolist(),
-        "ci": None if r.ci is None else r.ci.tolist(),
-        "mean": None if r.mean is None else r.mean.tolist(),
-        "n": r.n,
-    }
+    """The estimate part of a world's :class:`mdcm.query.QueryResult` (its verdict is the
+    counterfactual's, reported once)."""
+    full = r.to_json()
+    return {k: full[k] for k in ("probs", "ci", "mean", "n")}
 
 
 def counterfactual_identification(

@@ -7,12 +7,14 @@ from the user's action until the page has finished its rerun (the new answer sen
 no element is stale and the app is no longer running):
 
 * slider: moving the treatment's slider to the next value and back (``--repeats`` times);
-* switch: removing the treatment and choosing another one in the Treatment box, then back
-  (the first switch to a variable draws all its values; later ones find them drawn).
+* switch: choosing another treatment in the Treatment box (after removing the current one), until
+  its answers are shown, then back (the first switch to a variable draws all its values; later
+  ones find them drawn).
 
     python bench/ui_latency.py [--repeats 5] [--studies xray,colored_digits,napkin,bow]
 
-Prints one line per action and a table (median and max seconds). Targets (issue #16): a slider
+Prints one line per action and a table: the time in the browser (median, max) and the server's
+share (the page runs' own time, logged with ``MDCM_TIMING=1``). Targets (issue #16): a slider
 move within 1 s, a treatment switch within 2 s, on 2 CPU cores.
 """
 
@@ -63,9 +65,43 @@ def _prepare(home: Path, names: list[str]) -> dict[str, str]:
     return out
 
 
-def _wait(page, needle: str, t0: float, timeout_s: float = 120.0) -> float:
-    page.wait_for_function(DONE_JS, arg=[needle], timeout=timeout_s * 1000, polling=50)
-    return time.monotonic() - t0
+LOG: dict[str, Path] = {}  # the server's log (page-run times, MDCM_TIMING=1)
+
+
+def _log_mark() -> int:
+    return LOG["path"].stat().st_size
+
+
+def _runs_since(mark: int) -> list[float]:
+    """Durations of the app's page runs that ended since ``mark`` (a log offset)."""
+    return [d for _, d in _run_records(mark)]
+
+
+def _run_records(mark: int) -> list[tuple[float, float]]:
+    """(wall-clock end, duration) of the page runs that ended since ``mark``."""
+    with LOG["path"].open("rb") as fh:
+        fh.seek(mark)
+        text = fh.read().decode(errors="replace")
+    out = []
+    for ln in text.splitlines():
+        if "mdcm-timing page-run" in ln:
+            end, took = ln.split()[-2:]
+            out.append((float(end), float(took)))
+    return out
+
+
+def _wait(page, needle: str, t0: float, mark: int, timeout_s: float = 120.0) -> float:
+    """Seconds from ``t0`` until the page shows ``needle``, nothing on it is stale or running,
+    and the app has logged the end of a page run since ``mark`` (elements stream in while a run
+    goes on, so the text alone can appear before the run is over)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.wait_for_function(DONE_JS, arg=[needle], timeout=timeout_s * 1000, polling=50)
+        if _runs_since(mark):
+            return time.monotonic() - t0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no page run ended within {timeout_s} s")
+        time.sleep(0.02)
 
 
 def _label(schema, v: str) -> str:
@@ -81,48 +117,68 @@ def _switch_needle(schema, target: str, y: str) -> str:
 
 
 def _measure_study(page, url: str, name: str, sid: str, repeats: int) -> list[tuple]:
+    """(study, action, browser seconds, server seconds) rows for one study."""
     from mdcm_app import state
 
     schema = state.load_meta(sid).schema()
     t, other, y = STUDIES[name]
     rows = []
+    mark = _log_mark()
+    page.goto(f"{url}/?study={sid}")
+    _wait(page, "Current study", time.monotonic(), mark, 300)  # Home has opened the study
+    time.sleep(1.0)  # let Home's run settle
+    mark = _log_mark()
     t0 = time.monotonic()
-    page.goto(f"{url}/intervene?study={sid}")
-    first = _wait(page, f"If {_label(schema, t)} were set to 0", t0, 300)
-    rows.append((name, "first visit (page load)", [first]))
+    page.get_by_role("link", name="Intervene", exact=True).first.click()
+    first = _wait(page, f"If {_label(schema, t)} were set to 0", t0, mark, 300)
+    rows.append((name, "first visit (page load)", [first], [sum(_runs_since(mark))]))
     print(f"{name}: first visit {first:.2f} s", flush=True)
     slider = page.locator(f".st-key-iv_val_{t} input[type='range']")
-    times = []
+    times, server = [], []
     value = 0
     for i in range(2 * repeats):
         key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
         value += 1 if key == "ArrowRight" else -1
         slider.focus()
-        t0 = time.monotonic()
+        mark = _log_mark()
+        t0, wall = time.monotonic(), time.time()
         slider.press(key)
-        times.append(_wait(page, f"If {_label(schema, t)} were set to {value}", t0))
-    rows.append((name, f"slider move {t}", times))
-    print(f"{name}: slider {[round(x, 2) for x in times]}", flush=True)
+        times.append(_wait(page, f"If {_label(schema, t)} were set to {value}", t0, mark))
+        server.append(sum(_runs_since(mark)))
+        if os.environ.get("UI_LATENCY_DEBUG"):
+            end, took = _run_records(mark)[-1]
+            print(
+                f"   press -> run start {end - took - wall:.2f} s, run {took:.2f} s, "
+                f"run end -> done {wall + times[-1] - end:.2f} s"
+            )
+    rows.append((name, f"slider move {t}", times, server))
+    print(f"{name}: slider {[round(x, 2) for x in times]} (server {[round(x, 2) for x in server]})")
     if other == y:  # bow: the only other variable is the outcome
         return rows
     switches = []
     current = t
     for i in range(max(2, 2 * repeats)):
         target = other if current == t else t
-        t0 = time.monotonic()
-        page.get_by_role("button", name=f"Remove {_label(schema, current)}").click()
-        page.wait_for_selector("text=Pick at least one treatment")
+        mark = _log_mark()
+        page.get_by_role("button", name=f"Remove {_label(schema, current)}", exact=True).click()
+        _wait(page, "Pick at least one treatment", time.monotonic(), mark)
         page.locator(".st-key-iv_treat").click()
-        page.get_by_role("option", name=_label(schema, target), exact=True).click()
+        option = page.get_by_role("option", name=_label(schema, target), exact=True)
+        option.wait_for()
+        mark = _log_mark()
+        t0 = time.monotonic()  # from choosing the new treatment to its answers
+        option.click()
+        took = _wait(page, _switch_needle(schema, target, y), t0, mark)
         page.keyboard.press("Escape")
-        switches.append((i < 2, _wait(page, _switch_needle(schema, target, y), t0)))
+        switches.append((i < 2, took, sum(_runs_since(mark))))
         current = target
-    firsts = [s for f, s in switches if f]
-    later = [s for f, s in switches if not f]
-    rows.append((name, f"switch {t} <-> {other}, first time", firsts))
-    if later:
-        rows.append((name, f"switch {t} <-> {other}, again", later))
-    print(f"{name}: switch {[round(s, 2) for _, s in switches]}", flush=True)
+    for label, first_time in (("first time", True), ("again", False)):
+        got = [(a, b) for f, a, b in switches if f is first_time]
+        if got:
+            rows.append(
+                (name, f"switch {t} <-> {other}, {label}", [a for a, _ in got], [b for _, b in got])
+            )
+    print(f"{name}: switch {[round(s, 2) for _, s, _ in switches]}", flush=True)
     return rows
 
 
@@ -137,6 +193,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         sids = _prepare(home, names)
+        os.environ["MDCM_TIMING"] = "1"  # the server logs each page run's duration
+        LOG["path"] = home / "streamlit.log"
         with (
             streamlit_server(home, log=home / "streamlit.log") as url,
             sync_playwright() as p,
@@ -146,15 +204,23 @@ def main() -> None:
             page.set_default_timeout(120_000)
             rows = []
             for name in names:
-                rows += _measure_study(page, url, name, sids[name], args.repeats)
+                try:
+                    rows += _measure_study(page, url, name, sids[name], args.repeats)
+                except Exception as exc:  # noqa: BLE001 - report the failure, measure the rest
+                    shot = REPO / "bench" / "out" / f"ui_latency_{name}_failure.png"
+                    shot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(shot), full_page=True)
+                    print(f"{name}: FAILED ({type(exc).__name__}: {exc}); see {shot}", flush=True)
             browser.close()
     print()
-    print(f"| study | action | n | median s | max s |   (cores: {os.cpu_count()})")
-    print("|---|---|---|---|---|")
-    for name, action, times in rows:
+    load = os.getloadavg()[0]
+    print(f"cores: {os.cpu_count()}, load average (1 min) at the end: {load:.1f}")
+    print("| study | action | n | browser median s | browser max s | server median s |")
+    print("|---|---|---|---|---|---|")
+    for name, action, times, server in rows:
         print(
             f"| {name} | {action} | {len(times)} | {statistics.median(times):.2f} | "
-            f"{max(times):.2f} |"
+            f"{max(times):.2f} | {statistics.median(server):.2f} |"
         )
 
 

@@ -12,12 +12,15 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from mdcm.variables import Schema
 
@@ -47,11 +50,11 @@ def safe_callback(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown as a friendly message
+        except Exception:  # noqa: BLE001 - shown as a friendly message
             if raise_errors():
                 raise
             log.error("callback error: %s", traceback.format_exc())
-            st.session_state["ui_error"] = f"{type(exc).__name__}: {exc}"
+            st.session_state["ui_error"] = True
 
     return wrapper
 
@@ -62,25 +65,54 @@ def raise_errors() -> bool:
 
 
 def guard(body: Callable[[], None]) -> None:
-    """Run a page body; an unexpected error becomes a friendly message, never a traceback
-    (under ``MDCM_RAISE=1`` it propagates, so tests see it)."""
-    err = st.session_state.pop("ui_error", None)
-    if err:
+    """Run a page body; an unexpected error becomes a friendly message, never a traceback or
+    a server path (the details go to the server's log; under ``MDCM_RAISE=1`` it propagates, so
+    tests see it). ``MDCM_TIMING=1`` logs how long each page run took (bench/ui_latency.py)."""
+    t0 = time.perf_counter()
+    if st.session_state.pop("ui_error", None):
         st.error(
-            f"That action failed: {err}. Nothing was lost; try again.", icon=":material/warning:"
+            "That action failed (the details are in the server's log). Nothing was lost; try "
+            "again.",
+            icon=":material/warning:",
         )
     try:
         body()
-    except Exception as exc:  # noqa: BLE001 - the UI must never show a raw traceback
+    except Exception:  # noqa: BLE001 - the UI must never show a raw traceback
         if raise_errors():
             raise
         log.error("page error: %s", traceback.format_exc())
         st.error(
-            f"Something went wrong on this page: {type(exc).__name__}: {exc}. "
-            "Your study and runs are saved on disk; try again or pick another study "
-            "on the Home page.",
+            "Something went wrong on this page (the details are in the server's log). Your "
+            "study and runs are saved on disk; try again or pick another study on the Home page.",
             icon=":material/warning:",
         )
+    finally:
+        _log_time("page-run", t0)
+
+
+def _log_time(what: str, t0: float) -> None:
+    """Under ``MDCM_TIMING=1``: the run's end (wall clock) and duration, for the bench."""
+    if os.environ.get("MDCM_TIMING") == "1":
+        print(
+            f"mdcm-timing {what} {time.time():.3f} {time.perf_counter() - t0:.3f}", file=sys.stderr
+        )
+
+
+def timed_fragment(fn: Callable[..., None]) -> Callable[..., None]:
+    """``st.fragment`` whose own reruns log their time under ``MDCM_TIMING=1`` (a full page run
+    is timed by :func:`guard`)."""
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args, **kwargs)
+        finally:
+            ctx = get_script_run_ctx()
+            if ctx is not None and ctx.fragment_ids_this_run:
+                _log_time("page-run", t0)  # a rerun of this fragment alone
+
+    return st.fragment(body)
 
 
 def page_link(key: str, label: str, icon: str | None = None) -> None:

@@ -333,10 +333,14 @@ def _effect(ctx, treat: str, y: str, ident) -> None:
             if r.naive is None
             else round(float(r.naive[k]), 3),
             "data rows": r.naive_n,
-            **({"caveat": "not identifiable: one of many answers"} if unsure else {}),
         }
         for r in res.rows
     ]
+    if unsure:
+        st.caption(
+            ":orange[Not identifiable: every number in this table is one of many answers that "
+            "fit the data equally well; the intervals show sampling noise only.]"
+        )
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"iv_table_{y}")
 
 
@@ -382,26 +386,6 @@ def main() -> None:
     if not treat or not outcomes:
         st.info("Pick at least one treatment and one outcome.")
         return
-    st.markdown("**Set the treatment**")
-    do, images = _treatment_widgets(schema, study, treat)
-    if not st.session_state.get("iv_do_error"):
-        st.session_state["iv_do_text"] = _typed_text(schema, do)
-    first = next((v for v in treat if schema[v].kind != "image"), names[0])
-    example_value = "0.5" if schema[first].kind == "continuous" else "1"
-    st.text_input(
-        "…or type the intervention",
-        key="iv_do_text",
-        on_change=_apply_typed,
-        placeholder=f"e.g. do({first}={example_value})",
-        help="NAME=VALUE pairs separated by commas, with or without do( … ); typing moves "
-        "the widgets above",
-    )
-    if st.session_state.get("iv_do_error"):
-        st.error(st.session_state["iv_do_error"], icon=":material/block:")
-    missing = [v for v in treat if v not in do]
-    if missing:
-        st.info(f"Set a value for {', '.join(missing)} to see answers.")
-        return
     given = _evidence(schema, rest, outcomes)
     interventions = list(study.interventions) if study is not None else []
     st.subheader("Can the data answer this?")
@@ -413,10 +397,9 @@ def main() -> None:
             if warn:
                 st.warning(f"Positivity: {warn}", icon=":material/warning:")
     st.subheader("Answers")
-    from mdcm.query import QueryError
-
     mid, model = ui.pick_model(meta, schema, "iv_run")
     ctx = {
+        "meta": meta,
         "schema": schema,
         "study": study,
         "ex": ex,
@@ -428,6 +411,55 @@ def main() -> None:
     }
     if any(v is not None and not v.identifiable for v in verdicts.values()):
         ctx["models"] = ui.fitting_models(meta, schema)
+    _set_and_answer(ctx, treat, outcomes, given, verdicts)
+    effect_ys = [y for y in outcomes if schema[y].kind != "image"]
+    if (
+        len(treat) == 1
+        and schema[treat[0]].kind == "categorical"
+        and study is not None
+        and not given
+        and effect_ys
+    ):
+        from mdcm.query import QueryError
+
+        st.subheader(f"Effect across values of {explain.var_name(schema[treat[0]])}")
+        for y in effect_ys:
+            try:
+                _effect(ctx, treat[0], y, verdicts.get(y))
+            except (QueryError, ValueError) as exc:
+                st.error(f"Effect of {treat[0]} on {y}: {exc}")
+
+
+@ui.timed_fragment
+def _set_and_answer(ctx: dict, treat: list, outcomes: list, given: dict, verdicts: dict) -> None:
+    """The treatment's widgets and the answers they drive. A fragment: moving a slider reruns
+    only this part (the verdict, the model picker and the effect across all values stay as they
+    are), which keeps a slider move well under a second (bench/ui_latency.py)."""
+    from mdcm.query import QueryError
+
+    schema, study, model, mid = ctx["schema"], ctx["study"], ctx["model"], ctx["mid"]
+    st.markdown("**Set the treatment**")
+    do, images = _treatment_widgets(schema, study, treat)
+    if not st.session_state.get("iv_do_error"):
+        st.session_state["iv_do_text"] = _typed_text(schema, do)
+    first = next((v for v in treat if schema[v].kind != "image"), treat[0])
+    example_value = "0.5" if schema[first].kind == "continuous" else "1"
+    st.text_input(
+        "…or type the intervention",
+        key="iv_do_text",
+        on_change=_apply_typed,
+        placeholder=f"e.g. do({first}={example_value})",
+        help="NAME=VALUE pairs separated by commas, with or without do( … ); typing moves "
+        "the widgets above",
+    )
+    if list(st.session_state.get("iv_treat") or []) != list(treat):
+        st.rerun()  # the typed text named another treatment: redraw the whole page
+    if st.session_state.get("iv_do_error"):
+        st.error(st.session_state["iv_do_error"], icon=":material/block:")
+    missing = [v for v in treat if v not in do]
+    if missing:
+        st.info(f"Set a value for {', '.join(missing)} to see answers.")
+        return
     if study is not None:
         _check_images(ctx, images)
     cols = st.columns(min(2, len(outcomes)))
@@ -453,21 +485,7 @@ def main() -> None:
                 mime="image/png",
                 key=f"iv_grid_png_{v}",
             )
-    bundles.save_samples_control(meta, model, do, given)  # canvas engineer's control (#14)
-    effect_ys = [y for y in outcomes if schema[y].kind != "image"]
-    if (
-        len(treat) == 1
-        and schema[treat[0]].kind == "categorical"
-        and study is not None
-        and not given
-        and effect_ys
-    ):
-        st.subheader(f"Effect across values of {explain.var_name(schema[treat[0]])}")
-        for y in effect_ys:
-            try:
-                _effect(ctx, treat[0], y, verdicts.get(y))
-            except (QueryError, ValueError) as exc:
-                st.error(f"Effect of {treat[0]} on {y}: {exc}")
+    bundles.save_samples_control(ctx["meta"], model, do, given)  # canvas engineer's control (#14)
 
 
 ui.guard(main)

@@ -99,10 +99,11 @@ def test_bow_caveat_in_sentence_chart_and_table_with_spread_over_models(app_home
     assert any("one of many answers" in t["name"] for t in fig["data"])
     eff = _figure(at, "iv_effect_Y")
     assert "Not identifiable" in eff["layout"]["title"]["text"]
-    table = _table(at, "caveat")
-    assert set(table["caveat"]) == {"not identifiable: one of many answers"}
+    table = _table(at, "X set to")
     assert any("one of many answers" in c for c in table.columns)
     assert "95% interval (sampling noise only)" in table.columns
+    assert any("every number in this table is one of many answers" in str(c.value)
+               for c in at.caption)  # fmt: skip
 
 
 def test_identifiable_verdict_names_its_criterion(app_home):

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from . import _callable_module, checkpoints
-from .coders import as_float_images, as_uint8_images
+from .coders import as_float_images, as_uint8_images, autocast
 from .data import Dataset, ImageArray, Study
 from .fidelity import pooled
 from .fitcheck import CLUSTERS, QUANTILES, DownstreamProbe, FitCheck, kmeans, stop_reason
@@ -107,6 +107,7 @@ class TrainConfig:
     # digit identities in reconstructions, 2000 about 2%)
     log_every: int = 50
     keep_best: bool = True  # end a stage on the EMA weights of its best fit check
+    amp: bool = True  # bf16 autocast of the forward passes on CUDA (no effect on a CPU)
     threads: int = 1  # CPU intra-op threads while training (0 = torch default).
     # Small networks gain nothing from more threads, and on a shared 2-core machine OpenMP
     # oversubscription made steps ~10x slower; the caller's setting is restored afterwards.
@@ -264,8 +265,10 @@ class _RegimeData:
     batch at a time by :meth:`rows`."""
 
     def __init__(self, model: DCM, datasets: Sequence[Dataset], device: torch.device) -> None:
+        self.model = model
         self.cols: dict[str, torch.Tensor] = {}
         self.images: set[str] = set()
+        self._codes: dict[str, torch.Tensor] = {}
         for v in model.schema.names:
             cols = [d.columns[v] for d in datasets if v in d.columns]
             if len(cols) != len(datasets):
@@ -291,17 +294,43 @@ class _RegimeData:
                 self.cols[v] = t.to(device)
         self.n = sum(d.n for d in datasets)
 
-    def rows(
-        self, idx: torch.Tensor, names: Sequence[str], *, raw: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """The rows ``idx`` of ``names``; images as float in [-1, 1], or as stored with ``raw``
-        (uint8 for 8-bit columns: the fit check reads them chunk by chunk)."""
-        return {
-            v: self.cols[v][idx]
-            if raw or v not in self.images
-            else as_float_images(self.cols[v][idx])
-            for v in names
-        }
+    def codes(self, v: str) -> torch.Tensor | None:
+        """The standardised codes of every real image of ``v`` (encoded once, in chunks, the
+        first time they are asked for after the coder was fitted; the coder is frozen from
+        then on), or None before the fit."""
+        coder = self.model.coders[v]
+        if v not in self._codes and bool(coder.fitted):
+            x = self.cols[v]
+            with torch.no_grad():
+                self._codes[v] = torch.cat(
+                    [coder.encode(as_float_images(x[i : i + 512])) for i in range(0, len(x), 512)]
+                )
+        return self._codes.get(v)
+
+    def rows(self, idx: torch.Tensor, names: Sequence[str], *, raw: bool = False) -> SampledValues:
+        """The rows ``idx`` of ``names``. Images carry their cached codes (what children, losses
+        and fit checks read: no encoder pass per step) and their pixels, as float in [-1, 1]
+        converted only when read, or as stored with ``raw`` (uint8 for 8-bit columns)."""
+        plain = [v for v in names if v not in self.images or raw]
+        out = SampledValues({v: self.cols[v][idx] for v in plain})
+        for v in names:
+            if v not in self.images:
+                continue
+            codes = self.codes(v)
+            if raw:
+                if codes is not None:
+                    out.codes[v] = codes[idx]
+                continue
+            pixels = functools.partial(_float_rows, self.cols[v], idx)
+            if codes is not None:
+                out.set_latent(v, codes[idx], pixels)
+            else:
+                out.set(v, pixels())
+        return out
+
+
+def _float_rows(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return as_float_images(images[idx])
 
 
 # ---------------------------------------------------------------------- one target's matcher
@@ -427,7 +456,10 @@ class _Matcher:
         self, real: Mapping[str, torch.Tensor], gen: torch.Generator, tau: float, grad: bool
     ) -> dict[str, torch.Tensor]:
         """Rows (b, G(do(B=b))): A generated with the do-parents set to the real rows' b."""
-        fixed = {v: real[v] for v in self.given}
+        if isinstance(real, SampledValues):  # given images keep their codes, pixels unread
+            fixed: Mapping[str, torch.Tensor] = real.select(self.given)
+        else:
+            fixed = {v: real[v] for v in self.given}
         with torch.set_grad_enabled(grad):
             return self.model.forward_values(
                 next(iter(real.values())).shape[0],
@@ -453,9 +485,12 @@ class _Matcher:
             parts = []
             for i in range(0, n, step):
                 self._poll()
-                parts.append(
-                    self.fake({v: x[i : i + step] for v, x in real.items()}, gen, tau, grad=False)
+                rows = (
+                    real.take(slice(i, i + step))
+                    if isinstance(real, SampledValues)
+                    else {v: x[i : i + step] for v, x in real.items()}
                 )
+                parts.append(self.fake(rows, gen, tau, grad=False))
         codes = {v: torch.cat([p.codes[v] for p in parts]) for v in parts[0].codes}
 
         def pixels(v: str) -> torch.Tensor:
@@ -994,6 +1029,7 @@ class _Trainer:
                     seed=self.cfg.seed,
                     on_progress=progress,
                     should_stop=self.should_stop,
+                    amp=self.cfg.amp,
                 )
             if mse is None:
                 self.emit("coder", -1, 0, message=f"stopped while fitting the image code of {v}")
@@ -1052,10 +1088,13 @@ class _Trainer:
         t_start = time.monotonic()
         start = f"stage {stage.id}: trains {', '.join(stage.trains)} with {objective}"
         specs = [t for t in stage.targets if frozenset(t.regime.do) in self.data]
-        if any(v in self.pretrained for v in stage.trains) or not specs:
+        if any(v in self.pretrained for v in stage.trains):
+            names = ", ".join(stage.trains)
+            msg = f"stage {stage.id}: {names} comes from a mechanism trained elsewhere"
+            self.emit("stage_start", stage.id, 0, message=msg)
+            return self._fill_pretrained(stage, t_start)
+        if not specs:
             self.emit("stage_start", stage.id, 0, message=start)
-            if any(v in self.pretrained for v in stage.trains):
-                return self._fill_pretrained(stage, t_start)
             self.emit("stage_end", stage.id, 0, message="no dataset can train this stage")
             return StageSummary(stage.id, stage.trains, objective, 0, 0.0, None, "no data")
         st = self._setup(stage, objective, specs)
@@ -1272,16 +1311,18 @@ class _Trainer:
     def _critic_step(self, st: StageState) -> dict[str, float]:
         total = 0.0
         loss = torch.zeros((), device=self.device)
-        for m in st.matchers:
-            assert m.critic is not None
-            real = m.real(self._batch(m, st))
-            fake = m.fake(real, st.gen, self.cfg.tau, grad=False)
-            rf, ri = m.flat(real), [real[v] for v in m.pixel_vars]
-            ff, fi = m.flat(fake).detach(), [fake[v].detach() for v in m.pixel_vars]
-            d_real, d_fake = m.critic(rf, ri).mean(), m.critic(ff, fi).mean()
-            gp = gradient_penalty(m.critic, (rf, ri), (ff, fi), st.gen)
-            loss = loss + d_fake - d_real + self.cfg.gp_weight * gp
-            total += (d_real - d_fake).detach().item()
+        with autocast(self.device, self.cfg.amp):
+            for m in st.matchers:
+                assert m.critic is not None
+                real = m.real(self._batch(m, st))
+                fake = m.fake(real, st.gen, self.cfg.tau, grad=False)
+                rf, ri = m.flat(real), [real[v] for v in m.pixel_vars]
+                ff, fi = m.flat(fake).detach(), [fake[v].detach() for v in m.pixel_vars]
+                d_real, d_fake = m.critic(rf, ri).mean(), m.critic(ff, fi).mean()
+                gp = gradient_penalty(m.critic, (rf, ri), (ff, fi), st.gen)
+                loss = loss + d_fake - d_real + self.cfg.gp_weight * gp
+                total += (d_real - d_fake).detach().item()
+        loss = loss.float()
         _finite(loss, f"critic (stage {st.stage.id}, step {st.step + 1})")
         assert st.critic_opt is not None
         st.critic_opt.zero_grad(set_to_none=True)
@@ -1291,21 +1332,23 @@ class _Trainer:
 
     def _gen_step(self, st: StageState) -> dict[str, float]:
         loss = torch.zeros((), device=self.device)
-        for m in st.matchers:
-            real = m.real(self._batch(m, st))
-            if st.objective == "mle":
-                loss = loss + self._nll(m, real)
-                continue
-            fake = m.fake(real, st.gen, self.cfg.tau, grad=True)
-            if st.objective == "wgan":
-                assert m.critic is not None
-                loss = loss - m.critic(m.flat(fake), [fake[v] for v in m.pixel_vars]).mean()
-                if self.cfg.mmd_weight:
-                    loss = loss + self.cfg.mmd_weight * mmd2(
-                        m.mmd_features(real), m.mmd_features(fake)
-                    )
-            else:
-                loss = loss + mmd2(m.flat(real), m.flat(fake))
+        with autocast(self.device, self.cfg.amp):  # bf16 matmuls/convs on CUDA only
+            for m in st.matchers:
+                real = m.real(self._batch(m, st))
+                if st.objective == "mle":
+                    loss = loss + self._nll(m, real)
+                    continue
+                fake = m.fake(real, st.gen, self.cfg.tau, grad=True)
+                if st.objective == "wgan":
+                    assert m.critic is not None
+                    loss = loss - m.critic(m.flat(fake), [fake[v] for v in m.pixel_vars]).mean()
+                    if self.cfg.mmd_weight:
+                        loss = loss + self.cfg.mmd_weight * mmd2(
+                            m.mmd_features(real), m.mmd_features(fake)
+                        )
+                else:
+                    loss = loss + mmd2(m.flat(real), m.flat(fake))
+        loss = loss.float()
         _finite(loss, f"generator (stage {st.stage.id}, step {st.step + 1})")
         st.gen_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1317,9 +1360,15 @@ class _Trainer:
         real parents (plain-conditional stages: no confounder noise)."""
         out = torch.zeros((), device=self.device)
         for v in m.matches:
+            mech = self.model.generators[v]
+            if self.model.latent_image(v):  # the cached code of the real image
+                code = self.model.code(v, real)
+                cond = self.model.condition(v, real, code.shape[0])
+                out = out - mech.code_log_prob(cond, cond[:, :0], code.detach()).mean()
+                continue
             n = real[v].shape[0]
             cond = self.model.condition(v, real, n)
-            out = out - self.model.generators[v].log_prob(cond, cond[:, :0], real[v]).mean()
+            out = out - mech.log_prob(cond, cond[:, :0], real[v]).mean()
         return out
 
     def _check(

@@ -265,3 +265,27 @@ def test_checks_page_shows_fidelity_with_floors_and_full_size_grids(tmp_path, mo
     assert any("generated X" in w.value for w in at.warning)
     keys = {b.key for b in at.get("download_button")}
     assert {"fid_grid_X_data", "fid_grid_X_model"} <= keys
+
+
+def test_bf16_autocast_is_for_cuda_only_and_leaves_cpu_training_unchanged():
+    """TrainConfig.amp: bf16 autocast on a CUDA device only; on a CPU the weights of a run with
+    and without it are bit for bit the same (oracle: the run without it)."""
+    import contextlib
+    import dataclasses
+
+    from test_train import FAST, _state, fresh, xray
+
+    from mdcm.coders import autocast
+    from mdcm.plan import make_plan
+    from mdcm.train import train
+
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cuda"), enabled=False), contextlib.nullcontext)
+    ex = xray(200)
+    plan = make_plan(ex.study.graph)
+    states = []
+    for amp in (True, False):
+        m = fresh(ex.study)
+        train(m, plan, ex.study, dataclasses.replace(FAST, amp=amp, steps=6))
+        states.append(_state(m))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

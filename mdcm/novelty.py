@@ -85,11 +85,12 @@ def image_reference(
     """The reference range of ``images`` (the data of one image variable; at most
     ``max_images`` of them, drawn at random with ``seed``). Pass the model's fitted image coder
     (an :class:`mdcm.coders.ImageCoder`) to add its reconstruction errors."""
-    a = np.asarray(images, dtype=np.float32)
-    if len(a) < 2:
+    n = len(images)
+    if n < 2:
         raise ValueError("the out-of-range check needs at least two data images")
-    if len(a) > max_images:
-        a = a[np.sort(np.random.default_rng(seed).choice(len(a), max_images, replace=False))]
+    if n > max_images:  # choose the rows first: an 8-bit image column converts only those
+        images = images[np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))]
+    a = np.asarray(images, dtype=np.float32)
     f = image_features(a)
     d = _rms_distances(f, f)
     np.fill_diagonal(d, np.inf)

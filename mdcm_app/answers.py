@@ -187,12 +187,15 @@ def image_check(
     variable: str,
     image: np.ndarray,
 ):
-    """How an image given for do(variable = image) compares with the data's images
-    (:class:`mdcm.novelty.RangeCheck`), or None when the study has no images of it."""
+    """How an image given for do(variable = image) compares with the data's images (the
+    observational dataset's, else the first dataset that has them; a
+    :class:`mdcm.novelty.RangeCheck`), or None when the study has no images of it."""
     from mdcm.novelty import check_image
 
-    images = [d.columns[variable] for d in study.datasets if variable in d.columns]
-    if not images or sum(len(a) for a in images) < 2:
+    found = [d for d in study.datasets if variable in d.columns]
+    if study.observational is not None and variable in study.observational.columns:
+        found = [study.observational]  # the data's own images (no float copy of all datasets)
+    if not found or len(found[0].columns[variable]) < 2:
         return None
     coder = model.coders[variable] if variable in getattr(model, "coders", {}) else None
     if coder is not None and not bool(coder.fitted):
@@ -201,7 +204,7 @@ def image_check(
         data_key,
         model_id if coder is not None else None,
         variable,
-        np.concatenate(images),
+        found[0].columns[variable],
         coder,
     )
     return check_image(ref, image, coder=coder)

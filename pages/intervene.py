@@ -352,6 +352,18 @@ def _check_images(ctx, images: dict) -> None:
             slot.warning(check.message(what), icon=":material/report:")
 
 
+def _fit_warnings(model, treat: list, outcomes: list, given: dict) -> None:
+    """An answer that only an experiment's data identify is as good as the model's fit to that
+    data: say so when the training record shows a poor fit there (mdcm.query)."""
+    from mdcm.query import regime_fit_warning
+
+    regimes = model.record.get("regimes", [])
+    for y in outcomes:
+        warn = regime_fit_warning(model, treat, [y], list(given), regimes)
+        if warn:
+            st.warning(f"{explain.var_name(model.schema[y])}: {warn}.", icon=":material/warning:")
+
+
 # ---------------------------------------------------------------------- page
 def main() -> None:
     meta = ui.study_page("Intervene")
@@ -411,6 +423,7 @@ def main() -> None:
     }
     if any(v is not None and not v.identifiable for v in verdicts.values()):
         ctx["models"] = ui.fitting_models(meta, schema)
+    _fit_warnings(model, treat, outcomes, given)
     _set_and_answer(ctx, treat, outcomes, given, verdicts)
     effect_ys = [y for y in outcomes if schema[y].kind != "image"]
     if (

@@ -49,9 +49,9 @@ def _study(example: str) -> str:
     return state.new_study(example=example).study_id
 
 
-def _fake_trained_run(study_id: str, seed: int = 0) -> str:
+def _fake_trained_run(study_id: str, seed: int = 0, extra: dict | None = None) -> str:
     """An untrained model saved as a finished run of the study (for the query pages); models
-    of different ``seed`` give different answers."""
+    of different ``seed`` give different answers; ``extra`` is the training record."""
     from mdcm.model import DCM, save_model
     from mdcm.runs import RunRecorder, create_run
     from mdcm_app import runs_view, state
@@ -61,7 +61,7 @@ def _fake_trained_run(study_id: str, seed: int = 0) -> str:
     import torch
 
     torch.manual_seed(seed)
-    save_model(DCM(meta.schema()), run_dir / "model")
+    save_model(DCM(meta.schema()), run_dir / "model", extra=extra)
     RunRecorder(run_dir).finish("done")
     runs_view.record_run(study_id, run_dir.name)
     return run_dir.name

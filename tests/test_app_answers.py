@@ -293,3 +293,21 @@ def test_verdict_panel_for_the_graph_page(app_home):
     assert "hedge" not in bad
     captions = " ".join(str(c.value) for c in at.caption)
     assert "hedge" in captions and "c-forests" in captions  # the technical reason, in the expander
+
+
+def test_answer_resting_on_a_poorly_fitted_experiment_says_so(app_home):
+    """experiment: P(Y | do(X)) is identifiable only from the dataset where W was randomised;
+    a model whose training record shows a poor fit to that dataset gets a warning."""
+    sid = _study("experiment")
+    record = {
+        "regimes": [["W"]],
+        "tolerance": 0.03,
+        "stages": [{"stage": 0, "fits": {"observational": 0.01, "do(W)": 0.2}, "floor": 0.01}],
+    }
+    _fake_trained_run(sid, extra=record)
+    at = _page("intervene", sid).run()
+    assert not at.exception and not at.error, _texts(at.error)
+    assert at.multiselect(key="iv_treat").value == ["X"]
+    warn = " ".join(_texts(at.warning))
+    assert "identifiable only thanks to the experiment(s) do(W)" in warn
+    assert any("Identifiable" in s for s in _texts(at.success))

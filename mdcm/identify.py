@@ -30,6 +30,7 @@ tables by :func:`evaluate_estimand` (how the tests check the formulas against gr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -903,8 +904,6 @@ def evaluate_counterfactual(
                     break
             return out
         if isinstance(x, CfSum):
-            import itertools
-
             total = 0.0
             for values in itertools.product(*(range(cards[s.var]) for s in x.over)):
                 total += ev(x.body, {**env, **dict(zip(x.over, values, strict=True))})
@@ -1341,8 +1340,6 @@ def identify_counterfactual(
         else:
             seen = sorted({x for k, x in list(es.items()) if k == y})
             choices.append([*seen, Sym(y, -1)])
-    import itertools
-
     formulas: list[CfExpr] = []
     for combo in itertools.product(*choices):
         gamma = {Counterfactual(y, world): x for y, x in zip(graph.order(ys), combo, strict=True)}

@@ -22,6 +22,13 @@ Three algorithms, all over :class:`~mdcm.graph.CausalGraph` (an ADMG):
   ``Identify`` in ``G[V \\ I_k]``. Each c-factor comes from one regime; different c-factors may
   come from different regimes.
 
+For counterfactuals (``P(Y_{X=x} | X=x')``, the probability of necessity, any conjunction of
+values in several worlds) **ID*** and **IDC*** (Shpitser & Pearl 2007, "What counterfactuals can
+be tested", UAI; JMLR 2008) work on the counterfactual graph and reduce the query to
+interventional terms, each then identified by ID / gID from the available data
+(:func:`identify_counterfactual`, :func:`id_star`, :func:`idc_star`; estimands as
+:class:`CfTerm` trees, :func:`render_counterfactual`, :func:`evaluate_counterfactual`).
+
 Estimands are kept as a small expression tree (:class:`Prob`, :class:`Product`, :class:`Sum`,
 :class:`Fraction`), rendered to text with textbook primes for re-bound variables
 (``Σ_{M} P(M | X) Σ_{X'} P(X') P(Y | X', M)``), and evaluated exactly on discrete probability
@@ -40,6 +47,11 @@ from . import _callable_module
 from .graph import CausalGraph
 
 __all__ = [
+    "CfTerm",
+    "Counterfactual",
+    "CounterfactualConflict",
+    "CounterfactualIdentification",
+    "CounterfactualUndefined",
     "Expr",
     "Fraction",
     "Identification",
@@ -49,8 +61,13 @@ __all__ = [
     "Sum",
     "evaluate_estimand",
     "free_variables",
+    "evaluate_counterfactual",
+    "id_star",
+    "idc_star",
     "identify",
+    "identify_counterfactual",
     "render",
+    "render_counterfactual",
 ]
 
 

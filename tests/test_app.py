@@ -22,13 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 90
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("MDCM_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(REPO)
-    return tmp_path / "home"
-
-
 def _app() -> AppTest:
     return AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
 

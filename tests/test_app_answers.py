@@ -16,14 +16,6 @@ from streamlit.testing.v1 import AppTest
 from test_app import REPO, TIMEOUT, _fake_trained_run, _page, _study, _texts
 
 
-@pytest.fixture()
-def app_home(tmp_path, monkeypatch):
-    """A temporary MDCM_HOME (as test_app.py's ``home``), the repository as working folder."""
-    monkeypatch.setenv("MDCM_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(REPO)
-    return tmp_path / "home"
-
-
 def _figure(at, key: str) -> dict:
     """The plotly figure drawn with widget key ``key`` (its JSON spec)."""
     for el in at.get("plotly_chart"):
@@ -49,7 +41,7 @@ def _png(rgb=(255, 0, 0), size=(300, 200)) -> bytes:
 
 
 # ---------------------------------------------------------------------- plain answers
-def test_sentence_matches_chart_and_one_number_per_quantity(app_home):
+def test_sentence_matches_chart_and_one_number_per_quantity(home):
     sid = _study("xray")
     _fake_trained_run(sid)
     at = _page("intervene", sid).run()
@@ -80,7 +72,7 @@ def test_sentence_matches_chart_and_one_number_per_quantity(app_home):
     assert got[1] == round(p1, 3)
 
 
-def test_bow_caveat_in_sentence_chart_and_table_with_spread_over_models(app_home):
+def test_bow_caveat_in_sentence_chart_and_table_with_spread_over_models(home):
     sid = _study("bow")
     for seed in (0, 1, 2):
         _fake_trained_run(sid, seed=seed)
@@ -106,7 +98,7 @@ def test_bow_caveat_in_sentence_chart_and_table_with_spread_over_models(app_home
                for c in at.caption)  # fmt: skip
 
 
-def test_identifiable_verdict_names_its_criterion(app_home):
+def test_identifiable_verdict_names_its_criterion(home):
     sid = _study("xray")
     at = _page("intervene", sid).run()  # no model yet: the verdict still shows
     assert not at.exception
@@ -118,7 +110,7 @@ def test_identifiable_verdict_names_its_criterion(app_home):
 
 
 # ---------------------------------------------------------------------- typed interventions
-def test_typed_do_moves_the_slider_and_widgets_stay_one_state(app_home):
+def test_typed_do_moves_the_slider_and_widgets_stay_one_state(home):
     sid = _study("xray")
     _fake_trained_run(sid)
     at = _page("intervene", sid).run()
@@ -139,7 +131,7 @@ def test_typed_do_moves_the_slider_and_widgets_stay_one_state(app_home):
     assert at.select_slider(key="iv_val_C").value == 0  # unchanged
 
 
-def test_typed_number_for_a_continuous_treatment(app_home):
+def test_typed_number_for_a_continuous_treatment(home):
     sid = _study("backdoor")
     _fake_trained_run(sid)
     at = _page("intervene", sid).run()
@@ -157,12 +149,18 @@ def test_typed_number_for_a_continuous_treatment(app_home):
 
 
 # ---------------------------------------------------------------------- images
-def test_red_photo_gets_the_out_of_range_warning_and_a_data_xray_does_not(app_home):
+def _xray_image_treatment() -> AppTest:
+    """Intervene on a trained X-ray study with the image X as treatment and N as outcome."""
     sid = _study("xray")
     _fake_trained_run(sid)
     at = _page("intervene", sid).run()
     at.multiselect(key="iv_treat").set_value(["X"]).run()
     at.multiselect(key="iv_outcome").set_value(["N"]).run()
+    return at
+
+
+def test_red_photo_gets_the_out_of_range_warning_and_a_data_xray_does_not(home):
+    at = _xray_image_treatment()
     assert not at.exception and not at.error, _texts(at.error)
     assert not any("unlike every image" in w for w in _texts(at.warning))  # data image 0
     # sections without content are hidden: no effect across values of an image
@@ -177,21 +175,17 @@ def test_red_photo_gets_the_out_of_range_warning_and_a_data_xray_does_not(app_ho
     assert "as the model sees it: 16×16, grayscale" in captions
 
 
-def test_text_file_named_png_gets_a_message_with_the_users_file_name(app_home):
-    sid = _study("xray")
-    _fake_trained_run(sid)
-    at = _page("intervene", sid).run()
-    at.multiselect(key="iv_treat").set_value(["X"]).run()
-    at.multiselect(key="iv_outcome").set_value(["N"]).run()
+def test_text_file_named_png_gets_a_message_with_the_users_file_name(home):
+    at = _xray_image_treatment()
     at.file_uploader(key="iv_img_X").upload("my_scan.png", b"not,an\nimage,at all\n").run()
     assert not at.exception
     err = " ".join(_texts(at.error))
     assert "my_scan.png is not a PNG or JPEG image (it holds text)" in err
-    assert "BytesIO" not in err and "/tmp" not in err and str(app_home) not in err
+    assert "BytesIO" not in err and "/tmp" not in err and str(home) not in err
 
 
 # ---------------------------------------------------------------------- no traps
-def test_graph_edit_after_training_shows_needs_retraining(app_home):
+def test_graph_edit_after_training_shows_needs_retraining(home):
     from mdcm_app import state
 
     sid = _study("xray")
@@ -208,10 +202,10 @@ def test_graph_edit_after_training_shows_needs_retraining(app_home):
     assert not iv.exception and not iv.error, _texts(iv.error)
     warn = " ".join(_texts(iv.warning))
     assert "This model needs retraining" in warn and "the study's graph is now `C -> X; X" in warn
-    assert str(app_home) not in warn and "{'" not in warn  # no server path, no dict dump
+    assert str(home) not in warn and "{'" not in warn  # no server path, no dict dump
 
 
-def test_overlap_warning_follows_uploads(app_home):
+def test_overlap_warning_follows_uploads(home):
     """The positivity warning is cached per study data: after an upload that changes the
     data, the page shows the new data's answer (the old cache was keyed on the study only)."""
     from mdcm_app import state, uploads
@@ -243,7 +237,7 @@ def test_overlap_warning_follows_uploads(app_home):
     assert any("Positivity" in w and "M (mediator" in w for w in _texts(at2.warning))
 
 
-def test_page_errors_reach_apptest_under_mdcm_raise(app_home, monkeypatch):
+def test_page_errors_reach_apptest_under_mdcm_raise(home, monkeypatch):
     """ui.guard re-raises under MDCM_RAISE=1 (set by conftest) and shows a message without."""
     sid = _study("bow")
     at = _page("checks", sid)
@@ -271,7 +265,7 @@ def _verdict_panel_script() -> None:
     ui.verdict_panel(meta, ui.schema_or_stop(meta), key="vp")
 
 
-def test_verdict_panel_for_the_graph_page(app_home):
+def test_verdict_panel_for_the_graph_page(home):
     """The verdict next to the plan: the built-in's own question by default, any other pair on
     request, in plain words first and the algorithm's terms in the expander."""
     sid = _study("napkin")
@@ -295,7 +289,7 @@ def test_verdict_panel_for_the_graph_page(app_home):
     assert "hedge" in captions and "c-forests" in captions  # the technical reason, in the expander
 
 
-def test_answer_resting_on_a_poorly_fitted_experiment_says_so(app_home):
+def test_answer_resting_on_a_poorly_fitted_experiment_says_so(home):
     """experiment: P(Y | do(X)) is identifiable only from the dataset where W was randomised;
     a model whose training record shows a poor fit to that dataset gets a warning."""
     sid = _study("experiment")

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from serve import CHROMIUM, launch_chromium, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]

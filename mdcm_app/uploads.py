@@ -171,6 +171,8 @@ def import_dataset_zip(
     try:
         safe_extract_zip(zip_path, stage)
         return _finish(study_id, _find_dataset_folder(stage), schema, name, do)
+    except DataError as exc:
+        raise _in_users_words(exc, stage, user_file_name(zip_path)) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -193,8 +195,34 @@ def import_csv_images(
             stage.mkdir(parents=True)
         shutil.copyfile(csv_path, stage / "data.csv")
         return _finish(study_id, stage, schema, name, do)
+    except DataError as exc:
+        raise _in_users_words(
+            exc,
+            stage,
+            user_file_name(zip_path) if zip_path is not None else "",
+            {"data.csv": user_file_name(csv_path)},
+        ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+_RAW_PREFIX = re.compile(r"^\d{8}-\d{6}-\d{6}-")
+
+
+def user_file_name(raw: Path) -> str:
+    """The name the user gave a file saved by :func:`store_raw` (without its time prefix)."""
+    return _RAW_PREFIX.sub("", Path(raw).name)
+
+
+def _in_users_words(
+    exc: DataError, stage: Path, upload: str, renames: Mapping[str, str] | None = None
+) -> DataError:
+    """The error in terms of what the user uploaded: no staging folder, no server path; files
+    inside an uploaded zip are named by their path in it, after the zip's name."""
+    text = str(exc).replace(str(stage) + os.sep, "").replace(stage.name + "/", "")
+    for inner, outer in (renames or {}).items():
+        text = text.replace(f"{inner}:", f"{outer}:", 1)
+    return DataError(f"{upload}: {text}" if upload and not text.startswith(upload) else text)
 
 
 def _resize_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -305,3 +305,31 @@ def test_answer_resting_on_a_poorly_fitted_experiment_says_so(home):
     warn = " ".join(_texts(at.warning))
     assert "identifiable only thanks to the experiment(s) do(W)" in warn
     assert any("Identifiable" in s for s in _texts(at.success))
+
+
+def test_upload_errors_name_the_users_files_not_staging_folders(home):
+    """A CSV or zip upload that fails names the user's file (and the path inside the zip),
+    never the staging folder or a server path (#16)."""
+    import zipfile
+
+    from mdcm.data import DataError
+    from mdcm_app import state, uploads
+
+    sid = _study("xray")
+    schema = state.load_meta(sid).schema()
+    raw = uploads.store_raw(sid, "labels.csv", b"C,X,N\n0,scan1.png,1\n")
+    with pytest.raises(DataError) as err:
+        uploads.import_csv_images(sid, schema, raw, None, "up1")
+    msg = str(err.value)
+    assert msg.startswith("labels.csv: row 1, column 'X'") and "scan1.png" in msg
+    assert "staging" not in msg and str(home) not in msg
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("mine/data.csv", "C,X,N\n0,img/a.png,1\n")
+        z.writestr("mine/img/a.png", b"just text")
+    raw = uploads.store_raw(sid, "my xrays.zip", buf.getvalue())
+    with pytest.raises(DataError) as err:
+        uploads.import_dataset_zip(sid, schema, raw, "up2")
+    msg = str(err.value)
+    assert msg.startswith("my_xrays.zip: mine/data.csv: row 1, column 'X'"), msg
+    assert "staging" not in msg and str(home) not in msg

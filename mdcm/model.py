@@ -54,6 +54,8 @@ __all__ = [
 MODEL_FORMAT = "mdcm-model/2"
 #: formats read and migrated by :func:`_migrate` (1: before image_net and coder_mlp_max were saved)
 OLD_FORMATS = ("mdcm-model/1",)
+#: image values (rows x pixels x channels) sampled per chunk by :meth:`DCM.sample`
+SAMPLE_IMAGE_VALUES = 2**22
 IMAGE_NETS = ("auto", "latent", "mlp", "conv")
 
 
@@ -511,9 +513,14 @@ class DCM(nn.Module):
         ``do`` values: int (categorical), float or sequence (continuous), image (C,H,W) in
         [-1, 1], or per-sample arrays/tensors of length ``n``. Returns categorical int64 (n,)
         (or probabilities-free one-hot when ``hard`` is False), continuous (n, d), image
-        (n, C, H, W) clamped to [-1, 1].
+        (n, C, H, W) clamped to [-1, 1]. Rows are drawn ``chunk`` at a time, fewer for large
+        images (about :data:`SAMPLE_IMAGE_VALUES` image values per chunk: a decoder's
+        activations for 4,000 images of 128x128 at once would need several GB).
         """
         self.check_schema()
+        sizes = [int(np.prod(v.shape)) for v in self.schema.variables if v.kind == "image"]
+        if sizes:
+            chunk = min(chunk, max(64, SAMPLE_IMAGE_VALUES // max(sizes)))
         do = dict(do or {})
         for k in do:
             if k not in self.specs:

@@ -41,6 +41,47 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def _out_of_range_view(page, visit, home: Path) -> None:
+    """The image as treatment, given a plain red photo: the out-of-range warning (#16)."""
+    from PIL import Image
+
+    visit("Intervene", "text=Answers")
+    wait_idle(page)
+    page.get_by_role("button", name="Remove class D", exact=True).click()
+    wait_idle(page)
+    page.locator(".st-key-iv_treat").click()
+    page.get_by_role("option", name="image I", exact=True).click()
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    red = home / "red_photo.png"
+    Image.new("RGB", (300, 200), (220, 20, 20)).save(red)
+    page.locator(".st-key-iv_img_I input[type='file']").set_input_files(str(red))
+    page.wait_for_selector("text=unlike every image in the training data", timeout=120_000)
+    shot(page, "5c_intervene_out_of_range")
+
+
+def _bow_view(page, url: str, visit, args) -> None:
+    """A question the data cannot decide: the bow study, trained briefly, on Intervene."""
+    page.goto(url)
+    page.wait_for_selector(".st-key-home_open_example button", timeout=60_000)
+    wait_idle(page)
+    page.locator(".st-key-home_example").click()
+    page.get_by_role("option", name=TITLES["bow"]).click()
+    page.locator(".st-key-home_open_example button").click()
+    page.wait_for_selector("text=Current study: Bow", timeout=60_000)
+    visit("Train", ".st-key-train_start")
+    steps = page.locator(".st-key-train_steps input")
+    steps.fill(str(args.steps))
+    steps.press("Enter")
+    wait_idle(page)
+    page.locator(".st-key-train_start button").click()
+    page.wait_for_selector("text=Training finished", timeout=int(args.timeout * 1000))
+    wait_idle(page)
+    visit("Intervene", "text=cannot decide")
+    page.wait_for_selector("text=every number in this table is one of many answers")
+    shot(page, "7_bow_intervene")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -112,6 +153,9 @@ def main() -> None:
         shot(page, "5b_intervene_export")
         visit("Checks", "text=Each variable: data vs model")
         shot(page, "6_checks")
+        if args.study == "colored_digits":
+            _out_of_range_view(page, visit, Path(home))
+        _bow_view(page, url, visit, args)
         browser.close()
     print(f"done in {time.time() - t0:.0f} s")
 

@@ -14,6 +14,15 @@ from mdcm.query import tvd
 from mdcm_app import answers, bundles, fidelity_view, plots, ui
 
 N_CHECK = 2000
+
+
+def _rounded(p) -> list[float]:
+    """Probabilities to 3 decimals as the Intervene page rounds them (Python's round of each
+    float: numpy's rounds 0.6715 up where Python keeps the stored 0.67149…, so the two pages
+    would show 0.672 and 0.671 for the same number)."""
+    return [round(float(v), 3) for v in p]
+
+
 TVD_HELP = "Difference = " + explain.GLOSSARY["TVD"]
 
 
@@ -51,8 +60,8 @@ def _marginals(schema, real: dict, fake: dict) -> None:
                         "variable": v.name,
                         "what": v.label or "",
                         "difference (TVD)": round(tvd(pr, pf), 4),
-                        "data": np.round(pr, 3).tolist(),
-                        "model": np.round(pf, 3).tolist(),
+                        "data": _rounded(pr),
+                        "model": _rounded(pf),
                     }
                 )
                 st.download_button(
@@ -147,9 +156,9 @@ def _truth(ctx, ex) -> None:
         rows.append(
             {
                 f"{t} set to": explain.class_label(tvar, x),
-                "model": np.round(res.probs, 3).tolist(),
-                "exact truth": np.round(truth, 3).tolist(),
-                f"data: cases that had {t}": np.round(naive, 3).tolist(),
+                "model": _rounded(res.probs),
+                "exact truth": _rounded(truth),
+                f"data: cases that had {t}": _rounded(naive),
                 "difference model vs truth": round(tvd(res.probs, truth), 4),
                 "difference data vs truth": round(tvd(naive, truth), 4),
             }

@@ -455,16 +455,18 @@ def _set_and_answer(ctx: dict, treat: list, outcomes: list, given: dict, verdict
     do, images = _treatment_widgets(schema, study, treat)
     if not st.session_state.get("iv_do_error"):
         st.session_state["iv_do_text"] = _typed_text(schema, do)
-    first = next((v for v in treat if schema[v].kind != "image"), treat[0])
-    example_value = "0.5" if schema[first].kind == "continuous" else "1"
-    st.text_input(
-        "…or type the intervention",
-        key="iv_do_text",
-        on_change=_apply_typed,
-        placeholder=f"e.g. do({first}={example_value})",
-        help="NAME=VALUE pairs separated by commas, with or without do( … ); typing moves "
-        "the widgets above",
-    )
+    typable = [v for v in schema.names if schema[v].kind != "image"]
+    first = next((v for v in treat if v in typable), typable[0] if typable else None)
+    if first is not None:  # images are set with the uploader only
+        example_value = "0.5" if schema[first].kind == "continuous" else "1"
+        st.text_input(
+            "…or type the intervention",
+            key="iv_do_text",
+            on_change=_apply_typed,
+            placeholder=f"e.g. do({first}={example_value})",
+            help="NAME=VALUE pairs separated by commas, with or without do( … ); typing moves "
+            "the widgets above",
+        )
     if list(st.session_state.get("iv_treat") or []) != list(treat):
         st.rerun()  # the typed text named another treatment: redraw the whole page
     if st.session_state.get("iv_do_error"):

@@ -64,12 +64,14 @@ def test_sentence_matches_chart_and_one_number_per_quantity(home):
     table = _table(at, "C set to")
     row = table[table["C set to"] == "1 (present)"].iloc[0]
     assert row["P(N = 1 (positive)) if set"] == round(p1, 3)
-    # ... and so does the Checks page (same model, same draw)
+    # ... and so does the Checks page (same model, same draws), for every value of C
     chk = _page("checks", sid).run()
     assert not chk.exception and not chk.error, _texts(chk.error)
     truth = _table(chk, "C set to")
-    got = json.loads(truth[truth["C set to"] == "1 (present)"].iloc[0]["model"])
-    assert got[1] == round(p1, 3)
+    for value in ("0 (absent)", "1 (present)"):
+        got = json.loads(truth[truth["C set to"] == value].iloc[0]["model"])[1]
+        assert got == table[table["C set to"] == value].iloc[0]["P(N = 1 (positive)) if set"]
+    assert json.loads(truth[truth["C set to"] == "1 (present)"].iloc[0]["model"])[1] == round(p1, 3)
 
 
 def test_bow_caveat_in_sentence_chart_and_table_with_spread_over_models(home):

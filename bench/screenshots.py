@@ -41,6 +41,16 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def _start_training(page, visit, steps: int) -> None:
+    """On the Train page: set the steps per stage and start a run."""
+    visit("Train", ".st-key-train_start")
+    box = page.locator(".st-key-train_steps input")
+    box.fill(str(steps))
+    box.press("Enter")
+    wait_idle(page)
+    page.locator(".st-key-train_start button").click()
+
+
 def _out_of_range_view(page, visit, home: Path) -> None:
     """The image as treatment, given a plain red photo: the out-of-range warning (#16)."""
     from PIL import Image
@@ -69,12 +79,7 @@ def _bow_view(page, url: str, visit, args) -> None:
     page.get_by_role("option", name=TITLES["bow"]).click()
     page.locator(".st-key-home_open_example button").click()
     page.wait_for_selector("text=Current study: Bow", timeout=60_000)
-    visit("Train", ".st-key-train_start")
-    steps = page.locator(".st-key-train_steps input")
-    steps.fill(str(args.steps))
-    steps.press("Enter")
-    wait_idle(page)
-    page.locator(".st-key-train_start button").click()
+    _start_training(page, visit, args.steps)
     page.wait_for_selector("text=Training finished", timeout=int(args.timeout * 1000))
     wait_idle(page)
     visit("Intervene", "text=cannot decide")
@@ -124,12 +129,7 @@ def main() -> None:
         shot(page, "3_data")
         page.get_by_role("tab", name="Upload").click()
         shot(page, "3b_data_upload")
-        visit("Train", ".st-key-train_start")
-        steps = page.locator(".st-key-train_steps input")
-        steps.fill(str(args.steps))
-        steps.press("Enter")
-        wait_idle(page)
-        page.locator(".st-key-train_start button").click()
+        _start_training(page, visit, args.steps)
         page.wait_for_selector("text=/stage 0: trains/", timeout=int(args.timeout * 1000))
         shot(page, "4a_train_running")
         try:

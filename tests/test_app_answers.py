@@ -11,6 +11,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_app import REPO, TIMEOUT, _fake_trained_run, _page, _study, _texts
@@ -207,9 +208,10 @@ def test_graph_edit_after_training_shows_needs_retraining(home):
     assert str(home) not in warn and "{'" not in warn  # no server path, no dict dump
 
 
-def test_overlap_warning_follows_uploads(home):
-    """The positivity warning is cached per study data: after an upload that changes the
-    data, the page shows the new data's answer (the old cache was keyed on the study only)."""
+def test_overlap_warning_and_effect_table_follow_uploads(home):
+    """The positivity warning is cached per study data and the effect table's data column is
+    read from the current data: after an upload that changes the data, the page shows the new
+    data's answers (the old caches were keyed on the study only, #9)."""
     from mdcm_app import state, uploads
 
     meta = state.new_study(
@@ -229,14 +231,24 @@ def test_overlap_warning_follows_uploads(home):
         raw = uploads.store_raw(sid, f"{name}.csv", text.encode())
         uploads.import_csv_images(sid, schema, raw, None, name)
 
+    def naive_column(at) -> list[float]:
+        return list(_table(at, "X set to")["data: cases that had that X"])
+
     upload("observational", rng.integers(0, 2, 400))  # M unrelated to X: overlap is fine
+    _fake_trained_run(sid)
     at = _page("intervene", sid).run()
-    assert not at.exception
+    assert not at.exception and not at.error, _texts(at.error)
     assert not any("Positivity" in w for w in _texts(at.warning))
+    before = naive_column(at)
     uploads.delete_dataset(sid, "observational")
-    upload("observational", x.copy())  # now M reveals X exactly
+    upload("observational", x.copy())  # now M reveals X exactly (and new Y values)
     at2 = _page("intervene", sid).run()
     assert any("Positivity" in w and "M (mediator" in w for w in _texts(at2.warning))
+    after = naive_column(at2)
+    data = state.study_dir(sid) / "study" / "observational" / "data.csv"
+    table = pd.read_csv(data)
+    expect = [round(float(table["Y"][table["X"].eq(v)].mean()), 3) for v in (0, 1)]
+    assert after == expect and after != before  # the new data's P(Y=1 | X=x), not the old
 
 
 def test_page_errors_reach_apptest_under_mdcm_raise(home, monkeypatch):

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from test_app import _page, _study, _texts, home  # noqa: F401 - the `home` fixture
+from test_app import _page, _study, _texts
 
 from mdcm import runs
 

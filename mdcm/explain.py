@@ -152,6 +152,7 @@ def answer_sentence(
     naive: Sequence[float] | None = None,
     identifiable: bool | None = True,
     spread: tuple[float, float, int] | None = None,
+    unlike_data: Sequence[str] = (),
 ) -> str:
     """One paragraph that says the answer in words, with the same numbers the chart shows.
 
@@ -159,8 +160,36 @@ def answer_sentence(
     answer; ``naive`` the data's plain conditional among cases that had the treatment values;
     ``spread`` = (lowest, highest, number of models) of the answer over several trained models
     (for a binary outcome: of P(outcome = last class)). A non-identifiable answer says that
-    the data cannot decide it and that its interval is sampling noise only.
+    the data cannot decide it and that its interval is sampling noise only; ``unlike_data``
+    names image treatments whose chosen image is out of the data's range (an extrapolation).
     """
+    return _answer_text(
+        schema, outcome, do, probs, ci, mean, given, naive, identifiable, spread
+    ) + _unlike(schema, unlike_data)
+
+
+def _unlike(schema: Schema, names: Sequence[str]) -> str:
+    if not names:
+        return ""
+    what = _join([var_name(schema[n]) for n in names])
+    return (
+        f" The image chosen for {what} is unlike every image in the data, so this answer is "
+        "an extrapolation by the networks."
+    )
+
+
+def _answer_text(
+    schema: Schema,
+    outcome: str,
+    do: Mapping[str, Any],
+    probs: Sequence[float] | None,
+    ci: Sequence[Sequence[float]] | None,
+    mean: Sequence[float] | None,
+    given: Mapping[str, int] | None,
+    naive: Sequence[float] | None,
+    identifiable: bool | None,
+    spread: tuple[float, float, int] | None,
+) -> str:
     var = schema[outcome]
     given = dict(given or {})
     lead = f"If {do_phrase(schema, do)} for everyone"

@@ -237,6 +237,7 @@ def _answer(ctx, y: str, do: dict, given: dict, ident) -> None:
             naive=naive,
             identifiable=not unsure,
             spread=spread,
+            unlike_data=ctx.get("unlike_data", ()),
         )
         (st.warning if unsure else st.info)(sentence, icon=":material/chat:")
     title = f"{explain.var_name(var)} if {explain.do_phrase(schema, do)}"
@@ -344,12 +345,16 @@ def _effect(ctx, treat: str, y: str, ident) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"iv_table_{y}")
 
 
-def _check_images(ctx, images: dict) -> None:
-    """Fill each image's slot with the out-of-range warning when it is unlike the data."""
+def _check_images(ctx, images: dict) -> list[str]:
+    """Fill each image's slot with the out-of-range warning when it is unlike the data; returns
+    the image treatments that are."""
+    unlike = []
     for v, (img, slot, what) in images.items():
         check = answers.image_check(ctx["data_key"], ctx["mid"], ctx["model"], ctx["study"], v, img)
         if check is not None and check.out_of_range:
             slot.warning(check.message(what), icon=":material/report:")
+            unlike.append(v)
+    return unlike
 
 
 def _fit_warnings(model, treat: list, outcomes: list, given: dict) -> None:
@@ -475,8 +480,7 @@ def _set_and_answer(ctx: dict, treat: list, outcomes: list, given: dict, verdict
     if missing:
         st.info(f"Set a value for {', '.join(missing)} to see answers.")
         return
-    if study is not None:
-        _check_images(ctx, images)
+    ctx["unlike_data"] = _check_images(ctx, images) if study is not None else []
     cols = st.columns(min(2, len(outcomes)))
     for i, y in enumerate(outcomes):
         with cols[i % len(cols)]:

@@ -173,6 +173,11 @@ def test_red_photo_gets_the_out_of_range_warning_and_a_data_xray_does_not(home):
     warn = " ".join(_texts(at.warning))
     assert "Your image red.png is unlike every image in the training data" in warn
     assert "extrapolation" in warn
+    sentence = next(s for s in _texts(at.info) if s.startswith("If chest X-ray X were replaced"))
+    assert sentence.endswith(
+        "The image chosen for chest X-ray X is unlike every image in the data, so this answer "
+        "is an extrapolation by the networks."
+    )
     captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs]
     assert "red.png as uploaded" in captions
     assert "as the model sees it: 16×16, grayscale" in captions

@@ -15,6 +15,7 @@ gets one of many consistent answers, and the result says so in ``warning``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -677,7 +678,8 @@ def regime_fit_warning(
         label = f"do({', '.join(graph.order(regime))})"
         for s in record.get("stages", ()):
             fit = (s.get("fits") or {}).get(label)
-            if fit is not None and fit > tolerance + float(s.get("floor") or 0.0) + slack:
+            allowed = math.hypot(tolerance, float(s.get("floor") or 0.0))  # as the trainer
+            if fit is not None and fit > allowed + slack:
                 poor.append(f"{label} in stage {s['stage']} (fit {fit:.3f})")
     if not poor:
         return None

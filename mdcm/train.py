@@ -1101,7 +1101,9 @@ class _Trainer:
         if st.floor:
             start += (
                 f"; a perfect model's fit check would read about {st.floor:.3f} (sampling "
-                f"noise), so it stops early within {self.cfg.tolerance} of that"
+                f"noise), so it stops early at "
+                f"{_allowed(self.cfg.tolerance, st.floor):.3f} (tolerance {self.cfg.tolerance} "
+                "and that noise together)"
             )
         self.emit("stage_start", stage.id, 0, message=start)
         if ck is not None and ck[2]["step"] > 0:
@@ -1220,7 +1222,7 @@ class _Trainer:
                 reason = stop_reason(
                     st.history,
                     st.step,
-                    tolerance=cfg.tolerance + st.floor,
+                    tolerance=_allowed(cfg.tolerance, st.floor),
                     stable_checks=cfg.stable_checks,
                     patience=cfg.patience,
                     min_steps=cfg.min_steps,
@@ -1391,6 +1393,12 @@ class _Trainer:
         finally:
             self.model.train(was)
         return fits
+
+
+def _allowed(tolerance: float, floor: float) -> float:
+    """The fit a stage may stop at: ``tolerance`` of real misfit on top of the check's own
+    sampling noise ``floor``; independent errors add in quadrature."""
+    return math.sqrt(tolerance**2 + floor**2)
 
 
 def _worst(fits: Mapping[str, float | None]) -> float | None:

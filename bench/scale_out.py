@@ -160,11 +160,12 @@ def _fresh(ex) -> DCM:
     return DCM(ex.study.schema, MODEL)
 
 
-def part1(steps: int, n: int) -> list[dict]:
+def part1(steps: int, n: int, only: str | None = None) -> list[dict]:
     studies = [
         ("8 nodes, 1 confounded pair", random_graph(8, 10, 1, seed=8), True),
         ("30 nodes, paper density", random_graph(30, 30 * 30 // 5, 10, seed=30_000), False),
     ]
+    studies = [s for s in studies if only is None or s[0].startswith(only + " ")]
     rows = []
     print(f"Part 1: 1 vs 2 local Ray workers, {steps} steps per stage, {n} rows")
     head = (
@@ -179,7 +180,12 @@ def part1(steps: int, n: int) -> list[dict]:
         one = timed_run(ex, plan, cfg, 1)
         two = timed_run(ex, plan, cfg, 2)
         dur = {int(k): v for k, v in one["per_stage_s"].items()}
+        dur2 = {int(k): v for k, v in two["per_stage_s"].items()}
         ideal = list_schedule(plan, dur, 2)
+        # contention: the same stages' times when two train at once on the 2 cores, and how
+        # close the 2-worker run came to packing ITS OWN stage times (scheduling overhead alone)
+        busy = sum(dur2.values()) / sum(dur.values())
+        own = two["wall_s"] / list_schedule(plan, dur2, 2)
         bound = max(critical_path(plan, dur), sum(dur.values()) / 2)
         a1, a2 = answers(one["model"], ex), answers(two["model"], ex)
         t = truth(ex, exact)
@@ -207,6 +213,9 @@ def part1(steps: int, n: int) -> list[dict]:
             "ray_start_s": [one["ray_start_s"], two["ray_start_s"]],
             "warm_s": [one["warm_s"], two["warm_s"]],
             "per_stage_s": dur,
+            "per_stage_2w_s": dur2,
+            "busy_2w_over_1w": busy,
+            "wall_2w_over_own_ideal": own,
         }
         rows.append(row)
         print(
@@ -214,6 +223,10 @@ def part1(steps: int, n: int) -> list[dict]:
             f"{row['two_s']:>12.1f}{ideal:>12.1f}{bound:>9.1f}{row['ratio']:>10.3f}"
             f"{row['speedup']:>10.2f}{same:>9.4f}{err:>14.3f}"
             + ("" if weights_equal else "  (weights differ!)")
+        )
+        print(
+            f"    stage times with 2 at once / alone: {busy:.2f}; 2-worker wall / packing of its "
+            f"own stage times: {own:.3f}"
         )
         print(
             f"    Ray start {one['ray_start_s']:.1f}/{two['ray_start_s']:.1f} s, warm-up "
@@ -259,6 +272,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="steps per stage in part 1")
     ap.add_argument("--small-steps", type=int, default=40, help="steps per stage in part 2")
     ap.add_argument("--n", type=int, default=4000, help="rows per study")
+    ap.add_argument("--only", choices=("8", "30"), help="part 1: one of the two studies")
     args = ap.parse_args()
     parts = args.part or [1, 2]
     torch.set_num_threads(1)
@@ -266,7 +280,7 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         out["load_before"] = f.read().split()[:3]
     if 1 in parts:
-        out["part1"] = part1(args.steps, args.n)
+        out["part1"] = part1(args.steps, args.n, args.only)
     if 2 in parts:
         out["part2"] = part2(args.small_steps, args.n)
     with open("/proc/loadavg") as f:

@@ -342,6 +342,9 @@ def connect(workers: int | None = None, address: str | None = None) -> Iterator[
     common = {"namespace": "mdcm", "log_to_driver": False, "logging_level": "warning"}
     if workers is not None:
         validate_workers(workers)
+        # Ray lowers its workers' priority (nice +15) by default; local workers should train
+        # at the priority of the command that started them, like the one-process trainer
+        os.environ.setdefault("RAY_worker_niceness", "0")
         import torch
 
         gpus = torch.cuda.device_count()

@@ -15,7 +15,7 @@ from mdcm import runs
 pytest.importorskip("streamlit")
 
 
-def test_workers_field_goes_into_the_run_config(home):  # noqa: F811
+def test_workers_field_goes_into_the_run_config(home):
     sid = _study("bow")
     at = _page("train", sid).run()
     assert not at.exception and not at.error
@@ -30,7 +30,7 @@ def test_workers_field_goes_into_the_run_config(home):  # noqa: F811
     assert runs.wait_run(run_dir, timeout_s=120).status in ("stopped", "done", "failed")
 
 
-def test_unreachable_cluster_is_refused_with_a_message_and_no_run(home):  # noqa: F811
+def test_unreachable_cluster_is_refused_with_a_message_and_no_run(home):
     sid = _study("bow")
     at = _page("train", sid).run()
     at.text_input(key="train_ray_address").set_value("127.0.0.1:1")
@@ -43,7 +43,7 @@ def test_unreachable_cluster_is_refused_with_a_message_and_no_run(home):  # noqa
     assert any("bad Ray cluster address" in e for e in _texts(at.error))
 
 
-def test_progress_of_a_parallel_run_shows_stages_side_by_side(home):  # noqa: F811
+def test_progress_of_a_parallel_run_shows_stages_side_by_side(home):
     from mdcm_app import runs_view, state
 
     sid = _study("backdoor")

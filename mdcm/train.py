@@ -1086,7 +1086,10 @@ class _Trainer:
         stage = self.plan.stages[si]
         objective = stage_objective(self.model, stage, self.cfg.objective)
         t_start = time.monotonic()
-        start = f"stage {stage.id}: trains {', '.join(stage.trains)} with {objective}"
+        start = (
+            f"stage {stage.id}: training the model of {_and(stage.trains)} "
+            f"({_OBJECTIVE_WORDS[objective]}; objective {objective})"
+        )
         specs = [t for t in stage.targets if frozenset(t.regime.do) in self.data]
         if any(v in self.pretrained for v in stage.trains):
             names = ", ".join(stage.trains)
@@ -1264,7 +1267,8 @@ class _Trainer:
             st.step,
             quality=quality,
             fits=fits,
-            message=f"stopped by {stopped_by} after {st.step} steps, {secs:.1f} s{note}",
+            message=f"stage {st.stage.id} done after {st.step} steps, {secs:.1f} s: "
+            f"{_STOP_WORDS.get(stopped_by, stopped_by)}{note}",
         )
         return StageSummary(
             st.stage.id,
@@ -1393,6 +1397,24 @@ class _Trainer:
         finally:
             self.model.train(was)
         return fits
+
+
+#: the objectives and the stop reasons in plain words (the Train page and the CLI show them)
+_OBJECTIVE_WORDS = {
+    "mle": "fitting the likelihood of the data",
+    "mmd": "matching the data's distribution",
+    "wgan": "adversarial training against a critic",
+}
+_STOP_WORDS = {
+    "tolerance": "it matches the data as closely as the check can tell",
+    "plateau": "the fit stopped improving",
+    "steps": "the step limit was reached",
+    "time": "the time limit was reached",
+}
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _allowed(tolerance: float, floor: float) -> float:

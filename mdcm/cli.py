@@ -778,12 +778,18 @@ def _schema_var(schema: Any, name: str, flag: str) -> Any:
     return schema[name]
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _model_dir_and_n(args: argparse.Namespace) -> Path:
+    """``--model`` as an existing folder, after checking ``-n`` (1 … 1000000)."""
     if args.n < 1 or args.n > 1_000_000:
         raise CliError(f"-n {args.n}: give a sample count between 1 and 1000000")
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise CliError(f"--model {args.model}: no such model folder")
+    return model_dir
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    model_dir = _model_dir_and_n(args)
     do_text = _assignments(args.do, "--do")
     given_text = _assignments(args.given, "--given")
     both = set(do_text) & set(given_text)
@@ -917,11 +923,7 @@ def _write_samples(
 def cmd_counterfactual(args: argparse.Namespace) -> int:
     """Units of the twin network (mdcm.counterfactual): factual values matching --evidence,
     counterfactual values under --do, the same noise in both worlds."""
-    if args.n < 1 or args.n > 1_000_000:
-        raise CliError(f"-n {args.n}: give a sample count between 1 and 1000000")
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise CliError(f"--model {args.model}: no such model folder")
+    model_dir = _model_dir_and_n(args)
     do_text = _assignments(args.do, "--do")
     ev_text = _assignments(args.evidence, "--evidence")
     if not do_text:

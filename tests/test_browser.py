@@ -147,10 +147,15 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.wait_for_selector("text=Identifiable")
     page.wait_for_selector(".stPlotlyChart")
     slider = page.locator(".st-key-iv_val_D input[type='range']")
-    slider.focus()
-    slider.press("ArrowRight")
-    slider.press("ArrowRight")
-    wait_idle(page)
+    for want in ("1", "2"):  # one step at a time: each move reruns the answer's fragment
+        slider.focus()
+        slider.press("ArrowRight")
+        wait_idle(page)
+        page.wait_for_function(
+            "v => document.querySelector(\".st-key-iv_val_D input[type='range']\").value === v",
+            arg=want,
+            timeout=60_000,
+        )
     assert slider.input_value() == "2"
     page.wait_for_selector("text=If class D were set to 2")  # the answer in words
     assert page.locator("[data-testid='stImage']").count() >= 1  # generated image grid

@@ -189,18 +189,31 @@ def test_parallel_run_gives_the_weights_of_the_one_process_trainer(local_ray, na
         train(copy.deepcopy(ref), plan, study, CFG, checkpoint_dir=tmp_path / "ck", resume=True)
 
 
-def test_worker_killed_mid_stage_is_retried_from_its_checkpoint(local_ray, backdoor_ref, tmp_path):
+def test_worker_killed_mid_stage_is_retried_from_its_checkpoint(local_ray, tmp_path):
+    # stages long enough (about 2 s each on 2 cores) that the driver sees a mid-stage
+    # checkpoint while its stage still runs: with CFG's 30 steps a stage often ended before
+    # the driver's next poll, and the kill then hit an idle worker
+    cfg = dataclasses.replace(CFG, steps=500, check_every=250, checkpoint_every=25)
+    study, plan, ref = _case("backdoor")
+    train(ref, plan, study, cfg)
     study, plan, model = _case("backdoor")
-    cfg, ref = CFG, backdoor_ref
     events: list[dict] = []
     killed: dict = {}
     pids: dict[int, int] = {}
+    ended: set[int] = set()
 
     def on_event(ev: dict) -> None:
         events.append(ev)
         if ev["kind"] == "stage_start":
             pids[ev["stage"]] = ev["worker"]["pid"]
-        if ev["kind"] == "checkpoint" and 0 < ev["step"] < cfg.steps and not killed:
+        if ev["kind"] == "stage_end":
+            ended.add(ev["stage"])
+        if (
+            ev["kind"] == "checkpoint"
+            and 0 < ev["step"] <= cfg.steps // 2
+            and ev["stage"] not in ended
+            and not killed
+        ):
             killed.update(stage=ev["stage"], step=ev["step"])
             os.kill(pids[ev["stage"]], signal.SIGKILL)  # no chance to clean up
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve import CHROMIUM, launch_chromium, streamlit_server, wait_idle
+from serve import CHROMIUM, choose, launch_chromium, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -70,8 +70,7 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.goto(url)
     # -- Home: open the built-in colored-digits study
     page.wait_for_selector(".st-key-home_open_example button")
-    page.locator(".st-key-home_example").click()
-    page.get_by_role("option", name="Colored digits").click()
+    choose(page, "home_example", "Colored digits", exact=False)
     page.locator(".st-key-home_open_example button").click()
     page.wait_for_selector("text=Current study: Colored digits")
     assert "study=colored-digits-" in page.url
@@ -81,10 +80,8 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     page.wait_for_selector("text=Stage dependency graph")
     assert page.locator("text=/2 stages/").count() >= 1
     page.get_by_text("Edit with forms instead (keyboard)").click()
-    page.locator(".st-key-graph_edge_from").click()
-    page.get_by_role("option", name="D", exact=True).click()
-    page.locator(".st-key-graph_edge_to").click()
-    page.get_by_role("option", name="A", exact=True).click()
+    choose(page, "graph_edge_from", "D")
+    choose(page, "graph_edge_to", "A")
     page.locator(".st-key-graph_add_edge button").click()
     page.wait_for_selector("text=added edge")
     text = page.locator(".st-key-graph_text textarea").input_value()
@@ -159,8 +156,7 @@ def _flow(page, url: str, home: Path, tmp_path: Path) -> None:
     assert slider.input_value() == "2"
     page.wait_for_selector("text=If class D were set to 2")  # the answer in words
     assert page.locator("[data-testid='stImage']").count() >= 1  # generated image grid
-    page.locator(".st-key-iv_treat").click()
-    page.get_by_role("option", name="image I", exact=True).click()
+    choose(page, "iv_treat", "image I")
     page.keyboard.press("Escape")
     wait_idle(page)
     page.locator(".st-key-iv_img_I input[type='file']").set_input_files(

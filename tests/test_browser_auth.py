@@ -263,10 +263,14 @@ def _flow(alice, bob, url: str, home: Path, tmp_path: Path) -> None:
     alice.goto(f"{url}/?study={a_sid}")
     alice.wait_for_selector("text=Current study")
     alice.locator(".st-key-auth_logout button").click()
-    alice.wait_for_url(re.compile(r"(end_session|127\.0\.0\.1)"))
-    if alice.locator("text=End session").count():
-        alice.get_by_role("button", name="End session").click()
-    alice.wait_for_selector(".st-key-auth_login_default button")
+    # the provider may show its own end-session page first (the app and the provider both
+    # live on 127.0.0.1, so the URL alone cannot tell): wait for that page or the sign-in
+    end_session = alice.get_by_role("button", name="End session")
+    sign_in = alice.locator(".st-key-auth_login_default button")
+    end_session.or_(sign_in).first.wait_for()
+    if end_session.count():
+        end_session.click()
+    sign_in.wait_for()
     for path in (f"/?study={a_sid}", f"/train?study={a_sid}&run={a_run1}", "/workspace"):
         alice.goto(url + path)
         alice.wait_for_selector(".st-key-auth_login_default button")

@@ -121,18 +121,22 @@ def wait_idle(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_timeout(300)
 
 
-def choose(page, key: str, option: str, tries: int = 5, exact: bool = True) -> None:
+def choose(
+    page, key: str, option: str, tries: int = 5, exact: bool = True, wait_ms: int = 10_000
+) -> None:
     """Pick ``option`` in the select box ``.st-key-<key>``. A rerun that lands between the
     click and the pick (the canvas component reporting its size, a fragment finishing) closes
-    the list again, so open it until the option shows, a few times."""
+    the list again (and a select box may still be waiting for data), so open it until the
+    option shows, a few times."""
     box = page.locator(f".st-key-{key}")
     item = page.get_by_role("option", name=option, exact=exact).first
     for attempt in range(tries):
         wait_idle(page)
         box.click()
         try:
-            item.wait_for(timeout=10_000)
+            item.wait_for(timeout=wait_ms)
             item.click()
+            wait_idle(page)
             return
         except Exception:
             if attempt == tries - 1:

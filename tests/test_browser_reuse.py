@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from serve import CHROMIUM, launch_chromium, streamlit_server, wait_idle
+from serve import CHROMIUM, choose, launch_chromium, streamlit_server, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
@@ -74,24 +74,6 @@ def _train(page, home: Path) -> str:
     return run.name
 
 
-def _pick(page, key: str, option: str, tries: int = 20) -> None:
-    """Choose ``option`` in a select box that the app may still be enabling (the page reruns
-    once the run it follows has ended)."""
-    for _ in range(tries):
-        wait_idle(page)
-        page.locator(f".st-key-{key}").click()
-        opt = page.get_by_role("option", name=option, exact=False)
-        try:
-            opt.wait_for(timeout=3000)
-        except Exception:  # noqa: BLE001 - not offered yet: close the list and try again
-            page.keyboard.press("Escape")
-            continue
-        opt.click()
-        wait_idle(page)
-        return
-    raise AssertionError(f"{option!r} never offered in {key}")
-
-
 def _events(home: Path, rid: str) -> list[dict]:
     lines = (home / "runs" / rid / "events.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines if x.strip()]
@@ -108,7 +90,9 @@ def test_reuse_the_image_mechanism_of_a_first_run(app, tmp_path):
         page.wait_for_selector(".st-key-train_reuse_I")  # stage 0 (I given D) can be filled
         first = _train(page, home)
         # the second run: take I from the first run
-        _pick(page, "train_reuse_I", f"use I from run {first}")
+        choose(
+            page, "train_reuse_I", f"use I from run {first}", tries=20, exact=False, wait_ms=3000
+        )
         page.wait_for_selector("text=filled, not trained")
         second = _train(page, home)
         assert second != first
@@ -143,7 +127,9 @@ def test_export_interventional_samples_and_read_them_back(app, tmp_path):
     page, home = app
     try:
         _nav(page, "Intervene")
-        page.get_by_text("Save these samples as a dataset").click()
+        export = page.get_by_text("Save these samples as a dataset")
+        export.wait_for(timeout=180_000)  # the page draws its answer first (slow on 2 busy cores)
+        export.click()
         _fill(page, "iv_export_n", 80)
         # as a zip download
         page.locator(".st-key-iv_export_where").get_by_text("as a zip download").click()

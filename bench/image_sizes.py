@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.memory:
         args.examples, args.sizes, args.n = ["xray"], ["128"], args.n or 20000
-        args.set = (args.set or []) + ["steps=200", "coder_steps=200"]
+        args.set = ["steps=200", "coder_steps=200"] + (args.set or [])  # --set still wins
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []

@@ -200,7 +200,11 @@ def bench_study(
 
 
 def bench_defaults(
-    name: str, seeds: list[int], image_net: str = "auto", randomise: list[str] = ()
+    name: str,
+    seeds: list[int],
+    image_net: str = "auto",
+    randomise: list[str] = (),
+    plans: tuple[str, ...] = ("modular", "joint"),
 ) -> list[dict]:
     """Default training (``TrainConfig()`` with only the seed set: 3000 steps per stage, early
     stop on the fit check), modular and joint plan, one row per seed. ``randomise`` adds one
@@ -215,6 +219,8 @@ def bench_defaults(
             ("modular", make_plan(ex.study.graph, ex.study.interventions)),
             ("joint", joint_plan(ex.study.graph, ex.study.interventions)),
         ):
+            if label not in plans:
+                continue
             print(f"[{name}] seed {seed}, {label} plan, default training", flush=True)
             r = run_plan(
                 ex,
@@ -281,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="with --defaults: add an experiment in which these variables were randomised",
     )
+    ap.add_argument(
+        "--plans", nargs="*", default=["modular", "joint"], choices=("modular", "joint")
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -294,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.defaults:
         rows = []
         for name in args.examples:
-            rows += bench_defaults(name, args.seeds, args.image_net, args.randomise)
+            rows += bench_defaults(
+                name, args.seeds, args.image_net, args.randomise, tuple(args.plans)
+            )
             (OUT / f"train_quality_defaults_{stamp}.json").write_text(
                 json.dumps(rows, indent=1, default=str)
             )

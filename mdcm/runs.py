@@ -435,6 +435,7 @@ TRAIN_KEYS = (
     "checkpoint_every",
     "stable_checks",
     "min_steps",
+    "min_steps_continuous",
     "lr",
     "betas",
     "critic_steps",

@@ -427,8 +427,9 @@ class _Matcher:
                 y, k = _probe_target(self.model, c, self.data.cols[c][idx], rng)
                 if k > 1:
                     targets[c], classes[c] = y, k
-            if targets:
-                out[v] = DownstreamProbe(self.data.cols[v][idx], targets, classes, seed=stage.id)
+            codes = self.data.codes(v)  # None only without a fitted coder: nothing to read
+            if targets and codes is not None:
+                out[v] = DownstreamProbe(codes[idx], targets, classes, seed=stage.id)
         return out
 
     @property

@@ -63,6 +63,7 @@ def run(
     seed: int,
     side: int = 14,
     fidelity: bool = True,
+    overrides: dict | None = None,
 ) -> dict:
     """One study and seed; ``budget`` None: default training (``TrainConfig(seed=…)``)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +76,7 @@ def run(
         torch.manual_seed(seed)
         model = DCM(study.schema, ModelConfig())
         if budget is None:
-            cfg = TrainConfig(seed=seed)
+            cfg = replace(TrainConfig(seed=seed), **(overrides or {}))
         else:
             cfg = TrainConfig(
                 steps=100_000,
@@ -135,13 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-fidelity", action="store_true", help="skip probes and fidelity")
     ap.add_argument("--side", type=int, default=14, help="image side in pixels (14 or 28)")
+    ap.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="with --defaults: a TrainConfig field"
+    )
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, _, v in (p.partition("=") for p in args.set or ())}
     if not args.data.is_dir():
         sys.exit(f"no real data folder at {args.data} (this benchmark needs ../shared/data)")
     OUT.mkdir(parents=True, exist_ok=True)
     budget = None if args.defaults else args.budget
-    rows = [
-        run(w, args.data, budget, args.n, seed, args.side, not args.no_fidelity)
+    rows = [  # one row per study and seed
+        run(w, args.data, budget, args.n, seed, args.side, not args.no_fidelity, overrides)
         for w in args.which
         for seed in args.seeds
     ]

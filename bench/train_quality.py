@@ -18,6 +18,7 @@ at most half the joint plan's time; CPU-size studies reach their quality bar wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -205,6 +206,7 @@ def bench_defaults(
     image_net: str = "auto",
     randomise: list[str] = (),
     plans: tuple[str, ...] = ("modular", "joint"),
+    overrides: dict | None = None,
 ) -> list[dict]:
     """Default training (``TrainConfig()`` with only the seed set: 3000 steps per stage, early
     stop on the fit check), modular and joint plan, one row per seed. ``randomise`` adds one
@@ -225,7 +227,7 @@ def bench_defaults(
             r = run_plan(
                 ex,
                 plan,
-                TrainConfig(seed=seed),
+                dataclasses.replace(TrainConfig(seed=seed), **(overrides or {})),
                 ModelConfig(image_net=image_net),
                 eval_every_check=False,
                 probe=probes,
@@ -290,7 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--plans", nargs="*", default=["modular", "joint"], choices=("modular", "joint")
     )
+    ap.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="with --defaults: a TrainConfig field"
+    )
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, _, v in (p.partition("=") for p in args.set or ())}
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for name in args.examples:
             rows += bench_defaults(
-                name, args.seeds, args.image_net, args.randomise, tuple(args.plans)
+                name, args.seeds, args.image_net, args.randomise, tuple(args.plans), overrides
             )
             (OUT / f"train_quality_defaults_{stamp}.json").write_text(
                 json.dumps(rows, indent=1, default=str)

@@ -11,6 +11,7 @@ training state lives here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -99,6 +100,13 @@ def plateau(history: Sequence[float | None], patience: int) -> bool:
     if len(h) <= patience:
         return False
     return min(h[-patience:]) > min(h[:-patience]) - 0.002
+
+
+def allowed_fit(tolerance: float, floor: float) -> float:
+    """The fit a stage may stop at: ``tolerance`` of real misfit on top of the check's own
+    sampling noise ``floor``; independent errors add in quadrature. (The trainer's early stop
+    and :func:`mdcm.query.regime_fit_warning` both use it.)"""
+    return math.hypot(tolerance, floor)
 
 
 def stop_reason(

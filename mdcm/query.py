@@ -15,7 +15,6 @@ gets one of many consistent answers, and the result says so in ``warning``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .counterfactual import counterfactual_distribution, counterfactual_samples  # noqa: F401
+from .fitcheck import allowed_fit
 from .model import DCM
 
 __all__ = [
@@ -678,7 +678,7 @@ def regime_fit_warning(
         label = f"do({', '.join(graph.order(regime))})"
         for s in record.get("stages", ()):
             fit = (s.get("fits") or {}).get(label)
-            allowed = math.hypot(tolerance, float(s.get("floor") or 0.0))  # as the trainer
+            allowed = allowed_fit(tolerance, float(s.get("floor") or 0.0))
             if fit is not None and fit > allowed + slack:
                 poor.append(f"{label} in stage {s['stage']} (fit {fit:.3f})")
     if not poor:

@@ -52,7 +52,15 @@ from . import _callable_module, checkpoints
 from .coders import as_float_images, as_uint8_images, autocast
 from .data import Dataset, ImageArray, Study
 from .fidelity import pooled
-from .fitcheck import CLUSTERS, QUANTILES, DownstreamProbe, FitCheck, kmeans, stop_reason
+from .fitcheck import (
+    CLUSTERS,
+    QUANTILES,
+    DownstreamProbe,
+    FitCheck,
+    allowed_fit,
+    kmeans,
+    stop_reason,
+)
 from .model import DCM, SampledValues
 from .nets import Critic, gradient_penalty, has_log_prob, mmd2
 from .plan import Plan, Stage, Target
@@ -423,8 +431,11 @@ class _Matcher:
             if len(idx) < 200 or not kids:
                 continue
             targets, classes = {}, {}
-            for c in kids:
-                y, k = _probe_target(self.model, c, self.data.cols[c][idx], rng)
+            for c in kids:  # an image child is read through its cached codes (no encoder pass)
+                x = self.data.codes(c) if c in self.data.images else self.data.cols[c]
+                if x is None:
+                    continue
+                y, k = _probe_target(self.model, c, x[idx], rng)
                 if k > 1:
                     targets[c], classes[c] = y, k
             codes = self.data.codes(v)  # None only without a fitted coder: nothing to read
@@ -548,18 +559,17 @@ def _chunk_rows(model: DCM) -> int:
 def _probe_target(
     model: DCM, child: str, x: torch.Tensor, rng: np.random.RandomState
 ) -> tuple[np.ndarray, int]:
-    """A child's values as classes for a downstream probe: categorical as they are, continuous
-    as quintiles of the first dimension, images as k-means clusters of their code."""
+    """A child's values ``x`` as classes for a downstream probe: categorical as they are,
+    continuous as quintiles of the first dimension, images (``x``: their codes) as k-means
+    clusters."""
     kind = model.schema[child].kind
     if kind == "categorical":
         return x.argmax(1).cpu().numpy(), x.shape[1]
     if kind == "continuous":
         edges = torch.quantile(x[:, 0], torch.tensor(QUANTILES, device=x.device))
         return torch.bucketize(x[:, 0].contiguous(), edges).cpu().numpy(), len(QUANTILES) + 1
-    with torch.no_grad():
-        codes = model.coders[child].encode(x)
-    centroids = kmeans(codes, CLUSTERS, rng)
-    return torch.cdist(codes, centroids).argmin(1).cpu().numpy(), len(centroids)
+    centroids = kmeans(x, CLUSTERS, rng)
+    return torch.cdist(x, centroids).argmin(1).cpu().numpy(), len(centroids)
 
 
 # ---------------------------------------------------------------------- stage state
@@ -1110,7 +1120,7 @@ class _Trainer:
             start += (
                 f"; a perfect model's fit check would read about {st.floor:.3f} (sampling "
                 f"noise), so it stops early at "
-                f"{_allowed(self.cfg.tolerance, st.floor):.3f} (tolerance {self.cfg.tolerance} "
+                f"{allowed_fit(self.cfg.tolerance, st.floor):.3f} (tolerance {self.cfg.tolerance} "
                 "and that noise together)"
             )
         self.emit("stage_start", stage.id, 0, message=start)
@@ -1233,7 +1243,7 @@ class _Trainer:
                 reason = stop_reason(
                     st.history,
                     st.step,
-                    tolerance=_allowed(cfg.tolerance, st.floor),
+                    tolerance=allowed_fit(cfg.tolerance, st.floor),
                     stable_checks=cfg.stable_checks,
                     patience=cfg.patience,
                     min_steps=min_steps,
@@ -1423,12 +1433,6 @@ _STOP_WORDS = {
 
 def _and(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _allowed(tolerance: float, floor: float) -> float:
-    """The fit a stage may stop at: ``tolerance`` of real misfit on top of the check's own
-    sampling noise ``floor``; independent errors add in quadrature."""
-    return math.sqrt(tolerance**2 + floor**2)
 
 
 def _worst(fits: Mapping[str, float | None]) -> float | None:

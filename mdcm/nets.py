@@ -96,7 +96,8 @@ class Mechanism(Protocol):
     code), ``u`` the concatenated noise of the bidirected edges touching V (``(n, 0)`` when none),
     shared with the other end of each edge. The mechanism draws its own noise ``Z_V`` from ``gen``
     and applies its own output head; it returns the encoded value (one-hot, vector or image).
-    Mechanisms with a likelihood also have ``log_prob(cond, u, value) -> (n,)``.
+    Mechanisms with a likelihood (``has_likelihood``) also have
+    ``log_prob(cond, u, value, gen) -> (n,)``.
     """
 
     def sample(
@@ -112,7 +113,9 @@ class Mechanism(Protocol):
 
 def has_log_prob(mechanism: object) -> bool:
     """Whether a mechanism has a likelihood (and so can train by maximum likelihood)."""
-    return callable(getattr(mechanism, "log_prob", None))
+    return bool(getattr(mechanism, "has_likelihood", False)) and callable(
+        getattr(mechanism, "log_prob", None)
+    )
 
 
 class MLPGenerator(nn.Module):
@@ -120,6 +123,9 @@ class MLPGenerator(nn.Module):
 
     Categorical: the MLP gives logits and V is an exact one-hot Gumbel-max sample (straight-through
     Gumbel-softmax gradients when training); continuous: the MLP's linear output is V.
+
+    A categorical mechanism has a likelihood (:meth:`log_prob`), so a plain-conditional stage
+    fits it by maximum likelihood; a continuous one has no density and trains by MMD.
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class MLPGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.z_dim, self.categorical = z_dim, categorical
+        self.has_likelihood = categorical
         self.net = MLP(cond_dim + z_dim + conf_dim, out_dim, hidden, layers=2)
 
     def sample(
@@ -141,6 +148,24 @@ class MLPGenerator(nn.Module):
         z = torch.randn(cond.shape[0], self.z_dim, generator=gen, device=cond.device)
         out = self.net(torch.cat([cond, z, u], dim=1))
         return gumbel_one_hot(out, tau, gen, straight_through) if self.categorical else out
+
+    def log_prob(
+        self,
+        cond: torch.Tensor,
+        u: torch.Tensor,
+        value: torch.Tensor,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``log softmax(MLP(cond, Z_V, u))[value]`` at one fresh draw of the own noise ``Z_V``,
+        ``(n,)``; ``value`` one-hot. Its expectation over ``Z_V`` is maximised, for every
+        ``Z_V``, by the conditional itself, so the maximiser ignores ``Z_V`` and sampling with
+        any noise gives that conditional (with ``u`` it would also learn to ignore the
+        confounder: plain-conditional stages only, where ``u`` is empty)."""
+        if not self.categorical:
+            raise ValueError("a continuous MLP mechanism has no likelihood")
+        z = torch.randn(cond.shape[0], self.z_dim, generator=gen, device=cond.device)
+        logits = self.net(torch.cat([cond, z, u], dim=1)).float()
+        return (torch.log_softmax(logits, dim=1) * value).sum(1)
 
 
 class LatentMixture(nn.Module):
@@ -171,6 +196,7 @@ class LatentMixture(nn.Module):
     ) -> None:
         super().__init__()
         self.k, self.c = components, code_dim
+        self.has_likelihood = True
         self.net = MLP(cond_dim + conf_dim, components * (1 + 2 * code_dim), hidden, layers=2)
         object.__setattr__(self, "coder", coder)  # not a sub-module (see the class docstring)
 
@@ -235,8 +261,15 @@ class LatentMixture(nn.Module):
         comp = -0.5 * z.pow(2).sum(-1) - log_s.sum(-1) - 0.5 * self.c * math.log(2 * math.pi)
         return torch.logsumexp(torch.log_softmax(logits, dim=1) + comp, dim=1)
 
-    def log_prob(self, cond: torch.Tensor, u: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """log-density of an image's code (or of a code, without a coder), ``(n,)``."""
+    def log_prob(
+        self,
+        cond: torch.Tensor,
+        u: torch.Tensor,
+        value: torch.Tensor,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """log-density of an image's code (or of a code, without a coder), ``(n,)``; exact, so
+        ``gen`` is not used."""
         code = value if self.coder is None else self.coder.encode(value).detach()
         return self.code_log_prob(cond, u, code)
 

@@ -436,6 +436,7 @@ TRAIN_KEYS = (
     "stable_checks",
     "min_steps",
     "min_steps_continuous",
+    "min_steps_confounded",
     "lr",
     "betas",
     "critic_steps",

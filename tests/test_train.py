@@ -101,6 +101,36 @@ def test_discrete_fit_reaches_the_data() -> None:
     assert tvd(model, data) < 0.04, (model, data, res)
 
 
+def test_categorical_plain_conditionals_train_by_maximum_likelihood() -> None:
+    """X -> Y, both 3-class: every stage is a plain conditional of a categorical mechanism, so
+    "auto" fits it by maximum likelihood, and P(Y | do(X = x)) lands on the data's own
+    conditional frequencies (the oracle: counts of the data)."""
+    from mdcm.graph import CausalGraph
+    from mdcm.nets import MLPGenerator, has_log_prob
+    from mdcm.variables import Schema, Variable
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    x = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    table = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    y = np.array([rng.choice(3, p=table[v]) for v in x])
+    schema = Schema(
+        CausalGraph.parse("X -> Y"), tuple(Variable(v, "categorical", classes=3) for v in "XY")
+    )
+    study = Study(schema, (Dataset("observational", {"X": x, "Y": y}),))
+    m = fresh(study)
+    cfg = TrainConfig(steps=300, mmd_batch=128, check_every=50, check_samples=2000, seed=1)
+    res = train(m, make_plan(study.graph), study, cfg)
+    assert [s.objective for s in res.stages] == ["mle", "mle"]
+    for v in range(3):
+        data = np.bincount(y[x == v], minlength=3) / (x == v).sum()
+        s = m.sample(20000, {"X": v}, seed=v)
+        model = np.bincount(s["Y"].numpy(), minlength=3) / 20000
+        # sampling error of the data's conditional (>= 600 rows): TVD about 0.02 at most
+        assert tvd(model, data) < 0.03, (v, model, data)
+    assert not has_log_prob(MLPGenerator(2, 2, 0, 1, 8, categorical=False))
+
+
 def test_early_stop_and_time_limit() -> None:
     ex = load_example("bow", n=500, seed=0)
     plan = make_plan(ex.study.graph)
@@ -108,9 +138,28 @@ def test_early_stop_and_time_limit() -> None:
         fresh(ex.study),
         plan,
         ex.study,
-        TrainConfig(steps=100, check_every=5, tolerance=1.0, stable_checks=2, check_samples=200),
+        TrainConfig(
+            steps=100,
+            check_every=5,
+            tolerance=1.0,
+            stable_checks=2,
+            check_samples=200,
+            min_steps_confounded=0,
+        ),
     )
     assert res.stages[0].stopped_by == "tolerance" and res.stages[0].steps == 10
+    # the bow's stage trains X and Y joined by a hidden confounder: no early stop before
+    # min_steps_confounded (its fit check cannot see how the shared noise is used)
+    cfg = TrainConfig(
+        steps=100,
+        check_every=5,
+        tolerance=1.0,
+        stable_checks=2,
+        check_samples=200,
+        min_steps_confounded=25,
+    )
+    res = train(fresh(ex.study), plan, ex.study, cfg)
+    assert res.stages[0].stopped_by == "tolerance" and res.stages[0].steps == 25
     res = train(fresh(ex.study), plan, ex.study, TrainConfig(steps=100, time_limit_s=0.0))
     assert res.stages[0].stopped_by == "time" and res.stages[0].steps == 0
 

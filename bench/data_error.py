@@ -71,6 +71,12 @@ def _regime_tables(ex, seed: int) -> dict[frozenset, np.ndarray] | None:
         else:
             sub = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
             cols, hidden = ex.sample(len(ds.columns[names[0]]), do=dict(ds.do), seed=sub)
+        # the redrawn rows must be the study's own (same seeds as make_example)
+        assert all(
+            np.array_equal(np.asarray(cols[v]), np.asarray(ds.columns[v]))
+            for v in ds.columns
+            if ex.schema[v].kind == "categorical"
+        ), f"{ds.name}: redrawn rows differ"
         got = _discrete_rows(ex, cols, hidden)
         if got is None:
             return None
@@ -91,7 +97,7 @@ def plug_in_error(ex, seed: int) -> float | None:
     names = list(ex.schema.names)
     tables = _regime_tables(ex, seed)
     if tables is None:
-        return _g_formula_error(ex, seed)
+        return _g_formula_error(ex)
     graph = ex.study.graph
     res = identify(
         graph,
@@ -126,7 +132,7 @@ def plug_in_error(ex, seed: int) -> float | None:
     return worst
 
 
-def _g_formula_error(ex, seed: int) -> float | None:
+def _g_formula_error(ex) -> float | None:
     """Back-door g-formula with a logistic outcome model (treatment without hidden confounder,
     categorical outcome and treatment, no images), else None."""
     g: CausalGraph = ex.study.graph
@@ -136,7 +142,7 @@ def _g_formula_error(ex, seed: int) -> float | None:
     pa = list(g.parents(x))
     if any(ex.schema[v].kind == "image" for v in pa):
         return None
-    cols, _ = ex.sample(len(ex.study.observational.columns[y]), seed=seed)  # the study's rows
+    cols = ex.study.observational.columns
 
     def design(xv: np.ndarray) -> torch.Tensor:
         parts = [torch.nn.functional.one_hot(torch.as_tensor(xv), ex.schema[x].classes).float()]

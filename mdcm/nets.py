@@ -133,7 +133,6 @@ class MLPGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.z_dim, self.categorical = z_dim, categorical
-        self.has_likelihood = categorical
         self.net = MLP(cond_dim + z_dim + conf_dim, out_dim, hidden, layers=2)
 
     def sample(
@@ -148,6 +147,10 @@ class MLPGenerator(nn.Module):
         z = torch.randn(cond.shape[0], self.z_dim, generator=gen, device=cond.device)
         out = self.net(torch.cat([cond, z, u], dim=1))
         return gumbel_one_hot(out, tau, gen, straight_through) if self.categorical else out
+
+    @property
+    def has_likelihood(self) -> bool:
+        return self.categorical
 
     def log_prob(
         self,

@@ -1122,12 +1122,21 @@ class _Trainer:
             return StageSummary(stage.id, stage.trains, objective, 0, 0.0, None, "no data")
         st = self._setup(stage, objective, specs)
         if st.floor:
+            m = self._min_steps(stage)
             start += (
-                f"; a perfect model's fit check would read about {st.floor:.3f} (sampling "
-                f"noise), so it stops early at "
-                f"{allowed_fit(self.cfg.tolerance, st.floor):.3f} (tolerance {self.cfg.tolerance} "
-                "and that noise together)"
+                f"; a perfect model's fit check would read about {st.floor:.3f} (sampling noise)"
             )
+            if m >= self.cfg.steps:
+                start += (
+                    f"; it trains all its {self.cfg.steps} steps (a stage like this one may not "
+                    f"stop early before step {m})"
+                )
+            else:
+                start += (
+                    f", so it stops early at {allowed_fit(self.cfg.tolerance, st.floor):.3f} "
+                    f"(tolerance {self.cfg.tolerance} and that noise together)"
+                    + (f", after step {m} at the earliest" if m else "")
+                )
         self.emit("stage_start", stage.id, 0, message=start)
         if ck is not None and ck[2]["step"] > 0:
             st.load_state_dict(*ck)
@@ -1215,17 +1224,24 @@ class _Trainer:
             floor,
         )
 
+    def _min_steps(self, stage: Stage) -> int:
+        """Steps a stage trains before it may stop early: longer for continuous variables and
+        for mechanisms joined by a hidden confounder (see :class:`TrainConfig`)."""
+        cfg = self.cfg
+        out = cfg.min_steps
+        if any(self.model.schema[v].kind == "continuous" for v in stage.trains):
+            out = max(out, cfg.min_steps_continuous)
+        trains = set(stage.trains)
+        if any(a in trains and b in trains for a, b in self.model.confounders):
+            out = max(out, cfg.min_steps_confounded)
+        return out
+
     def _loop(self, si: int, st: StageState, summaries: list[StageSummary], t_start: float) -> str:
         """Step until a stop reason; returns it ("steps", "time", "stop", "tolerance", ...)."""
         cfg = self.cfg
         sid = st.stage.id
         check_gen = torch.Generator(device=self.device)
-        min_steps = cfg.min_steps
-        if any(self.model.schema[v].kind == "continuous" for v in st.stage.trains):
-            min_steps = max(min_steps, cfg.min_steps_continuous)
-        trains = set(st.stage.trains)
-        if any(a in trains and b in trains for a, b in self.model.confounders):
-            min_steps = max(min_steps, cfg.min_steps_confounded)
+        min_steps = self._min_steps(st.stage)
         losses: dict[str, float] = {}
         while st.step < cfg.steps:
             if self.should_stop():

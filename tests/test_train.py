@@ -158,8 +158,11 @@ def test_early_stop_and_time_limit() -> None:
         check_samples=200,
         min_steps_confounded=25,
     )
-    res = train(fresh(ex.study), plan, ex.study, cfg)
+    events = []
+    res = train(fresh(ex.study), plan, ex.study, cfg, on_event=events.append)
     assert res.stages[0].stopped_by == "tolerance" and res.stages[0].steps == 25
+    start = next(e.message for e in events if e.kind == "stage_start")
+    assert "after step 25 at the earliest" in start, start
     res = train(fresh(ex.study), plan, ex.study, TrainConfig(steps=100, time_limit_s=0.0))
     assert res.stages[0].stopped_by == "time" and res.stages[0].steps == 0
 

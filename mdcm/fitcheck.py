@@ -196,8 +196,13 @@ class DownstreamProbe:
     @torch.no_grad()
     def probs(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each child's predicted class probabilities ``(n, k)`` for a batch of image codes."""
+        return {c: torch.softmax(z, dim=1) for c, z in self.logits(codes).items()}
+
+    def logits(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each child's class logits ``(n, k)``; differentiable in ``codes`` (the heads are
+        frozen), so a generated image's code can be trained through them."""
         x = (codes.float() - self.mean) / self.std
-        return {c: torch.softmax(h(x), dim=1) for c, h in self.heads.items()}
+        return {c: h(x) for c, h in self.heads.items()}
 
 
 def cell_tvd(cells: np.ndarray, p_real: torch.Tensor, p_fake: torch.Tensor) -> float:

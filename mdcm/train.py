@@ -396,10 +396,12 @@ class _Matcher:
             if schema[v].kind == "continuous":
                 x = data.cols[v]
                 self.scale[v] = (x.mean(0), x.std(0).clamp_min(1e-3) * math.sqrt(x.shape[1]))
+        self.readers = self._readers(stage)
         self.critic: Critic | None = None
         if objective == "wgan":
             flat_dim = sum(schema[v].width for v in self.flat_vars)
             flat_dim += model.config.code_dim * len(self.code_vars)
+            flat_dim += sum(len(r.mean) for r in self.readers.values())
             self.critic = Critic(
                 flat_dim,
                 [schema[v].shape for v in self.pixel_vars],
@@ -448,6 +450,46 @@ class _Matcher:
                 out[v] = DownstreamProbe(codes[idx], targets, classes, seed=stage.id)
         return out
 
+    def _readers(self, stage: Stage) -> dict[str, _Reader]:
+        """Kernel features for what the mechanisms trained here read from an image (issue #11).
+
+        The children's dependence on an image is one direction of its code among ``code_dim``;
+        the kernel on the code alone barely saw it, so a child learned to read the image weakly
+        (real PneumoniaMNIST front-door, seed 0: the model's P(N=1 | do(X=x)) differed by 0.25
+        between pneumonia and normal X-rays against 0.36 in truth, and the front-door answer
+        inherits that attenuation). A probe from the code to each trained child, fitted on real
+        rows, adds that direction as its own feature: a fixed function of the code, so the kernel
+        still compares the same joint distribution, now with weight where the children look."""
+        graph, schema, data = self.model.schema.graph, self.model.schema, self.data
+        trains = set(stage.trains)
+        rng = np.random.RandomState(7919 + stage.id)  # own stream: other rows' draws unchanged
+        out: dict[str, _Reader] = {}
+        for v in self.code_vars:
+            kids = [
+                c
+                for c in graph.children(v)
+                if c in trains and c in self.matches and schema[c].kind != "image"
+            ]
+            codes = data.codes(v)
+            if not kids or codes is None or data.n < 200:
+                continue
+            idx = torch.as_tensor(
+                np.sort(rng.choice(data.n, min(data.n, 4096), replace=False)), device=codes.device
+            )
+            targets, classes = {}, {}
+            for c in kids:
+                y, k = _probe_target(self.model, c, data.cols[c][idx], rng)
+                if k > 1:
+                    targets[c], classes[c] = y, k
+            if targets:
+                probe = DownstreamProbe(codes[idx], targets, classes, seed=stage.id)
+                with torch.no_grad():
+                    z = _Reader.centred(probe, codes[idx])
+                width = torch.cat([torch.full((k,), math.sqrt(k)) for k in classes.values()])
+                std = z.std(0).clamp_min(1e-3) * width.to(z.device)
+                out[v] = _Reader(probe, z.mean(0), std)
+        return out
+
     @property
     def label(self) -> str:
         return self.target.regime.label
@@ -462,7 +504,9 @@ class _Matcher:
                 x = (x - mu) / sd
             parts.append(x)
         k = math.sqrt(self.model.config.code_dim)
-        parts += [self.model.code(v, vals) / k for v in self.code_vars]
+        codes = {v: self.model.code(v, vals) for v in self.code_vars}
+        parts += [codes[v] / k for v in self.code_vars]
+        parts += [r(codes[v]) for v, r in self.readers.items()]
         parts += [_pooled(vals[v]) for v in self.pool_vars]
         return torch.cat(parts, dim=1)
 
@@ -543,6 +587,24 @@ class _Matcher:
             return None
         real = self.data.rows(self.check_idx, self.rows, raw=True)
         return self.fit.tvd(real, self.fake_rows(real, gen, tau))
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """A frozen probe's centred logits for an image's trained children, standardised on real
+    rows (unit variance per child, like a one-hot label): see :meth:`_Matcher._readers`."""
+
+    probe: DownstreamProbe
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @staticmethod
+    def centred(probe: DownstreamProbe, codes: torch.Tensor) -> torch.Tensor:
+        z = [x - x.mean(1, keepdim=True) for x in probe.logits(codes).values()]
+        return torch.cat(z, dim=1)
+
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        return (self.centred(self.probe, codes) - self.mean) / self.std
 
 
 class _StopRequested(Exception):

@@ -354,3 +354,38 @@ def test_plateau_rule() -> None:
     assert plateau([0.5, 0.2, 0.3, 0.25], 2)  # no new best in the last 2 checks
     assert not plateau([0.5, 0.2, 0.3, 0.1], 2)
     assert not plateau([None, 0.3], 2)  # too few checks
+
+
+def test_kernel_reads_the_image_where_the_trained_children_look() -> None:
+    """The front-door's confounded stage (C, N with X's mechanism frozen) gets a reader of X
+    for its trained child N: on real X-rays it separates the rows by N better than any single
+    code dimension does, at unit variance like a one-hot label; the image's own stage (no
+    trained child) gets none."""
+    from dataclasses import replace
+
+    def roc_auc_score(y: np.ndarray, score) -> float:  # Mann-Whitney U / (n1 n0)
+        r = np.argsort(np.argsort(np.asarray(score))) + 1.0
+        n1 = int(y.sum())
+        return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1)))
+
+    ex = load_example("xray", n=1500, seed=0)
+    m = fresh(ex.study, replace(SMALL, code_dim=8))
+    plan = make_plan(ex.study.graph)
+    cfg = replace(FAST, coder_steps=400)
+    train(m, plan, ex.study, cfg)
+    dev = torch.device("cpu")
+    data = train_mod._RegimeData(m, list(ex.study.datasets), dev)
+    st0, st1 = plan.stages
+    rng = np.random.RandomState(0)
+    m1 = train_mod._Matcher(m, st1, st1.targets[0], data, "mmd", cfg, dev, rng)
+    m0 = train_mod._Matcher(m, st0, st0.targets[0], data, "mle", cfg, dev, rng)
+    assert list(m1.readers) == ["X"] and not m0.readers
+    codes = data.codes("X")
+    z = m1.readers["X"](codes).detach()
+    assert z.shape == (1500, 2) and abs(float(z.var(0).sum()) - 1.0) < 1e-3
+    n = data.cols["N"].argmax(1).numpy()
+    best_dim = max(max(a, 1 - a) for a in (roc_auc_score(n, codes[:, j]) for j in range(8)))
+    auc = roc_auc_score(n, z[:, 1])
+    assert auc > max(0.7, best_dim + 0.05), (auc, best_dim)
+    rows = data.rows(torch.arange(64), m1.rows)
+    assert m1.flat(rows).shape[1] == 2 + 2 + 8 + 2  # C, N one-hot, X's code, X's reader

@@ -8,8 +8,12 @@ every image replaced by its hidden features (the plug-in that reads images perfe
 that holds "for any value" of a variable is evaluated at every value and the worst is reported.
 Studies with continuous variables get the g-formula when the treatment has no hidden confounder:
 a (multinomial) logistic regression of the outcome on the treatment and its parents, averaged
-over the rows' parents. Otherwise the row says "—". Error as in bench/train_quality.py: the worst
-case over treatment (and evidence) values of the TVD to the exact truth.
+over the rows' parents; the linear front-door for a continuous mediator and outcome. Otherwise
+the row says "—". Error as in bench/train_quality.py: the worst case over treatment (and
+evidence) values of the TVD to the exact truth (|mean error| / SD for a continuous outcome).
+A second row per study: the same for the effect of treatment on the treated, P(Y_x | X=x')
+(bench/counterfactual_quality.py's question), from the same plug-in through the binary-treatment
+identity.
 
     python bench/data_error.py                       # label and image built-ins, seeds 0-2
     python bench/data_error.py --examples napkin --seeds 0 1 2 3 4
@@ -32,7 +36,15 @@ from mdcm.graph import CausalGraph  # noqa: E402
 from mdcm.identify import evaluate_estimand, identify  # noqa: E402
 from mdcm.query import tvd  # noqa: E402
 
-DEFAULT = ["napkin", "backdoor", "experiment", "xray", "colored_digits", "two_images"]
+DEFAULT = [
+    "napkin",
+    "backdoor",
+    "experiment",
+    "xray",
+    "colored_digits",
+    "two_images",
+    "frontdoor_continuous",
+]
 
 
 def _discrete_rows(ex, cols, hidden) -> tuple[dict[str, np.ndarray], dict[str, int]] | None:
@@ -94,10 +106,19 @@ def _regime_tables(ex, seed: int) -> dict[frozenset, np.ndarray] | None:
 
 def plug_in_error(ex, seed: int) -> float | None:
     """Worst-case TVD of the plug-in formula on the study's own rows, or None."""
+    answers = plug_in_answers(ex, seed)
+    if answers is None:
+        return None
+    return max(tvd(p, ex.truth(ex.outcome, {ex.treatment: x}, g)) for x, g, p in answers)
+
+
+def plug_in_answers(ex, seed: int) -> list[tuple[int, dict, np.ndarray]] | None:
+    """The plug-in P(Y | do(x)[, given]) on the study's own rows, one per treatment value,
+    evidence cell and value of a free variable of the formula: (x, evidence, distribution)."""
     names = list(ex.schema.names)
     tables = _regime_tables(ex, seed)
     if tables is None:
-        return _g_formula_error(ex)
+        return _g_formula(ex)
     graph = ex.study.graph
     res = identify(
         graph,
@@ -120,19 +141,79 @@ def plug_in_error(ex, seed: int) -> float | None:
         for i, v in enumerate(names)
         if est.shape[i] > 1 and v not in (ex.outcome, ex.treatment, *ex.given)
     ]
-    worst = 0.0
+    out = []
     for x in range(k):
         for g in cells:
             for rest in itertools.product(*[range(est.shape[names.index(v)]) for v in free]):
                 fixed = {ex.treatment: x, **g, **dict(zip(free, rest, strict=True))}
                 idx = tuple(slice(None) if v == ex.outcome else fixed.get(v, 0) for v in names)
                 p = np.asarray(est[idx], dtype=float).ravel()
-                p = p / p.sum()
-                worst = max(worst, tvd(p, ex.truth(ex.outcome, {ex.treatment: x}, g)))
+                out.append((x, g, p / p.sum()))
+    return out
+
+
+def ett_plug_in_error(ex, seed: int) -> float | None:
+    """The data's own error on the effect of treatment on the treated, P(Y_x | X=x'), worst
+    over x != x' (binary treatment, no evidence; else None). By consistency
+    P(Y_x = y) = P(Y_x = y | x) P(x) + P(Y_x = y | x') P(x') with P(Y_x = y | x) = P(y | x), so
+    the plug-in is (P^(y | do(x)) - P^(y, x)) / P^(x') (Shpitser & Pearl 2009's identity for a
+    binary treatment) on the same rows; for a continuous outcome the same with means."""
+    x_name, y_name = ex.treatment, ex.outcome
+    if ex.schema[x_name].classes != 2 or ex.given:
+        return None
+    obs = ex.study.observational.columns
+    xs = np.asarray(obs[x_name])
+    worst = 0.0
+    if ex.schema[y_name].kind == "categorical":
+        answers = plug_in_answers(ex, seed)
+        if answers is None:
+            return None
+        ys = np.asarray(obs[y_name])
+        k = ex.schema[y_name].classes
+        for x, _, p in answers:
+            joint = np.bincount(ys[xs == x], minlength=k) / len(ys)
+            q = np.clip((p - joint) / np.mean(xs == 1 - x), 0.0, None)
+            truth = ex.counterfactual_truth(y_name, {x_name: 1 - x}, {x_name: x})
+            worst = max(worst, tvd(q / q.sum(), truth))
+        return worst
+    means = _linear_front_door(ex)
+    if means is None:
+        return None
+    ys = np.asarray(obs[y_name], dtype=float).reshape(len(xs), -1)[:, 0]
+    for x, mean in means.items():
+        ett = (mean - np.mean(ys * (xs == x))) / np.mean(xs == 1 - x)
+        t_mean, t_sd = ex.counterfactual_truth_mean(y_name, {x_name: 1 - x}, {x_name: x})
+        worst = max(worst, abs(ett - t_mean) / t_sd)
     return worst
 
 
-def _g_formula_error(ex) -> float | None:
+def _linear_front_door(ex) -> dict[int, float] | None:
+    """E[Y | do(x)] by the front-door formula with linear regressions (correct for a
+    linear-Gaussian study: frontdoor_continuous): sum_x' P(x') E[Y | M ~ P(M | x), x'],
+    for a graph X -> M -> Y, X <-> Y with continuous M and Y; else None."""
+    g: CausalGraph = ex.study.graph
+    x, y = ex.treatment, ex.outcome
+    pa_y = list(g.parents(y))
+    if len(pa_y) != 1 or list(g.parents(pa_y[0])) != [x]:
+        return None
+    m = pa_y[0]
+    if ex.schema[m].kind != "continuous" or ex.schema[y].kind != "continuous":
+        return None
+    obs = ex.study.observational.columns
+    xs = np.asarray(obs[x])
+    ms = np.asarray(obs[m], dtype=float).reshape(len(xs), -1)[:, 0]
+    ys = np.asarray(obs[y], dtype=float).reshape(len(xs), -1)[:, 0]
+    fits = {}
+    for a in (0, 1):
+        design = np.c_[np.ones(int((xs == a).sum())), ms[xs == a]]
+        fits[a] = np.linalg.lstsq(design, ys[xs == a], rcond=None)[0]
+    return {
+        v: sum(np.mean(xs == a) * (fits[a][0] + fits[a][1] * ms[xs == v].mean()) for a in (0, 1))
+        for v in (0, 1)
+    }
+
+
+def _g_formula(ex) -> list[tuple[int, dict, np.ndarray]] | None:
     """Back-door g-formula with a logistic outcome model (treatment without hidden confounder,
     categorical outcome and treatment, no images), else None."""
     g: CausalGraph = ex.study.graph
@@ -168,12 +249,12 @@ def _g_formula_error(ex) -> float | None:
         return loss
 
     opt.step(closure)
-    worst = 0.0
+    out = []
     with torch.no_grad():
         for xv in range(ex.schema[x].classes):
             p = torch.softmax(lin(design(np.full(len(target), xv))), 1).mean(0).numpy()
-            worst = max(worst, tvd(p, ex.truth(y, {x: xv})))
-    return worst
+            out.append((xv, {}, p.astype(float)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,14 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--examples", nargs="*", default=DEFAULT)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     args = ap.parse_args(argv)
-    print(f"{'example':16} " + " ".join(f"seed {s:>2}" for s in args.seeds))
+    print(f"{'example':22} " + " ".join(f"seed {s:>2}" for s in args.seeds))
     for name in args.examples:
-        vals = []
+        rows: dict[str, list[str]] = {"do": [], "effect on the treated": []}
         for s in args.seeds:
             ex = load_example(name, size="cpu", seed=s)
-            e = plug_in_error(ex, s)
-            vals.append("      —" if e is None else f"{e:7.3f}")
-        print(f"{name:16} " + " ".join(vals), flush=True)
+            for what, fn in (("do", plug_in_error), ("effect on the treated", ett_plug_in_error)):
+                e = fn(ex, s)
+                rows[what].append("      —" if e is None else f"{e:7.3f}")
+        for what, vals in rows.items():
+            print(f"{name + ', ' + what:22} " + " ".join(vals), flush=True)
 
 
 if __name__ == "__main__":

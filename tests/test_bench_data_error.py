@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from data_error import plug_in_error  # noqa: E402
+from data_error import ett_plug_in_error, plug_in_error  # noqa: E402
 
 from mdcm.examples import load_example  # noqa: E402
 
@@ -21,4 +21,13 @@ def test_plug_in_converges_to_the_exact_answer(name: str) -> None:
     big = plug_in_error(load_example(name, n=100_000, seed=3), 3)
     assert big is not None and big < 0.015, big
     small = plug_in_error(load_example(name, n=200, seed=3), 3)
+    assert small is not None and small > big
+
+
+@pytest.mark.parametrize("name", ["napkin", "backdoor", "frontdoor_continuous"])
+def test_effect_on_the_treated_plug_in_converges_to_the_exact_answer(name: str) -> None:
+    # the oracle: Example.counterfactual_truth, enumeration of the generating mechanisms' noise
+    big = ett_plug_in_error(load_example(name, n=100_000, seed=3), 3)
+    assert big is not None and big < 0.02, big
+    small = ett_plug_in_error(load_example(name, n=300, seed=3), 3)
     assert small is not None and small > big

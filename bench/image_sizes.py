@@ -116,6 +116,7 @@ def one_run(
     phases[last["phase"]] = phases.get(last["phase"], 0.0) + time.monotonic() - last["t"]
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     steps = sum(s.steps for s in res.stages)
+    rss_train = _peak_rss_mb()  # the peak up to the end of training (data drawn, then trained)
     err, naive = do_error(model, ex)
     row: dict = {
         "example": name,
@@ -151,6 +152,7 @@ def one_run(
         row["fidelity_s"] = round(time.monotonic() - t, 1)
     row["peak_rss_mb"] = round(_peak_rss_mb())
     row["peak_rss_data_mb"] = round(rss_data)
+    row["peak_rss_train_mb"] = round(rss_train)
     row["peak_gpu_mb"] = None if peak_gpu is None else round(peak_gpu)
     row["load"] = Path("/proc/loadavg").read_text().split()[:3]
     return row

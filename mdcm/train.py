@@ -437,18 +437,28 @@ class _Matcher:
             kids = [c for c in graph.children(v) if c in self.data.cols]
             if len(idx) < 200 or not kids:
                 continue
-            targets, classes = {}, {}
-            for c in kids:  # an image child is read through its cached codes (no encoder pass)
-                x = self.data.codes(c) if c in self.data.images else self.data.cols[c]
-                if x is None:
-                    continue
-                y, k = _probe_target(self.model, c, x[idx], rng)
-                if k > 1:
-                    targets[c], classes[c] = y, k
-            codes = self.data.codes(v)  # None only without a fitted coder: nothing to read
-            if targets and codes is not None:
-                out[v] = DownstreamProbe(codes[idx], targets, classes, seed=stage.id)
+            probe = self._child_probe(v, kids, idx, rng, stage.id)
+            if probe is not None:
+                out[v] = probe
         return out
+
+    def _child_probe(
+        self, v: str, kids: Sequence[str], idx: torch.Tensor, rng: np.random.RandomState, seed: int
+    ) -> DownstreamProbe | None:
+        """A probe from image ``v``'s code to each child in ``kids`` (their classes, quintiles
+        or code clusters), fitted on the real rows ``idx``; None when nothing can be read."""
+        targets, classes = {}, {}
+        for c in kids:  # an image child is read through its cached codes (no encoder pass)
+            x = self.data.codes(c) if c in self.data.images else self.data.cols[c]
+            if x is None:
+                continue
+            y, k = _probe_target(self.model, c, x[idx], rng)
+            if k > 1:
+                targets[c], classes[c] = y, k
+        codes = self.data.codes(v)  # None only without a fitted coder: nothing to read
+        if not targets or codes is None:
+            return None
+        return DownstreamProbe(codes[idx], targets, classes, seed=seed)
 
     def _readers(self, stage: Stage) -> dict[str, _Reader]:
         """Kernel features for what the mechanisms trained here read from an image (issue #11).
@@ -470,24 +480,15 @@ class _Matcher:
                 for c in graph.children(v)
                 if c in trains and c in self.matches and schema[c].kind != "image"
             ]
-            codes = data.codes(v)
-            if not kids or codes is None or data.n < 200:
+            if not kids or data.n < 200:
                 continue
             idx = torch.as_tensor(
-                np.sort(rng.choice(data.n, min(data.n, 4096), replace=False)), device=codes.device
+                np.sort(rng.choice(data.n, min(data.n, 4096), replace=False)),
+                device=data.cols[kids[0]].device,
             )
-            targets, classes = {}, {}
-            for c in kids:
-                y, k = _probe_target(self.model, c, data.cols[c][idx], rng)
-                if k > 1:
-                    targets[c], classes[c] = y, k
-            if targets:
-                probe = DownstreamProbe(codes[idx], targets, classes, seed=stage.id)
-                with torch.no_grad():
-                    z = _Reader.centred(probe, codes[idx])
-                width = torch.cat([torch.full((k,), math.sqrt(k)) for k in classes.values()])
-                std = z.std(0).clamp_min(1e-3) * width.to(z.device)
-                out[v] = _Reader(probe, z.mean(0), std)
+            probe = self._child_probe(v, kids, idx, rng, stage.id)
+            if probe is not None:
+                out[v] = _Reader.fit(probe, data.codes(v)[idx])
         return out
 
     @property
@@ -597,6 +598,16 @@ class _Reader:
     probe: DownstreamProbe
     mean: torch.Tensor
     std: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, probe: DownstreamProbe, codes: torch.Tensor) -> _Reader:
+        """Standardise ``probe``'s centred logits on the real ``codes``; a child of k classes
+        spreads its unit variance over its k columns."""
+        z = cls.centred(probe, codes)
+        ks = [head[-1].out_features for head in probe.heads.values()]
+        width = torch.cat([torch.full((k,), math.sqrt(k)) for k in ks])
+        return cls(probe, z.mean(0), z.std(0).clamp_min(1e-3) * width.to(z.device))
 
     @staticmethod
     def centred(probe: DownstreamProbe, codes: torch.Tensor) -> torch.Tensor:
